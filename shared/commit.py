@@ -1,0 +1,273 @@
+"""Atomic units of change and the group-committer that sends them to Redis.
+
+A :class:`Unit` is "these guards must hold, then append these events and change this state" on one
+partition. Appending an event and changing the aggregate state it implies happen in the same Lua call, so
+no reader sees one without the other. The :class:`Committer` batches every unit submitted while the
+previous batch was in flight into one script call per partition: many executions share one round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from shared import keys
+from shared.events import EventBase, encode, type_of
+
+log = logging.getLogger(__name__)
+
+_packer = msgspec.msgpack.Encoder()
+Value = str | int | float | bytes
+
+
+def load_lua(name: str) -> str:
+    return resources.files("shared").joinpath("lua", name).read_text()
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The unit ran: its events got these stream ids."""
+
+    event_ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A guard failed: nothing was changed. ``label`` names the guard, ``actual`` what it found."""
+
+    label: str
+    actual: str
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """An idempotency key was already used: ``stored`` is the reply recorded the first time."""
+
+    stored: bytes
+
+
+Outcome = Applied | Refused | Duplicate
+
+
+@dataclass(slots=True)
+class Unit:
+    """Guards, then operations, applied atomically to partition ``p``."""
+
+    p: int
+    guards: list[list[Value]] = field(default_factory=list)
+    ops: list[list[Any]] = field(default_factory=list)
+    blobs: list[bytes] = field(default_factory=list)
+
+    def _arg(self, value: Value) -> Any:
+        # Binary values go to the script as separate arguments; the op carries their index.
+        if isinstance(value, bytes):
+            self.blobs.append(value)
+            return [len(self.blobs)]
+        return value
+
+    # --- guards ---------------------------------------------------------------------------------------------
+    def require(self, key: str, field_name: str, allowed: Sequence[str], label: str) -> Unit:
+        """``HGET key field`` must be one of ``allowed`` ("" stands for a missing field)."""
+        self.guards.append(["in", key, field_name, label, *allowed])
+        return self
+
+    def require_absent(self, key: str, label: str) -> Unit:
+        self.guards.append(["absent", key, label])
+        return self
+
+    def require_exists(self, key: str, label: str) -> Unit:
+        self.guards.append(["exists", key, label])
+        return self
+
+    def idempotent(self, key: str) -> Unit:
+        """If ``key`` holds a reply already, skip the unit and return that reply."""
+        self.guards.append(["idem", key])
+        return self
+
+    def within_quota(self, key: str, amount: int, limit: int, label: str = "quota") -> Unit:
+        """The counter at ``key`` plus ``amount`` must not pass ``limit`` (0 = unlimited)."""
+        self.guards.append(["quota", key, amount, limit, label])
+        return self
+
+    # --- operations -----------------------------------------------------------------------------------------
+    def event(self, event: EventBase) -> Unit:
+        self.ops.append(["log", keys.log(self.p), type_of(event), self._arg(encode(event))])
+        return self
+
+    def hset(self, key: str, mapping: Mapping[str, Value]) -> Unit:
+        flat: list[Value] = ["hset", key]
+        for k, v in mapping.items():
+            flat += (k, self._arg(v))
+        self.ops.append(flat)
+        return self
+
+    def hincrby(self, key: str, field_name: str, amount: int = 1) -> Unit:
+        self.ops.append(["hincrby", key, field_name, amount])
+        return self
+
+    def hdel(self, key: str, *fields: str) -> Unit:
+        self.ops.append(["hdel", key, *fields])
+        return self
+
+    def enqueue(self, stream: str, state_key: str, entry: Mapping[str, Value]) -> Unit:
+        """Add a work entry and record its stream and id in ``state_key`` so it can be taken back."""
+        flat: list[Value] = ["work", stream, state_key]
+        for k, v in entry.items():
+            flat += (k, self._arg(v))
+        self.ops.append(flat)
+        return self
+
+    def dequeue(self, state_key: str, group: str = keys.GROUP_EXECUTOR) -> Unit:
+        """Take back (ack and delete) the work entry recorded in ``state_key``, if there is one."""
+        self.ops.append(["unwork", state_key, group])
+        return self
+
+    def xadd(self, stream: str, entry: Mapping[str, Value], ref: tuple[str, str] | None = None) -> Unit:
+        """Append to any stream; ``ref=(hash key, field)`` records the new id there."""
+        flat: list[Value] = ["xadd", stream, ref[0] if ref else "", ref[1] if ref else ""]
+        for k, v in entry.items():
+            flat += (k, self._arg(v))
+        self.ops.append(flat)
+        return self
+
+    def ack(self, stream: str, group: str, entry_id: str, delete: bool = True) -> Unit:
+        self.ops.append(["xack", stream, group, entry_id, 1 if delete else 0])
+        return self
+
+    def xdel(self, stream: str, entry_id: str) -> Unit:
+        self.ops.append(["xdel", stream, entry_id])
+        return self
+
+    def claim(self, stream: str, group: str, consumer: str, entry_id: str) -> Unit:
+        """Hand a pending entry to ``consumer`` (e.g. the ``backoff`` pseudo-consumer); resets its idle time."""
+        self.ops.append(["xclaim", stream, group, consumer, entry_id])
+        return self
+
+    def set(self, key: str, value: Value, ttl_s: int = 0) -> Unit:
+        self.ops.append(["set", key, self._arg(value), ttl_s])
+        return self
+
+    def incrby(self, key: str, amount: int, ttl_s: int = 0) -> Unit:
+        self.ops.append(["incrby", key, amount, ttl_s])
+        return self
+
+    def sadd(self, key: str, member: str) -> Unit:
+        self.ops.append(["sadd", key, member])
+        return self
+
+    def delete(self, key: str) -> Unit:
+        self.ops.append(["del", key])
+        return self
+
+    def publish(self, channel: str, message: str) -> Unit:
+        self.ops.append(["publish", channel, message])
+        return self
+
+
+def _script_args(units: list[Unit]) -> list[bytes]:
+    structure: list[list[Any]] = []
+    blobs: list[bytes] = []
+    for unit in units:
+        structure.append([unit.guards, unit.ops, 1 + len(blobs)])
+        blobs += unit.blobs
+    return [_packer.encode(structure), *blobs]
+
+
+def _outcome(raw: list[Any]) -> Outcome:
+    status = int(raw[0])
+    if status == 1:
+        return Applied([_s(i) for i in raw[1:]])
+    if status == 2:
+        stored = raw[1]
+        return Duplicate(stored if isinstance(stored, bytes) else str(stored).encode())
+    return Refused(_s(raw[1]), _s(raw[2]))
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Committer:
+    """Group commit: units submitted while a batch is in flight go together in the next one.
+
+    One script call per partition per batch, all partitions' calls in one pipeline. ``max_batch`` bounds
+    the size of one call so a huge burst does not block Redis for long.
+    """
+
+    def __init__(self, redis: Redis, max_batch: int = 512) -> None:
+        self._redis = redis
+        self._script: AsyncScript = redis.register_script(load_lua("commit.lua"))
+        self._max_batch = max_batch
+        self._pending: list[tuple[Unit, asyncio.Future[Outcome]]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def commit(self, unit: Unit) -> Outcome:
+        """Apply one unit (batched with whatever else is pending) and return its outcome."""
+        return await self.submit(unit)
+
+    async def commit_all(self, units: Sequence[Unit]) -> list[Outcome]:
+        return list(await asyncio.gather(*(self.submit(u) for u in units)))
+
+    def submit(self, unit: Unit) -> asyncio.Future[Outcome]:
+        """Queue a unit without waiting; the returned future resolves when it has been applied."""
+        if self._closed:
+            raise RuntimeError("committer is closed")
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_consume_exception)
+        self._pending.append((unit, future))
+        self._wakeup.set()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="committer")
+        return future
+
+    async def close(self) -> None:
+        """Flush what is pending, then stop."""
+        self._closed = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+                await self._flush(batch)
+            if self._closed:
+                return
+
+    async def _flush(self, batch: list[tuple[Unit, asyncio.Future[Outcome]]]) -> None:
+        by_partition: dict[int, list[tuple[Unit, asyncio.Future[Outcome]]]] = {}
+        for item in batch:
+            by_partition.setdefault(item[0].p, []).append(item)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for p, items in by_partition.items():
+                    await self._script(keys=[keys.log(p)], args=_script_args([u for u, _ in items]), client=pipe)
+                replies = await pipe.execute()
+        except Exception as exc:  # the whole batch failed to reach Redis: every waiter learns why
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for items, reply in zip(by_partition.values(), replies, strict=True):
+            for (_, future), raw in zip(items, reply, strict=True):
+                if not future.done():
+                    future.set_result(_outcome(raw))
+
+
+def _consume_exception(future: asyncio.Future[Outcome]) -> None:
+    # Fire-and-forget submitters may never await: mark the exception retrieved; later units see it anyway.
+    if not future.cancelled():
+        future.exception()

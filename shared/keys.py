@@ -1,0 +1,87 @@
+"""Every Redis key, stream and group name, built in one place.
+
+All keys of a partition carry the hash tag ``{p}`` so a partition lives in one Redis Cluster slot and a
+Lua script over one partition stays atomic.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+PREFIX = "orq"
+PRIORITIES = range(1, 11)
+
+GROUP_EXECUTOR = "executor"
+GROUP_PROJECTOR = "projector"
+GROUP_TRIGGER = "trigger"
+
+# Pseudo-consumers of the executor group: entries parked there are not owned by a live executor.
+CONSUMER_BACKOFF = "backoff"
+CONSUMER_THROTTLED = "throttled"
+PSEUDO_CONSUMERS = frozenset({CONSUMER_BACKOFF, CONSUMER_THROTTLED})
+
+
+def partition_of(tenant_id: str, partitions: int) -> int:
+    """Stable partition of a tenant (crc32, so every process and language agrees)."""
+    return zlib.crc32(tenant_id.encode()) % partitions
+
+
+def tag(p: int) -> str:
+    return f"{PREFIX}:{{{p}}}"
+
+
+def log(p: int) -> str:
+    return f"{tag(p)}:log"
+
+
+def work(p: int, priority: int) -> str:
+    return f"{tag(p)}:work:{priority}"
+
+
+def work_streams(p: int) -> list[str]:
+    return [work(p, prio) for prio in PRIORITIES]
+
+
+def dlq(p: int) -> str:
+    return f"{tag(p)}:dlq"
+
+
+def tenant(p: int, tenant_id: str) -> str:
+    return f"{tag(p)}:tenant:{tenant_id}"
+
+
+def workflow(p: int, workflow_id: str) -> str:
+    return f"{tag(p)}:wf:{workflow_id}"
+
+
+def workflow_version(p: int, workflow_id: str, version: int) -> str:
+    """Immutable definition of one saved version: what queued executions pin."""
+    return f"{tag(p)}:wfdef:{workflow_id}:{version}"
+
+
+def execution(p: int, execution_id: str) -> str:
+    return f"{tag(p)}:exec:{execution_id}"
+
+
+def idempotency(p: int, tenant_id: str, key: str) -> str:
+    return f"{tag(p)}:idem:{tenant_id}:{key}"
+
+
+def usage(p: int, tenant_id: str, month: str) -> str:
+    """Executions admitted this month (``month`` as ``YYYYMM``)."""
+    return f"{tag(p)}:usage:{tenant_id}:{month}"
+
+
+def cancel_channel(p: int) -> str:
+    """Pub/sub channel on which cancel commands reach the executor running the execution."""
+    return f"{tag(p)}:cancel"
+
+
+def projector_lock(p: int) -> str:
+    """Held by the one projector that applies this partition's log (projection needs order)."""
+    return f"{tag(p)}:lock:projector"
+
+
+def tenant_index() -> str:
+    """Set of every tenant id (admin listing); not partitioned on purpose: admin-only and tiny."""
+    return f"{PREFIX}:tenants"

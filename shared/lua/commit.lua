@@ -1,0 +1,108 @@
+-- Apply a batch of atomic units to one partition.
+-- KEYS[1]: the partition's log stream (routes the call to the partition's slot; every key touched carries
+-- the same hash tag). ARGV[1]: msgpack list of units; a unit is {guards, ops}.
+-- Each unit either applies all its ops or none (a failed guard skips it); one unit's failure never
+-- affects another. Result per unit: {1, log ids...} | {0, label, actual} | {2, stored idempotent reply}.
+
+local units = cmsgpack.unpack(ARGV[1])
+local results = {}
+
+local function check(g)
+  local kind = g[1]
+  if kind == 'in' then
+    local cur = redis.call('HGET', g[2], g[3])
+    if not cur then cur = '' end
+    for i = 5, #g do
+      if g[i] == cur then return nil end
+    end
+    return {0, g[4], cur}
+  elseif kind == 'absent' then
+    if redis.call('EXISTS', g[2]) == 1 then return {0, g[3], ''} end
+  elseif kind == 'exists' then
+    if redis.call('EXISTS', g[2]) == 0 then return {0, g[3], ''} end
+  elseif kind == 'idem' then
+    local stored = redis.call('GET', g[2])
+    if stored then return {2, stored} end
+  elseif kind == 'quota' then
+    local used = tonumber(redis.call('GET', g[2]) or '0')
+    if g[4] > 0 and used + g[3] > g[4] then return {0, g[5], tostring(used)} end
+  end
+  return nil
+end
+
+local function xadd_fields(stream, fields, from)
+  local args = {'XADD', stream, '*'}
+  for i = from, #fields do args[#args + 1] = fields[i] end
+  return redis.call(unpack(args))
+end
+
+local function apply(op, ids, base)
+  for i = 2, #op do
+    if type(op[i]) == 'table' then op[i] = ARGV[base + op[i][1]] end
+  end
+  local kind = op[1]
+  if kind == 'log' then
+    ids[#ids + 1] = redis.call('XADD', op[2], '*', 't', op[3], 'd', op[4])
+  elseif kind == 'hset' then
+    redis.call('HSET', unpack(op, 2))
+  elseif kind == 'hincrby' then
+    redis.call('HINCRBY', op[2], op[3], op[4])
+  elseif kind == 'hdel' then
+    redis.call('HDEL', unpack(op, 2))
+  elseif kind == 'work' then
+    -- {work, stream, state key, field, value, ...}: enqueue and remember where, so it can be taken back.
+    local id = xadd_fields(op[2], op, 4)
+    redis.call('HSET', op[3], 'work_stream', op[2], 'work_id', id)
+  elseif kind == 'unwork' then
+    -- {unwork, state key, group}: take the recorded work entry back (ack and delete), if any.
+    local where = redis.call('HMGET', op[2], 'work_stream', 'work_id')
+    if where[1] and where[2] then
+      redis.call('XACK', where[1], op[3], where[2])
+      redis.call('XDEL', where[1], where[2])
+      redis.call('HDEL', op[2], 'work_stream', 'work_id')
+    end
+  elseif kind == 'xadd' then
+    -- {xadd, stream, ref key or '', ref field, field, value, ...}
+    local id = xadd_fields(op[2], op, 5)
+    if op[3] ~= '' then redis.call('HSET', op[3], op[4], id) end
+  elseif kind == 'xack' then
+    redis.call('XACK', op[2], op[3], op[4])
+    if op[5] == 1 then redis.call('XDEL', op[2], op[4]) end
+  elseif kind == 'xdel' then
+    redis.call('XDEL', op[2], op[3])
+  elseif kind == 'xclaim' then
+    redis.call('XCLAIM', op[2], op[3], op[4], 0, op[5], 'JUSTID')
+  elseif kind == 'set' then
+    if op[4] > 0 then redis.call('SET', op[2], op[3], 'EX', op[4]) else redis.call('SET', op[2], op[3]) end
+  elseif kind == 'incrby' then
+    redis.call('INCRBY', op[2], op[3])
+    if op[4] > 0 then redis.call('EXPIRE', op[2], op[4], 'NX') end
+  elseif kind == 'sadd' then
+    redis.call('SADD', op[2], op[3])
+  elseif kind == 'srem' then
+    redis.call('SREM', op[2], op[3])
+  elseif kind == 'del' then
+    redis.call('DEL', op[2])
+  elseif kind == 'publish' then
+    redis.call('PUBLISH', op[2], op[3])
+  else
+    error('unknown op ' .. tostring(kind))
+  end
+end
+
+for u = 1, #units do
+  local unit = units[u]
+  local failed = nil
+  for _, g in ipairs(unit[1]) do
+    failed = check(g)
+    if failed then break end
+  end
+  if failed then
+    results[u] = failed
+  else
+    local ids = {1}
+    for _, op in ipairs(unit[2]) do apply(op, ids, unit[3]) end
+    results[u] = ids
+  end
+end
+return results

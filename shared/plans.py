@@ -1,0 +1,44 @@
+"""Plans: what each tier of tenant may do. Defaults from the design brief; a JSON file may replace them."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Plan(msgspec.Struct, frozen=True, kw_only=True):
+    """Limits of one plan. ``monthly_quota`` of 0 means unlimited."""
+
+    name: str
+    monthly_quota: int
+    rate_per_minute: int
+    max_concurrent: int
+    default_priority: int
+    min_priority: int
+    weight: int = 1
+
+    @property
+    def unlimited(self) -> bool:
+        return self.monthly_quota == 0
+
+
+def default_plans() -> dict[str, Plan]:
+    return {
+        "trial": Plan(name="trial", monthly_quota=100, rate_per_minute=10, max_concurrent=2,
+                      default_priority=8, min_priority=6, weight=1),
+        "pro": Plan(name="pro", monthly_quota=10_000, rate_per_minute=100, max_concurrent=10,
+                    default_priority=5, min_priority=3, weight=2),
+        "enterprise": Plan(name="enterprise", monthly_quota=0, rate_per_minute=1_000, max_concurrent=50,
+                           default_priority=2, min_priority=1, weight=4),
+    }
+
+
+def load_plans(path: str) -> dict[str, Plan]:
+    """Read plans from a JSON file: ``{"trial": {...Plan fields but name...}, ...}``."""
+    from shared.errors import ConfigError
+
+    try:
+        with open(path, "rb") as f:
+            raw = msgspec.json.decode(f.read(), type=dict[str, dict[str, int]])
+        return {name: msgspec.convert({**fields, "name": name}, Plan) for name, fields in raw.items()}
+    except (OSError, msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ConfigError(f"cannot load plans from {path}: {exc}") from exc

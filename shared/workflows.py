@@ -1,0 +1,49 @@
+"""Workflow definitions: what a tenant saves and what a queued execution pins."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+
+class Backoff(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How long to wait before attempt ``n+1``: ``delay_ms`` (fixed) or ``delay_ms × 2^(n−1)`` (exponential)."""
+
+    type: Literal["exponential", "fixed"] = "exponential"
+    delay_ms: int = 5000
+
+    def delay_before(self, next_attempt: int) -> int:
+        """Milliseconds to wait after attempt ``next_attempt − 1`` failed."""
+        failed = max(1, next_attempt - 1)
+        if self.type == "fixed":
+            return self.delay_ms
+        return int(self.delay_ms * 2 ** (failed - 1))
+
+
+class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    attempts: int = 3
+    backoff: Backoff = Backoff()
+
+
+class StepDef(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    action: str
+    label: str | None = None
+    params: dict[str, Any] = {}
+    timeout_s: float | None = None
+    on_error: Literal["fail", "continue"] = "fail"
+
+
+class WorkflowDef(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A workflow as saved: ordered steps plus its retry policy."""
+
+    name: str
+    steps: list[StepDef]
+    retry: RetryPolicy = RetryPolicy()
+    retry_from: Literal["failed_step", "start"] = "failed_step"
+    description: str | None = None
+
+
+MAX_STEPS = 200
+MAX_ATTEMPTS = 100
+MAX_DELAY_MS = 24 * 3600 * 1000
