@@ -138,6 +138,11 @@ class Unit:
         self.ops.append(flat)
         return self
 
+    def xdel_recorded(self, stream: str, key: str, field_name: str) -> Unit:
+        """Delete the entry of ``stream`` whose id ``key``'s ``field_name`` recorded (see ``xadd(ref=…)``)."""
+        self.ops.append(["xdel_ref", stream, key, field_name])
+        return self
+
     def ack(self, stream: str, group: str, entry_id: str, delete: bool = True) -> Unit:
         self.ops.append(["xack", stream, group, entry_id, 1 if delete else 0])
         return self

@@ -65,6 +65,13 @@ local function apply(op, ids, base)
     -- {xadd, stream, ref key or '', ref field, field, value, ...}
     local id = xadd_fields(op[2], op, 5)
     if op[3] ~= '' then redis.call('HSET', op[3], op[4], id) end
+  elseif kind == 'xdel_ref' then
+    -- {xdel_ref, stream, hash key, field}: delete the entry whose id the hash recorded, and forget it.
+    local id = redis.call('HGET', op[3], op[4])
+    if id then
+      redis.call('XDEL', op[2], id)
+      redis.call('HDEL', op[3], op[4])
+    end
   elseif kind == 'xack' then
     redis.call('XACK', op[2], op[3], op[4])
     if op[5] == 1 then redis.call('XDEL', op[2], op[4]) end

@@ -1,0 +1,145 @@
+"""Step actions: their parameter schemas (the API validates with them) and the plug-in contract.
+
+Built-ins are listed here with their parameter types; the executor implements them. More actions plug in
+through the entry-point group ``orq.actions``: each entry point loads an object with a ``params``
+attribute (a ``msgspec.Struct`` type) and an async ``run(params, ctx)`` returning the step's output.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from importlib.metadata import entry_points
+from typing import Any, Literal, Protocol
+
+import msgspec
+
+from shared.errors import ValidationFailed
+from shared.templates import has_template, references, valid_reference
+from shared.workflows import StepDef
+
+log = logging.getLogger(__name__)
+ENTRY_POINT_GROUP = "orq.actions"
+
+
+class NoopParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    pass
+
+
+class LogParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    message: str
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class DelayParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    ms: int = msgspec.field(default=0)
+
+
+class SetParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    values: dict[str, Any]
+
+
+class HttpRequestParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    url: str
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"] = "GET"
+    headers: dict[str, str] = {}
+    json: Any = None
+    timeout_s: float = 30.0
+
+
+class FailParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    message: str = "step failed on purpose"
+    until_attempt: int | None = None
+
+
+BUILTIN_PARAMS: dict[str, type[msgspec.Struct]] = {
+    "noop": NoopParams,
+    "log": LogParams,
+    "delay": DelayParams,
+    "set": SetParams,
+    "http_request": HttpRequestParams,
+    "fail": FailParams,
+}
+MAX_DELAY_MS = 3_600_000
+
+
+class ActionContext(Protocol):
+    """What a running action may know and report."""
+
+    execution_id: str
+    tenant_id: str
+    step_index: int
+    attempt: int
+
+    async def log(self, message: str, level: str = "info") -> None: ...
+
+    async def progress(self, percent: float, message: str | None = None) -> None: ...
+
+
+class PluginAction(Protocol):
+    params: type[msgspec.Struct]
+
+    async def run(self, params: Any, ctx: ActionContext) -> Any: ...
+
+
+def load_plugins() -> dict[str, PluginAction]:
+    """Actions installed through the ``orq.actions`` entry points (a broken plug-in is logged, not fatal)."""
+    found: dict[str, PluginAction] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            found[ep.name] = ep.load()
+        except Exception:
+            log.exception("cannot load action plug-in %s", ep.name)
+    return found
+
+
+def param_types(plugins: Mapping[str, PluginAction]) -> dict[str, type[msgspec.Struct]]:
+    return {**BUILTIN_PARAMS, **{name: p.params for name, p in plugins.items()}}
+
+
+_PLACEHOLDER_BY_TYPE: dict[Any, Any] = {int: 0, float: 0.0, str: "", bool: False}
+
+
+def _stand_in(field_type: Any) -> Any:
+    """A value of the field's type standing for a template (whose real value is known only at run time)."""
+    for candidate, value in _PLACEHOLDER_BY_TYPE.items():
+        if field_type is candidate:
+            return value
+    origin = getattr(field_type, "__origin__", None)
+    if origin is dict:
+        return {}
+    if origin is list:
+        return []
+    return None
+
+
+def validate_step(index: int, step: StepDef, types: Mapping[str, type[msgspec.Struct]]) -> Any:
+    """Check a step's action exists and its params fit; raise ``ValidationFailed`` naming the field."""
+    where = f"steps[{index}]"
+    params_type = types.get(step.action)
+    if params_type is None:
+        raise ValidationFailed(
+            f"{where}.action: unknown action {step.action!r}", field=f"{where}.action", known=sorted(types)
+        )
+    for ref in references(step.params):
+        if not valid_reference(ref):
+            raise ValidationFailed(f"{where}.params: bad template reference {{{{ {ref} }}}}", field=f"{where}.params")
+        if ref.startswith("steps.") and int(ref.split(".")[1]) >= index:
+            raise ValidationFailed(
+                f"{where}.params: {{{{ {ref} }}}} refers to a step that has not run yet", field=f"{where}.params"
+            )
+    fields = {f.name: f.type for f in msgspec.structs.fields(params_type)}
+    checked = {
+        k: (_stand_in(fields[k]) if k in fields and has_template(v) and fields[k] is not str else v)
+        for k, v in step.params.items()
+    }
+    try:
+        parsed = msgspec.convert(checked, params_type)
+    except msgspec.ValidationError as exc:
+        detail = str(exc)
+        path = detail.rsplit("at `$.", 1)[-1].rstrip("`") if "at `$." in detail else ""
+        field_name = f"{where}.params.{path}" if path else f"{where}.params"
+        raise ValidationFailed(f"{field_name}: {detail}", field=field_name) from None
+    if isinstance(parsed, DelayParams) and not 0 <= parsed.ms <= MAX_DELAY_MS:
+        raise ValidationFailed(f"{where}.params.ms: must be between 0 and {MAX_DELAY_MS}", field=f"{where}.params.ms")
+    return parsed

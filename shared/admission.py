@@ -1,0 +1,105 @@
+"""Admission: the one path by which an execution is requested (API, bulk API and triggers alike).
+
+Quota check and count, the ``execution.queued`` events, the aggregate state and the work entries are one
+atomic unit: either every run of a request is queued and counted, or none is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from shared import keys
+from shared.clock import month_of
+from shared.commit import Unit
+from shared.events import ExecutionQueued
+from shared.plans import Plan
+from shared.state import Status, WorkflowState
+from shared.workflows import WorkflowDef
+
+USAGE_TTL_S = 40 * 24 * 3600
+QUOTA_GUARD = "quota"
+WORKFLOW_GONE_GUARD = "workflow_deleted"
+WORKFLOW_CHANGED_GUARD = "workflow_changed"
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One execution to queue."""
+
+    execution_id: str
+    priority: int
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def admission_unit(
+    *,
+    p: int,
+    tenant_id: str,
+    plan: Plan,
+    workflow: WorkflowState,
+    definition: WorkflowDef,
+    runs: Sequence[Run],
+    now_ms: int,
+    trigger_type: str = "api",
+    parent_execution_id: str | None = None,
+    idempotency: tuple[str, bytes] | None = None,
+) -> Unit:
+    """Queue ``runs`` of ``workflow`` (pinned at ``workflow.version``) if the monthly quota allows all of them.
+
+    ``idempotency=(redis key, reply)``: a second request with the same key gets the first reply back
+    (``Duplicate``) and changes nothing.
+    """
+    unit = Unit(p)
+    if idempotency is not None:
+        unit.idempotent(idempotency[0])
+    wf_key = keys.workflow(p, workflow.id)
+    unit.require(wf_key, "deleted", ["0"], WORKFLOW_GONE_GUARD)
+    unit.require(wf_key, "version", [str(workflow.version)], WORKFLOW_CHANGED_GUARD)
+    usage_key = keys.usage(p, tenant_id, month_of(now_ms))
+    unit.within_quota(usage_key, len(runs), plan.monthly_quota, QUOTA_GUARD)
+    unit.incrby(usage_key, len(runs), USAGE_TTL_S)
+    def_key = keys.workflow_version(p, workflow.id, workflow.version)
+    for run in runs:
+        state_key = keys.execution(p, run.execution_id)
+        unit.event(
+            ExecutionQueued(
+                tenant_id=tenant_id,
+                aggregate_id=run.execution_id,
+                ts=now_ms,
+                workflow_id=workflow.id,
+                workflow_version=workflow.version,
+                definition=definition,
+                params=run.params,
+                priority=run.priority,
+                trigger_type=trigger_type,
+                parent_execution_id=parent_execution_id,
+            )
+        )
+        unit.hset(
+            state_key,
+            {
+                "tenant": tenant_id,
+                "workflow_id": workflow.id,
+                "def_key": def_key,
+                "priority": run.priority,
+                "status": Status.QUEUED.value,
+                "attempt": 1,
+                "retry_count": 0,
+                "crash_count": 0,
+                "step": 0,
+                "queued_at": now_ms,
+                "params": _encoder.encode(run.params),
+                "trigger_type": trigger_type,
+                "dead_lettered": "0",
+            },
+        )
+        unit.enqueue(keys.work(p, run.priority), state_key, {"e": run.execution_id, "t": tenant_id})
+    if idempotency is not None:
+        unit.set(idempotency[0], idempotency[1], 24 * 3600)
+    return unit

@@ -1,0 +1,35 @@
+"""SQL engine creation and schema set-up, for MariaDB/MySQL (aiomysql) and SQLite (aiosqlite)."""
+
+from __future__ import annotations
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from shared.schema import metadata
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """An async engine; SQLite gets WAL and a busy timeout so API reads do not block the projector."""
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_async_engine(url, pool_size=10, max_overflow=10, pool_recycle=3600, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
+    cursor = dbapi_conn.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def is_sqlite(engine: AsyncEngine | Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+async def create_schema(engine: AsyncEngine) -> None:
+    """Create missing tables and indexes (idempotent; safe for several services starting at once)."""
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all, checkfirst=True)

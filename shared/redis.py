@@ -1,0 +1,42 @@
+"""Redis clients and consumer-group set-up."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+# Blocking reads wait at most this long; the socket timeout must exceed it or a quiet loop dies of a timeout.
+BLOCK_MS = 2_000
+SOCKET_TIMEOUT_S = BLOCK_MS / 1000 + 10
+
+
+def connect(url: str, *, max_connections: int = 64) -> Redis:
+    """A client for commands and blocking reads alike (socket timeout longer than any BLOCK we use)."""
+    return Redis.from_url(
+        url,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        max_connections=max_connections,
+        decode_responses=False,
+    )
+
+
+async def ensure_groups(redis: Redis, streams: Iterable[str], group: str, start_id: str = "0") -> None:
+    """Create ``group`` on each stream (and the stream) unless it exists; safe to run on every start."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for stream in streams:
+            pipe.xgroup_create(stream, group, id=start_id, mkstream=True)
+        replies = await pipe.execute(raise_on_error=False)
+    for reply in replies:
+        if isinstance(reply, ResponseError) and "BUSYGROUP" not in str(reply):
+            raise reply
+
+
+def text(value: bytes | str | None) -> str:
+    """Decode a Redis reply value to ``str`` ("" for a missing value)."""
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,162 @@
+"""The SQL projections (SQLAlchemy Core), valid on MariaDB/MySQL and SQLite.
+
+Times are integer milliseconds since the epoch (exact and identical on both dialects); the API renders
+them as ISO 8601. JSON columns hold what the events carried.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects import mysql
+
+metadata = MetaData()
+
+ID = String(36)
+# MySQL's BLOB stops at 64 KiB; an event body (a pinned workflow, a step output) may be larger.
+Blob = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+Json = JSON().with_variant(mysql.JSON(), "mysql", "mariadb")
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("plan", String(50), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("tenant_id", ID, nullable=False, index=True),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(40), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("revoked", Boolean, nullable=False, default=False),
+)
+
+workflows = Table(
+    "workflows",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("tenant_id", ID, nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("definition", Json, nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Index("ix_workflows_tenant", "tenant_id", "deleted", "id"),
+)
+
+executions = Table(
+    "executions",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("tenant_id", ID, nullable=False),
+    Column("workflow_id", ID, nullable=False),
+    Column("workflow_version", Integer, nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("attempt", Integer, nullable=False, default=1),
+    Column("retry_count", Integer, nullable=False, default=0),
+    Column("crash_count", Integer, nullable=False, default=0),
+    Column("trigger_type", String(30), nullable=False),
+    Column("parent_execution_id", ID, nullable=True),
+    Column("params", Json, nullable=True),
+    Column("steps_total", Integer, nullable=False),
+    Column("steps_completed", Integer, nullable=False, default=0),
+    Column("steps_failed", Integer, nullable=False, default=0),
+    Column("current_step", Integer, nullable=True),
+    Column("progress", Integer, nullable=False, default=0),
+    Column("queued_at", BigInteger, nullable=False),
+    Column("started_at", BigInteger, nullable=True),
+    Column("completed_at", BigInteger, nullable=True),
+    Column("duration_ms", BigInteger, nullable=True),
+    Column("result", Json, nullable=True),
+    Column("error_message", LongText, nullable=True),
+    Column("dead_lettered", Boolean, nullable=False, default=False),
+    Column("in_dlq", Boolean, nullable=False, default=False),
+    Column("dead_lettered_at", BigInteger, nullable=True),
+    Column("executor", String(120), nullable=True),
+    Column("updated_at", BigInteger, nullable=False),
+    Index("ix_executions_tenant_status", "tenant_id", "status", "id"),
+    Index("ix_executions_tenant_workflow", "tenant_id", "workflow_id", "id"),
+    Index("ix_executions_tenant_dlq", "tenant_id", "in_dlq", "dead_lettered_at"),
+)
+
+execution_steps = Table(
+    "execution_steps",
+    metadata,
+    Column("execution_id", ID, primary_key=True),
+    Column("step_index", Integer, primary_key=True, autoincrement=False),
+    Column("tenant_id", ID, nullable=False),
+    Column("action", String(100), nullable=False),
+    Column("label", String(200), nullable=True),
+    Column("status", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("started_at", BigInteger, nullable=True),
+    Column("completed_at", BigInteger, nullable=True),
+    Column("duration_ms", BigInteger, nullable=True),
+    Column("output_data", Json, nullable=True),
+    Column("error_message", LongText, nullable=True),
+)
+
+execution_logs = Table(
+    "execution_logs",
+    metadata,
+    Column("event_id", String(40), primary_key=True),
+    Column("execution_id", ID, nullable=False, index=True),
+    Column("tenant_id", ID, nullable=False),
+    Column("step_index", Integer, nullable=False),
+    Column("level", String(10), nullable=False),
+    Column("message", LongText, nullable=False),
+    Column("ts", BigInteger, nullable=False),
+)
+
+usage_monthly = Table(
+    "usage_monthly",
+    metadata,
+    Column("tenant_id", ID, primary_key=True),
+    Column("month", String(6), primary_key=True),
+    Column("executions", Integer, nullable=False, default=0),
+)
+
+event_archive = Table(
+    "event_archive",
+    metadata,
+    Column("partition", Integer, primary_key=True, autoincrement=False),
+    Column("ms", BigInteger, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("type", String(60), nullable=False),
+    Column("tenant_id", ID, nullable=False),
+    Column("aggregate_id", String(64), nullable=False),
+    Column("body", Blob, nullable=False),
+)
+
+projection_checkpoints = Table(
+    "projection_checkpoints",
+    metadata,
+    Column("name", String(60), primary_key=True),
+    Column("partition", Integer, primary_key=True, autoincrement=False),
+    Column("last_id", String(40), nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+# Tables a replay rebuilds (everything but the archive it replays from).
+PROJECTION_TABLES = [tenants, api_keys, workflows, executions, execution_steps, execution_logs, usage_monthly]

@@ -1,0 +1,89 @@
+"""Aggregate state in Redis: what commands check. A cache of the log, never read by queries.
+
+Execution hash ``orq:{p}:exec:<id>`` fields (all strings):
+``tenant``, ``workflow_id``, ``def_key`` (the pinned, immutable definition), ``priority``, ``status``,
+``attempt`` (the attempt now running or next to run, from 1 in each attempt series), ``retry_count``,
+``crash_count``, ``step`` (index to resume from), ``owner`` (executor consumer while running),
+``queued_at``, ``started_at``, ``params`` (msgpack), ``out:<i>`` (msgpack output of step i),
+``work_stream``/``work_id`` (its work entry), ``retry_at`` (ms, while in backoff), ``dead_lettered``
+("1" once in the DLQ), ``dlq_id`` (its DLQ entry), ``trigger_type``.
+Tenant hash ``orq:{p}:tenant:<id>``: ``name``, ``plan``, ``key_hash``, ``key_id``, ``created_at``, ``paused``.
+Workflow hash ``orq:{p}:wf:<id>``: ``tenant``, ``name``, ``version``, ``deleted`` ("0"/"1").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import msgspec
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.redis import text
+from shared.workflows import WorkflowDef
+
+
+class Status(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+
+_def_decoder = msgspec.msgpack.Decoder(WorkflowDef)
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode_definition(definition: WorkflowDef) -> bytes:
+    return _encoder.encode(definition)
+
+
+def decode_definition(body: bytes) -> WorkflowDef:
+    return _def_decoder.decode(body)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantState:
+    id: str
+    partition: int
+    name: str
+    plan: str
+    key_hash: str
+    paused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowState:
+    id: str
+    tenant_id: str
+    name: str
+    version: int
+    deleted: bool
+
+
+async def read_tenant(redis: Redis, partitions: int, tenant_id: str) -> TenantState | None:
+    p = keys.partition_of(tenant_id, partitions)
+    raw = await redis.hgetall(keys.tenant(p, tenant_id))
+    if not raw:
+        return None
+    h = {text(k): text(v) for k, v in raw.items()}
+    return TenantState(tenant_id, p, h["name"], h["plan"], h["key_hash"], h.get("paused") == "1")
+
+
+async def read_workflow(redis: Redis, p: int, workflow_id: str) -> WorkflowState | None:
+    raw = await redis.hgetall(keys.workflow(p, workflow_id))
+    if not raw:
+        return None
+    h = {text(k): text(v) for k, v in raw.items()}
+    return WorkflowState(workflow_id, h["tenant"], h["name"], int(h["version"]), h.get("deleted") == "1")
+
+
+async def read_execution(redis: Redis, p: int, execution_id: str) -> dict[str, bytes]:
+    """The raw execution hash (field name → bytes), empty if unknown."""
+    raw = await redis.hgetall(keys.execution(p, execution_id))
+    return {text(k): v for k, v in raw.items()}

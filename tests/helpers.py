@@ -1,0 +1,49 @@
+"""Test helpers: server URLs, polling instead of sleeping, and running real ``orq`` processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+REDIS_URL = os.environ.get("ORQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def mysql_url() -> str:
+    return os.environ.get("ORQ_TEST_MYSQL_URL", "mysql+aiomysql://root@127.0.0.1:3306/test")
+
+
+async def mysql_available(url: str) -> bool:
+    from shared.db import create_engine
+
+    engine = create_engine(url)
+    try:
+        async with engine.connect():
+            return True
+    except Exception:
+        return False
+    finally:
+        await engine.dispose()
+
+
+async def assert_eventually(
+    check: Callable[[], Awaitable[T]], timeout: float = 10.0, interval: float = 0.05, message: str = ""
+) -> T:
+    """Call ``check`` until it returns without raising AssertionError (and a truthy value), or time runs out."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            result = await check()
+            if result is None or result:
+                return result
+            last = AssertionError(f"{message or 'condition'} returned {result!r}")
+        except AssertionError as exc:
+            last = exc
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not true within {timeout}s: {message}") from last
+        await asyncio.sleep(interval)
