@@ -109,6 +109,10 @@ class Unit:
         self.ops.append(flat)
         return self
 
+    def hsetnx(self, key: str, field_name: str, value: Value) -> Unit:
+        self.ops.append(["hsetnx", key, field_name, self._arg(value)])
+        return self
+
     def hincrby(self, key: str, field_name: str, amount: int = 1) -> Unit:
         self.ops.append(["hincrby", key, field_name, amount])
         return self

@@ -45,6 +45,8 @@ local function apply(op, ids, base)
     ids[#ids + 1] = redis.call('XADD', op[2], '*', 't', op[3], 'd', op[4])
   elseif kind == 'hset' then
     redis.call('HSET', unpack(op, 2))
+  elseif kind == 'hsetnx' then
+    redis.call('HSETNX', op[2], op[3], op[4])
   elseif kind == 'hincrby' then
     redis.call('HINCRBY', op[2], op[3], op[4])
   elseif kind == 'hdel' then

@@ -1,0 +1,105 @@
+"""The executor's side of step actions: the built-ins' behaviour and the registry of plug-ins."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import httpx
+import msgspec
+
+from shared.actions import (
+    ActionContext,
+    DelayParams,
+    FailParams,
+    HttpRequestParams,
+    LogParams,
+    PluginAction,
+    SetParams,
+    load_plugins,
+    param_types,
+)
+from shared.errors import StepFailed
+
+Runner = Callable[[Any, ActionContext], Awaitable[Any]]
+MAX_BODY_CHARS = 64 * 1024
+
+
+async def _noop(_params: Any, _ctx: ActionContext) -> None:
+    return None
+
+
+async def _log(params: LogParams, ctx: ActionContext) -> None:
+    await ctx.log(params.message, params.level)
+
+
+async def _delay(params: DelayParams, _ctx: ActionContext) -> dict[str, int]:
+    await asyncio.sleep(params.ms / 1000)
+    return {"slept_ms": params.ms}
+
+
+async def _set(params: SetParams, _ctx: ActionContext) -> dict[str, Any]:
+    return params.values
+
+
+async def _fail(params: FailParams, ctx: ActionContext) -> dict[str, int]:
+    if params.until_attempt is None or ctx.attempt < params.until_attempt:
+        raise StepFailed(params.message)
+    return {"passed_on_attempt": ctx.attempt}
+
+
+def _http_request(client: httpx.AsyncClient) -> Runner:
+    async def run(params: HttpRequestParams, _ctx: ActionContext) -> dict[str, Any]:
+        try:
+            response = await client.request(
+                params.method, params.url, headers=params.headers, json=params.json, timeout=params.timeout_s
+            )
+        except httpx.HTTPError as exc:
+            raise StepFailed(f"{params.method} {params.url}: {type(exc).__name__}: {exc}") from exc
+        body: Any
+        if response.headers.get("content-type", "").startswith("application/json"):
+            try:
+                body = response.json()
+            except ValueError:
+                body = response.text[:MAX_BODY_CHARS]
+        else:
+            body = response.text[:MAX_BODY_CHARS]
+        if response.status_code >= 500:
+            raise StepFailed(f"{params.method} {params.url}: HTTP {response.status_code}")
+        return {"status": response.status_code, "body": body}
+
+    return run
+
+
+class Actions:
+    """Name → (params type, runner) for every action this executor can run."""
+
+    def __init__(self, client: httpx.AsyncClient, plugins: Mapping[str, PluginAction] | None = None) -> None:
+        plugins = load_plugins() if plugins is None else plugins
+        self.params = param_types(plugins)
+        self.runners: dict[str, Runner] = {
+            "noop": _noop,
+            "log": _log,  # type: ignore[dict-item]
+            "delay": _delay,  # type: ignore[dict-item]
+            "set": _set,  # type: ignore[dict-item]
+            "http_request": _http_request(client),  # type: ignore[dict-item]
+            "fail": _fail,  # type: ignore[dict-item]
+            **{name: plugin.run for name, plugin in plugins.items()},
+        }
+
+    def parse(self, action: str, params: Mapping[str, Any]) -> Any:
+        """Rendered params to the action's params type (a bad value is a step failure, not a crash)."""
+        params_type = self.params.get(action)
+        if params_type is None:
+            raise StepFailed(f"unknown action {action!r}")
+        try:
+            return msgspec.convert(params, params_type)
+        except msgspec.ValidationError as exc:
+            raise StepFailed(f"bad params for {action}: {exc}") from None
+
+    def runner(self, action: str) -> Runner:
+        runner = self.runners.get(action)
+        if runner is None:
+            raise StepFailed(f"unknown action {action!r}")
+        return runner

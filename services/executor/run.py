@@ -1,0 +1,256 @@
+"""Running one execution: start, steps in order, then complete, retry later, or dead-letter.
+
+Every commit after the start guards ``status=running`` and ``owner=<this executor>``: a cancel or a
+takeover by another executor makes the next commit refused, and the run stops there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from services.executor.actions import Actions
+from services.executor.job import Job
+from shared import keys
+from shared.clock import now_ms
+from shared.commit import Applied, Committer, Refused, Unit
+from shared.errors import StepFailed
+from shared.events import (
+    ExecutionCompleted,
+    ExecutionDeadLettered,
+    ExecutionFailed,
+    ExecutionLog,
+    ExecutionProgress,
+    ExecutionRecovered,
+    ExecutionRetrying,
+    ExecutionStarted,
+    StepCompleted,
+    StepStarted,
+)
+from shared.events import (
+    StepFailed as StepFailedEvent,
+)
+from shared.state import Status
+from shared.templates import render
+from shared.workflows import WorkflowDef
+
+log = logging.getLogger(__name__)
+_encoder = msgspec.msgpack.Encoder()
+
+
+class RunStopped(Exception):
+    """The execution may not go on here: cancelled, or taken over by another executor."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunEnv:
+    """What every run of this executor shares."""
+
+    committer: Committer
+    actions: Actions
+    consumer: str
+    max_crashes: int
+
+
+class StepContext:
+    """Handed to actions: identity of the step and a way to report logs and progress."""
+
+    def __init__(self, run: ExecutionRun, step_index: int) -> None:
+        self._run = run
+        self.execution_id = run.job.execution_id
+        self.tenant_id = run.job.tenant_id
+        self.step_index = step_index
+        self.attempt = run.attempt
+
+    async def log(self, message: str, level: str = "info") -> None:
+        event = ExecutionLog(tenant_id=self.tenant_id, aggregate_id=self.execution_id, ts=now_ms(),
+                             step_index=self.step_index, message=message, level=level)
+        self._run.env.committer.submit(Unit(self._run.job.p).event(event))
+
+    async def progress(self, percent: float, message: str | None = None) -> None:
+        event = ExecutionProgress(tenant_id=self.tenant_id, aggregate_id=self.execution_id, ts=now_ms(),
+                                  step_index=self.step_index, percent=max(0.0, min(100.0, percent)), message=message)
+        self._run.env.committer.submit(Unit(self._run.job.p).event(event))
+
+
+class ExecutionRun:
+    """One attempt at an execution, from its start commit to its last."""
+
+    def __init__(self, job: Job, env: RunEnv) -> None:
+        self.job = job
+        self.env = env
+        self.attempt = job.int_field("attempt", 1)
+        self.cancel_requested = False
+        self.started_ms = job.int_field("started_at")
+
+    # --- units ----------------------------------------------------------------------------------------------
+    def _unit(self) -> Unit:
+        return Unit(self.job.p)
+
+    def _guarded(self) -> Unit:
+        key = self.job.state_key
+        return (
+            self._unit()
+            .require(key, "status", [Status.RUNNING.value], "status")
+            .require(key, "owner", [self.env.consumer], "owner")
+        )
+
+    def _ids(self) -> dict[str, Any]:
+        return {"tenant_id": self.job.tenant_id, "aggregate_id": self.job.execution_id}
+
+    async def _commit(self, unit: Unit) -> None:
+        outcome = await self.env.committer.commit(unit)
+        if isinstance(outcome, Refused):
+            await self._stop_refused(outcome)
+
+    async def _stop_refused(self, refused: Refused) -> None:
+        if refused.label != "owner":
+            # Cancelled (or finished elsewhere): this entry is done with; someone must ack it, and we hold it.
+            await self.env.committer.commit(self._unit().ack(self.job.stream, keys.GROUP_EXECUTOR, self.job.entry_id))
+        raise RunStopped(f"{refused.label} is {refused.actual!r}")
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Run to an end (completed, retrying, dead-lettered) or until stopped."""
+        definition = self.job.definition
+        try:
+            if definition is None or not self.job.state:
+                await self._stop_refused(Refused("status", "missing"))
+                return
+            if not await self._start(definition):
+                return
+            await self._steps(definition)
+        except RunStopped as stop:
+            log.info("execution %s stopped: %s", self.job.execution_id, stop,
+                     extra={"execution_id": self.job.execution_id})
+        except asyncio.CancelledError:
+            if not self.cancel_requested:
+                raise  # shutdown: leave the entry pending, another executor takes over
+            await self.env.committer.commit(self._unit().ack(self.job.stream, keys.GROUP_EXECUTOR, self.job.entry_id))
+
+    async def _start(self, definition: WorkflowDef) -> bool:
+        job, key, ts = self.job, self.job.state_key, now_ms()
+        unit = self._unit().require(key, "work_id", [job.entry_id], "work")
+        unit.require(key, "status", [Status.QUEUED.value, Status.RETRYING.value, Status.RUNNING.value], "status")
+        if job.recovered:
+            crashes = job.int_field("crash_count") + 1
+            unit.hincrby(key, "crash_count", 1)
+            unit.event(ExecutionRecovered(**self._ids(), ts=ts, crash_count=crashes,
+                                          lost_executor=job.previous_owner, executor=self.env.consumer))
+            if crashes > self.env.max_crashes:
+                error = f"executor crashed {crashes} times running it: dead-lettered as poison"
+                self._dead_letter(unit, ts, error, reason="poison", step=job.int_field("step"))
+                await self._commit(unit)
+                return False
+        from_step = job.int_field("step")
+        unit.hset(key, {"status": Status.RUNNING.value, "owner": self.env.consumer})
+        unit.hsetnx(key, "started_at", ts)
+        self.started_ms = self.started_ms or ts
+        unit.hdel(key, "retry_delay")
+        unit.event(ExecutionStarted(**self._ids(), ts=ts, attempt=self.attempt, executor=self.env.consumer,
+                                    from_step=from_step))
+        outcome = await self.env.committer.commit(unit)
+        if isinstance(outcome, Refused):
+            await self._stop_refused(outcome)
+        return isinstance(outcome, Applied)
+
+    async def _steps(self, definition: WorkflowDef) -> None:
+        params = self.job.params()
+        outputs = self.job.outputs()
+        last = len(definition.steps) - 1
+        first = self.job.int_field("step")
+        if first > last:  # nothing left to run (resumed after its last step): just finish
+            await self._commit(self._complete(self._guarded(), outputs.get(last)))
+            return
+        for index in range(first, last + 1):
+            step = definition.steps[index]
+            t0 = time.perf_counter()
+            self.env.committer.submit(self._guarded().event(
+                StepStarted(**self._ids(), ts=now_ms(), step_index=index, action=step.action, label=step.label,
+                            attempt=self.attempt)))
+            try:
+                output = await self._run_step(index, definition, params, outputs)
+                body = _encoder.encode(output)
+            except (StepFailed, msgspec.EncodeError) as exc:
+                error = exc.message if isinstance(exc, StepFailed) else f"step output is not serialisable: {exc}"
+                duration = int((time.perf_counter() - t0) * 1000)
+                if step.on_error == "continue":
+                    await self._commit(self._guarded().event(
+                        StepFailedEvent(**self._ids(), ts=now_ms(), step_index=index, error=error,
+                                        duration_ms=duration, attempt=self.attempt, continued=True)
+                    ).hset(self.job.state_key, {"step": index + 1}))
+                    if index == last:
+                        await self._commit(self._complete(self._guarded(), outputs.get(index - 1)))
+                    continue
+                await self._fail(definition, index, error, duration)
+                return
+            duration = int((time.perf_counter() - t0) * 1000)
+            outputs[index] = output
+            unit = self._guarded().event(
+                StepCompleted(**self._ids(), ts=now_ms(), step_index=index, output=output, duration_ms=duration))
+            unit.hset(self.job.state_key, {f"out:{index}": body, "step": index + 1})
+            if index == last:
+                self._complete(unit, output)
+            await self._commit(unit)
+
+    async def _run_step(self, index: int, definition: WorkflowDef, params: dict[str, Any],
+                        outputs: dict[int, Any]) -> Any:
+        """Run one action; whatever goes wrong inside it (a timeout, a plug-in's bug) fails the step."""
+        step = definition.steps[index]
+        try:
+            rendered = render(step.params, params, outputs)
+            parsed = self.env.actions.parse(step.action, rendered)
+            runner = self.env.actions.runner(step.action)
+            async with asyncio.timeout(step.timeout_s):
+                return await runner(parsed, StepContext(self, index))
+        except StepFailed:
+            raise
+        except TimeoutError:
+            raise StepFailed(f"step timed out after {step.timeout_s}s") from None
+        except Exception as exc:  # an action is foreign code: its error is the step's failure, not ours
+            raise StepFailed(f"{type(exc).__name__}: {exc}") from exc
+
+    # --- endings --------------------------------------------------------------------------------------------
+    def _complete(self, unit: Unit, result: Any) -> Unit:
+        ts = now_ms()
+        unit.event(ExecutionCompleted(**self._ids(), ts=ts, result=result, duration_ms=max(0, ts - self.started_ms)))
+        unit.hset(self.job.state_key, {"status": Status.COMPLETED.value})
+        unit.hdel(self.job.state_key, "owner", "work_stream", "work_id")
+        return unit.ack(self.job.stream, keys.GROUP_EXECUTOR, self.job.entry_id)
+
+    async def _fail(self, definition: WorkflowDef, index: int, error: str, duration: int) -> None:
+        ts = now_ms()
+        key = self.job.state_key
+        unit = self._guarded().event(StepFailedEvent(**self._ids(), ts=ts, step_index=index, error=error,
+                                                     duration_ms=duration, attempt=self.attempt))
+        resume_at = 0 if definition.retry_from == "start" else index
+        policy = definition.retry
+        if self.attempt < policy.attempts:
+            delay = policy.backoff.delay_before(self.attempt + 1)
+            unit.event(ExecutionRetrying(**self._ids(), ts=ts, failed_attempt=self.attempt,
+                                         next_attempt=self.attempt + 1, delay_ms=delay, error=error))
+            unit.hset(key, {"status": Status.RETRYING.value, "attempt": self.attempt + 1, "step": resume_at,
+                            "retry_delay": delay})
+            unit.hincrby(key, "retry_count", 1)
+            unit.hdel(key, "owner")
+            unit.claim(self.job.stream, keys.GROUP_EXECUTOR, keys.CONSUMER_BACKOFF, self.job.entry_id)
+        else:
+            self._dead_letter(unit, ts, error, reason="exhausted", step=resume_at)
+        await self._commit(unit)
+
+    def _dead_letter(self, unit: Unit, ts: int, error: str, *, reason: str, step: int) -> None:
+        key = self.job.state_key
+        unit.event(ExecutionFailed(**self._ids(), ts=ts, error=error, attempt=self.attempt, dead_lettered=True))
+        unit.event(ExecutionDeadLettered(**self._ids(), ts=ts, reason=reason, error=error))  # type: ignore[arg-type]
+        unit.hset(key, {"status": Status.FAILED.value, "dead_lettered": "1", "step": step})
+        unit.hdel(key, "owner", "work_stream", "work_id")
+        unit.xadd(keys.dlq(self.job.p),
+                  {"e": self.job.execution_id, "t": self.job.tenant_id, "reason": reason, "error": error[:2000]},
+                  ref=(key, "dlq_id"))
+        unit.ack(self.job.stream, keys.GROUP_EXECUTOR, self.job.entry_id)
+

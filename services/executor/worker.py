@@ -1,0 +1,247 @@
+"""The executor: takes work entries by priority into a fixed number of slots and runs them.
+
+Loops: dispatch (new entries, lowest priority number first, blocking when all are empty), backoff (entries
+whose retry delay has passed), expired (entries of executors that stopped renewing their lease), lease
+renewal, and cancel notices over pub/sub. All hand jobs to one bounded set of slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Awaitable, Callable
+
+import httpx
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from services.executor.actions import Actions
+from services.executor.job import DefinitionCache, Job, jobs_from_reply
+from services.executor.run import ExecutionRun, RunEnv
+from shared import keys
+from shared.commit import Committer, load_lua
+from shared.redis import BLOCK_MS, connect, ensure_groups, text
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+BACKOFF_POLL_S = 0.2
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class Executor:
+    """Runs up to ``settings.executor_concurrency`` executions at once as consumer ``name``."""
+
+    def __init__(self, settings: Settings, redis: Redis, committer: Committer, actions: Actions,
+                 name: str | None = None) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.name = name or consumer_name()
+        self.slots = settings.executor_concurrency
+        self.env = RunEnv(committer, actions, self.name, settings.max_crashes)
+        self.partitions = list(range(settings.partitions))
+        self.streams = {p: keys.work_streams(p) for p in self.partitions}
+        self._dispatch: AsyncScript = redis.register_script(load_lua("dispatch.lua"))
+        self._renew: AsyncScript = redis.register_script(load_lua("renew.lua"))
+        self._cache = DefinitionCache()
+        self._held: list[tuple[int, int, Job]] = []  # (priority, order, job): delivered, not yet started
+        self._order = 0
+        self._running: dict[str, tuple[asyncio.Task[None], ExecutionRun]] = {}
+        self._slot_freed = asyncio.Event()
+        self._rotation = 0
+        self.lease_ms = int(settings.lease_s * 1000)
+
+    @property
+    def free(self) -> int:
+        return self.slots - len(self._running) - len(self._held)
+
+    # --- main -----------------------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop``; then take nothing new, let running executions finish within the lease, return."""
+        for p in self.partitions:
+            await ensure_groups(self.redis, self.streams[p], keys.GROUP_EXECUTOR)
+        log.info("executor %s started with %d slots", self.name, self.slots)
+        loops = [
+            asyncio.create_task(self._dispatch_loop(stop), name="dispatch"),
+            asyncio.create_task(self._every(BACKOFF_POLL_S, stop, self._take_due), name="backoff"),
+            asyncio.create_task(self._every(self.settings.lease_s / 3, stop, self._take_expired), name="expired"),
+            asyncio.create_task(self._every(self.settings.lease_s / 3, stop, self._renew_leases), name="leases"),
+            asyncio.create_task(self._listen_for_cancels(stop), name="cancels"),
+        ]
+        await stop.wait()
+        await self._drain(loops)
+
+    async def _drain(self, loops: list[asyncio.Task[None]]) -> None:
+        leases = loops.pop(3)
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        running = [task for task, _ in self._running.values()]
+        if running:
+            log.info("waiting for %d running executions", len(running))
+            _, late = await asyncio.wait(running, timeout=self.settings.lease_s)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        leases.cancel()
+        await asyncio.gather(leases, return_exceptions=True)
+        log.info("executor %s stopped", self.name)
+
+    async def _every(self, interval: float, stop: asyncio.Event, work: Callable[[], Awaitable[None]]) -> None:
+        while not stop.is_set():
+            try:
+                await work()
+            except Exception:
+                log.exception("%s failed; retrying", getattr(work, "__name__", "loop"))
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+            except TimeoutError:
+                pass
+
+    # --- taking work ----------------------------------------------------------------------------------------
+    async def _call(self, mode: str, counts: dict[int, int], extra: dict[int, list[str]] | None = None,
+                    min_idle: int = 0) -> list[Job]:
+        calls = [(p, n) for p, n in counts.items() if n > 0 or extra]
+        if not calls:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p, n in calls:
+                args = [mode, keys.GROUP_EXECUTOR, self.name, n, keys.execution(p, ""), min_idle,
+                        *((extra or {}).get(p, []))]
+                await self._dispatch(keys=self.streams[p], args=args, client=pipe)
+            replies = await pipe.execute()
+        jobs: list[Job] = []
+        for (p, _), reply in zip(calls, replies, strict=True):
+            jobs += jobs_from_reply(p, self.streams[p], reply, self._cache, self._order + len(jobs))
+        self._order += len(jobs)
+        return jobs
+
+    def _split(self, free: int) -> dict[int, int]:
+        """Spread ``free`` slots over partitions, starting from a rotating one so none is always last."""
+        n = len(self.partitions)
+        counts = {}
+        for i in range(n):
+            p = self.partitions[(self._rotation + i) % n]
+            counts[p] = free // n + (1 if i < free % n else 0)
+        self._rotation += 1
+        return counts
+
+    async def _dispatch_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            if self.free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            try:
+                jobs = await self._call("next", self._split(self.free))
+                if not jobs:
+                    jobs = await self._block_for_work()
+            except Exception:
+                log.exception("dispatch failed; retrying in 1s")
+                await asyncio.sleep(1)
+                continue
+            self._admit(jobs)
+
+    async def _block_for_work(self) -> list[Job]:
+        """All streams empty: block on all of them at once until something arrives (or BLOCK_MS passes)."""
+        streams = {s: ">" for p in self.partitions for s in self.streams[p]}
+        reply = await self.redis.xreadgroup(keys.GROUP_EXECUTOR, self.name, streams, count=1, block=BLOCK_MS)
+        taken: dict[int, list[str]] = {}
+        for stream_b, entries in reply or []:
+            stream = text(stream_b)
+            p = int(stream.split("{", 1)[1].split("}", 1)[0])
+            index = self.streams[p].index(stream) + 1
+            for entry_id, fields in entries:
+                taken.setdefault(p, []).extend([str(index), text(entry_id), text(fields.get(b"e"))])
+        if not taken:
+            return []
+        return await self._call("take", {p: 0 for p in taken}, extra=taken)
+
+    async def _take_due(self) -> None:
+        if self.free > 0:
+            self._admit(await self._call("due", self._split(self.free)))
+
+    async def _take_expired(self) -> None:
+        if self.free > 0:
+            jobs = await self._call("expired", self._split(self.free), min_idle=self.lease_ms)
+            for job in jobs:
+                log.warning("taking over execution %s from %s", job.execution_id, job.previous_owner,
+                            extra={"execution_id": job.execution_id})
+            self._admit(jobs)
+
+    def _admit(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            heapq.heappush(self._held, (job.priority, job.order, job))
+        while self._held and len(self._running) < self.slots:
+            _, _, job = heapq.heappop(self._held)
+            self._start(job)
+
+    def _start(self, job: Job) -> None:
+        run = ExecutionRun(job, self.env)
+        task = asyncio.create_task(run.run(), name=f"execution {job.execution_id}")
+        self._running[job.execution_id] = (task, run)
+        task.add_done_callback(lambda t, eid=job.execution_id: self._finished(eid, t))
+
+    def _finished(self, execution_id: str, task: asyncio.Task[None]) -> None:
+        self._running.pop(execution_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("execution %s crashed in the executor", execution_id, exc_info=task.exception(),
+                      extra={"execution_id": execution_id})
+        if self._held:
+            self._admit([])
+        self._slot_freed.set()
+
+    # --- leases and cancels ---------------------------------------------------------------------------------
+    async def _renew_leases(self) -> None:
+        """Re-claim every entry we hold; an entry no longer ours means another executor took over: stop it."""
+        held: dict[int, list[str]] = {}
+        for task_run in self._running.values():
+            job = task_run[1].job
+            held.setdefault(job.p, []).extend([job.stream, job.entry_id])
+        for _, _, job in self._held:
+            held.setdefault(job.p, []).extend([job.stream, job.entry_id])
+        if not held:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p, pairs in held.items():
+                await self._renew(keys=[keys.log(p)], args=[keys.GROUP_EXECUTOR, self.name, *pairs], client=pipe)
+            replies = await pipe.execute()
+        lost = {text(x) for reply in replies for x in reply[1::2]}
+        for execution_id, (task, run) in list(self._running.items()):
+            if run.job.entry_id in lost:
+                log.warning("lost the lease of execution %s; stopping it", execution_id)
+                task.cancel()
+
+    async def _listen_for_cancels(self, stop: asyncio.Event) -> None:
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(*(keys.cancel_channel(p) for p in self.partitions))
+        try:
+            while not stop.is_set():
+                message = await pubsub.get_message(timeout=1.0)
+                if message is None:
+                    continue
+                found = self._running.get(text(message["data"]))
+                if found is not None:
+                    found[1].cancel_requested = True
+                    found[0].cancel()
+        finally:
+            await pubsub.aclose()
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """``orq executor``: run until ``stop`` is set."""
+    redis = connect(settings.redis_url, max_connections=max(16, settings.executor_concurrency))
+    committer = Committer(redis)
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        executor = Executor(settings, redis, committer, Actions(client))
+        try:
+            await executor.run(stop)
+        finally:
+            await committer.close()
+            await redis.aclose()
