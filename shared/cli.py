@@ -71,3 +71,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> None:
 
             count = asyncio.run(replay(settings, show_progress=not args.no_progress))
             print(f"replayed {count} events")
+
+
+if __name__ == "__main__":
+    main()

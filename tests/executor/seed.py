@@ -1,0 +1,52 @@
+"""Seeding a tenant's workflow straight into Redis, for executor tests that do not go through the API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.admission import Run, admission_unit
+from shared.clock import new_id, now_ms
+from shared.commit import Applied, Committer, Unit
+from shared.consumer import records_of
+from shared.events import Event
+from shared.plans import default_plans
+from shared.state import WorkflowState, encode_definition
+from shared.workflows import WorkflowDef
+
+PARTITIONS = 4
+
+
+async def seed_workflow(committer: Committer, tenant_id: str, definition: WorkflowDef) -> WorkflowState:
+    p = keys.partition_of(tenant_id, PARTITIONS)
+    workflow = WorkflowState(new_id(), tenant_id, definition.name, 1, False)
+    unit = Unit(p).hset(keys.workflow(p, workflow.id), {"tenant": tenant_id, "name": definition.name,
+                                                         "version": 1, "deleted": "0"})
+    unit.set(keys.workflow_version(p, workflow.id, 1), encode_definition(definition))
+    assert isinstance(await committer.commit(unit), Applied)
+    return workflow
+
+
+async def queue(committer: Committer, workflow: WorkflowState, definition: WorkflowDef, count: int = 1,
+                priority: int = 5, params: dict[str, Any] | None = None) -> list[str]:
+    p = keys.partition_of(workflow.tenant_id, PARTITIONS)
+    runs = [Run(new_id(), priority, params or {}) for _ in range(count)]
+    outcome = await committer.commit(admission_unit(
+        p=p, tenant_id=workflow.tenant_id, plan=default_plans()["enterprise"], workflow=workflow,
+        definition=definition, runs=runs, now_ms=now_ms()))
+    assert isinstance(outcome, Applied), outcome
+    return [r.execution_id for r in runs]
+
+
+async def status(redis: Redis, tenant_id: str, execution_id: str) -> dict[str, str]:
+    p = keys.partition_of(tenant_id, PARTITIONS)
+    raw = await redis.hgetall(keys.execution(p, execution_id))
+    return {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
+
+
+async def events_of(redis: Redis, tenant_id: str, execution_id: str) -> list[Event]:
+    p = keys.partition_of(tenant_id, PARTITIONS)
+    records = records_of(await redis.xrange(keys.log(p)))
+    return [e for e in (r.event() for r in records) if e.aggregate_id == execution_id]
