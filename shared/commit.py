@@ -222,17 +222,21 @@ class Committer:
 
     async def commit(self, unit: Unit) -> Outcome:
         """Apply one unit (batched with whatever else is pending) and return its outcome."""
-        return await self.submit(unit)
+        return await self._enqueue(unit)
 
     async def commit_all(self, units: Sequence[Unit]) -> list[Outcome]:
-        return list(await asyncio.gather(*(self.submit(u) for u in units)))
+        return list(await asyncio.gather(*(self._enqueue(u) for u in units)))
 
     def submit(self, unit: Unit) -> asyncio.Future[Outcome]:
-        """Queue a unit without waiting; the returned future resolves when it has been applied."""
+        """Queue a unit without waiting for it; units are applied in submission order."""
+        future = self._enqueue(unit)
+        future.add_done_callback(_consume_exception)
+        return future
+
+    def _enqueue(self, unit: Unit) -> asyncio.Future[Outcome]:
         if self._closed:
             raise RuntimeError("committer is closed")
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(_consume_exception)
         self._pending.append((unit, future))
         self._wakeup.set()
         if self._task is None:

@@ -85,3 +85,8 @@ def projector_lock(p: int) -> str:
 def tenant_index() -> str:
     """Set of every tenant id (admin listing); not partitioned on purpose: admin-only and tiny."""
     return f"{PREFIX}:tenants"
+
+
+def projector_members() -> str:
+    """Sorted set of live projector instances (score = last heartbeat, ms): they share partitions fairly."""
+    return f"{PREFIX}:projectors"

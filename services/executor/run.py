@@ -154,6 +154,8 @@ class ExecutionRun:
         unit.hdel(key, "retry_delay")
         unit.event(ExecutionStarted(**self._ids(), ts=ts, attempt=self.attempt, executor=self.env.consumer,
                                     from_step=from_step))
+        if from_step < len(definition.steps):  # the first step starts with the execution: one commit less
+            unit.event(self._step_started(definition, from_step, ts))
         outcome = await self.env.committer.commit(unit)
         if isinstance(outcome, Refused):
             await self._stop_refused(outcome)
@@ -170,9 +172,8 @@ class ExecutionRun:
         for index in range(first, last + 1):
             step = definition.steps[index]
             t0 = time.perf_counter()
-            self.env.committer.submit(self._guarded().event(
-                StepStarted(**self._ids(), ts=now_ms(), step_index=index, action=step.action, label=step.label,
-                            attempt=self.attempt)))
+            if index > first:
+                self.env.committer.submit(self._guarded().event(self._step_started(definition, index, now_ms())))
             try:
                 output = await self._run_step(index, definition, params, outputs)
                 body = _encoder.encode(output)
@@ -197,6 +198,11 @@ class ExecutionRun:
             if index == last:
                 self._complete(unit, output)
             await self._commit(unit)
+
+    def _step_started(self, definition: WorkflowDef, index: int, ts: int) -> StepStarted:
+        step = definition.steps[index]
+        return StepStarted(**self._ids(), ts=ts, step_index=index, action=step.action, label=step.label,
+                           attempt=self.attempt)
 
     async def _run_step(self, index: int, definition: WorkflowDef, params: dict[str, Any],
                         outputs: dict[int, Any]) -> Any:

@@ -1,0 +1,508 @@
+"""The pure fold of events into projection rows: the one definition of what every SQL table holds.
+
+A :class:`Projection` keeps rows of the tables in :mod:`shared.schema` as plain dicts keyed by primary
+key. Seed it with the rows a batch touches (:meth:`Projection.load`, from SQL), :meth:`Projection.apply`
+the batch, then write :meth:`Projection.changes` back. Folding a log in one batch or in many (through
+SQL round trips) gives the same rows: every value is a function of the rows and the event alone, counters
+of steps are recounted from the step rows, and JSON values are normalised to what SQL gives back.
+
+Re-applying an event is harmless: an event whose stream id is not after the last one applied for its
+tenant is skipped (a tenant's events all live in one partition's log, in order), and the creating events
+(``execution.queued``, ``tenant.created``, ``workflow.saved``) do nothing when their row already exists
+at that version. Across batches the projector's checkpoint does the rest.
+
+Decisions where the product brief is silent (see ``docs/projections.md``):
+
+- ``execution.requeued`` starts a new attempt series: besides status/attempt/priority it clears
+  ``completed_at``, ``duration_ms``, ``result`` and the DLQ flags (``dead_lettered``, ``in_dlq``,
+  ``dead_lettered_at``); ``started_at`` keeps the first start ever.
+- ``execution.dead_lettered`` of a run that never got an ``execution.failed`` (a poison run) also marks it
+  ``failed`` with the event's error, so no dead-lettered execution stays ``running``.
+- ``execution.completed`` sets ``progress`` to 100.
+- ``step.started`` for a step a definition did not list creates the row from the event.
+- Strings are clipped to their column's length, so SQLite and MySQL hold the same value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from shared.clock import month_of, stream_id_parts
+from shared.events import (
+    Event,
+    EventBase,
+    ExecutionCancelled,
+    ExecutionCompleted,
+    ExecutionDeadLettered,
+    ExecutionDlqPurged,
+    ExecutionFailed,
+    ExecutionLog,
+    ExecutionPriorityChanged,
+    ExecutionProgress,
+    ExecutionQueued,
+    ExecutionRecovered,
+    ExecutionRequeued,
+    ExecutionRetrying,
+    ExecutionStarted,
+    StepCompleted,
+    StepFailed,
+    StepStarted,
+    TenantCreated,
+    TenantPlanChanged,
+    WorkflowDeleted,
+    WorkflowSaved,
+)
+
+Row = dict[str, Any]
+Key = Any  # a primary key: a str, or a tuple for composite keys
+
+TENANTS = "tenants"
+API_KEYS = "api_keys"
+WORKFLOWS = "workflows"
+EXECUTIONS = "executions"
+STEPS = "execution_steps"
+LOGS = "execution_logs"
+USAGE = "usage_monthly"
+TABLES = (TENANTS, API_KEYS, WORKFLOWS, EXECUTIONS, STEPS, LOGS, USAGE)
+
+# Primary key columns per table, in order (mirrors shared.schema).
+PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
+    TENANTS: ("id",),
+    API_KEYS: ("id",),
+    WORKFLOWS: ("id",),
+    EXECUTIONS: ("id",),
+    STEPS: ("execution_id", "step_index"),
+    LOGS: ("event_id",),
+    USAGE: ("tenant_id", "month"),
+}
+
+# Status values of execution rows and step rows.
+QUEUED, RUNNING, RETRYING, COMPLETED, FAILED, CANCELLED = (
+    "queued",
+    "running",
+    "retrying",
+    "completed",
+    "failed",
+    "cancelled",
+)
+PENDING = "pending"
+_FINISHED = frozenset({COMPLETED, FAILED, CANCELLED})
+
+# Events about one execution (its id is the aggregate id).
+_EXECUTION_EVENTS: tuple[type[EventBase], ...] = (
+    ExecutionQueued,
+    ExecutionStarted,
+    ExecutionProgress,
+    ExecutionLog,
+    ExecutionRetrying,
+    ExecutionCompleted,
+    ExecutionFailed,
+    ExecutionDeadLettered,
+    ExecutionCancelled,
+    ExecutionPriorityChanged,
+    ExecutionRequeued,
+    ExecutionRecovered,
+    ExecutionDlqPurged,
+    StepStarted,
+    StepCompleted,
+    StepFailed,
+)
+
+
+def key_of(table: str, row: Mapping[str, Any]) -> Key:
+    """The primary key of ``row`` in ``table`` (a tuple for composite keys)."""
+    cols = PRIMARY_KEYS[table]
+    if len(cols) == 1:
+        return row[cols[0]]
+    return tuple(row[c] for c in cols)
+
+
+def json_value(value: Any) -> Any:
+    """A value as a JSON column gives it back: builtins only (Structs to dicts, bytes to base64, …)."""
+    return msgspec.json.decode(msgspec.json.encode(value)) if value is not None else None
+
+
+def _clip(value: str | None, length: int) -> str | None:
+    return value if value is None or len(value) <= length else value[:length]
+
+
+@dataclass(slots=True)
+class Needs:
+    """Primary keys a batch of events reads: what to load from SQL before folding it."""
+
+    tenants: set[str] = field(default_factory=set)
+    workflows: set[str] = field(default_factory=set)
+    executions: set[str] = field(default_factory=set)
+    usage: set[tuple[str, str]] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.tenants or self.workflows or self.executions or self.usage)
+
+
+def needs_of(events: Iterable[EventBase]) -> Needs:
+    """The rows folding ``events`` reads (steps are loaded with their execution)."""
+    needs = Needs()
+    for event in events:
+        match event:
+            case TenantCreated() | TenantPlanChanged():
+                needs.tenants.add(event.tenant_id)
+            case WorkflowSaved() | WorkflowDeleted():
+                needs.workflows.add(event.aggregate_id)
+            case ExecutionQueued():
+                needs.executions.add(event.aggregate_id)
+                needs.usage.add((event.tenant_id, month_of(event.ts)))
+            case _ if isinstance(event, _EXECUTION_EVENTS):
+                needs.executions.add(event.aggregate_id)
+            case _:
+                pass
+    return needs
+
+
+class Projection:
+    """In-memory rows of every projection table, and the fold that changes them."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[Key, Row]] = {name: {} for name in TABLES}
+        self.dirty: dict[str, set[Key]] = {name: set() for name in TABLES}
+        self._steps_of: dict[str, set[int]] = {}
+        self._applied: dict[str, tuple[int, int]] = {}
+
+    # --- rows in and out ------------------------------------------------------------------------------------
+    def load(self, table: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Seed rows read from SQL; rows already held (possibly changed) win."""
+        held = self.rows[table]
+        for raw in rows:
+            row = dict(raw)
+            key = key_of(table, row)
+            if key in held:
+                continue
+            held[key] = row
+            if table == STEPS:
+                self._steps_of.setdefault(row["execution_id"], set()).add(row["step_index"])
+
+    def missing(self, needs: Needs) -> Needs:
+        """The part of ``needs`` not held in memory yet (what a cache still has to load)."""
+        return Needs(
+            tenants={k for k in needs.tenants if k not in self.rows[TENANTS]},
+            workflows={k for k in needs.workflows if k not in self.rows[WORKFLOWS]},
+            executions={k for k in needs.executions if k not in self.rows[EXECUTIONS]},
+            usage={k for k in needs.usage if k not in self.rows[USAGE]},
+        )
+
+    def changes(self) -> dict[str, list[Row]]:
+        """Rows changed since the last :meth:`mark_clean`, per table (tables without changes omitted)."""
+        out: dict[str, list[Row]] = {}
+        for table, keys in self.dirty.items():
+            if keys:
+                held = self.rows[table]
+                out[table] = [held[k] for k in sorted(keys, key=_sort_key)]
+        return out
+
+    def mark_clean(self) -> None:
+        for keys in self.dirty.values():
+            keys.clear()
+
+    def evict(self) -> None:
+        """Forget every held row (they must have been written); the applied-id watermarks are kept."""
+        for table in TABLES:
+            self.rows[table].clear()
+            self.dirty[table].clear()
+        self._steps_of.clear()
+
+    def size(self) -> int:
+        return sum(len(rows) for rows in self.rows.values())
+
+    # --- the fold -------------------------------------------------------------------------------------------
+    def apply_all(self, events: Iterable[Event]) -> int:
+        return sum(self.apply(event) for event in events)
+
+    def apply(self, event: Event | EventBase) -> bool:
+        """Fold one event; False when it was skipped as already applied. Unknown types change nothing."""
+        if event.id:
+            position = stream_id_parts(event.id)
+            last = self._applied.get(event.tenant_id)
+            if last is not None and position <= last:
+                return False
+            self._applied[event.tenant_id] = position
+        match event:
+            case TenantCreated() | TenantPlanChanged():
+                self._tenant(event)
+            case WorkflowSaved() | WorkflowDeleted():
+                self._workflow(event)
+            case ExecutionQueued():
+                self._queued(event)
+            case StepStarted() | StepCompleted() | StepFailed():
+                self._step(event)
+            case _ if isinstance(event, _EXECUTION_EVENTS):
+                self._execution(event)
+            case _:
+                pass
+        return True
+
+    def _touch(self, table: str, key: Key) -> None:
+        self.dirty[table].add(key)
+
+    # --- tenants and workflows ------------------------------------------------------------------------------
+    def _tenant(self, event: TenantCreated | TenantPlanChanged) -> None:
+        tenants = self.rows[TENANTS]
+        row = tenants.get(event.tenant_id)
+        match event:
+            case TenantCreated():
+                if row is not None:
+                    return
+                tenants[event.tenant_id] = {
+                    "id": event.tenant_id,
+                    "name": _clip(event.name, 200),
+                    "plan": _clip(event.plan, 50),
+                    "created_at": event.ts,
+                    "updated_at": event.ts,
+                }
+                self.rows[API_KEYS][event.api_key_id] = {
+                    "id": event.api_key_id,
+                    "tenant_id": event.tenant_id,
+                    "key_hash": event.api_key_hash,
+                    "prefix": _clip(event.api_key_prefix, 40),
+                    "created_at": event.ts,
+                    "revoked": False,
+                }
+                self._touch(API_KEYS, event.api_key_id)
+            case TenantPlanChanged():
+                if row is None:
+                    return
+                row["plan"] = _clip(event.plan, 50)
+                row["updated_at"] = event.ts
+        self._touch(TENANTS, event.tenant_id)
+
+    def _workflow(self, event: WorkflowSaved | WorkflowDeleted) -> None:
+        workflows = self.rows[WORKFLOWS]
+        row = workflows.get(event.aggregate_id)
+        match event:
+            case WorkflowSaved():
+                if row is not None and row["version"] >= event.version:
+                    return
+                if row is None:
+                    row = workflows[event.aggregate_id] = {
+                        "id": event.aggregate_id,
+                        "tenant_id": event.tenant_id,
+                        "deleted": False,
+                        "created_at": event.ts,
+                    }
+                row["name"] = _clip(event.definition.name, 200)
+                row["version"] = event.version
+                row["definition"] = json_value(event.definition)
+                row["updated_at"] = event.ts
+            case WorkflowDeleted():
+                if row is None:
+                    return
+                row["deleted"] = True
+                row["updated_at"] = event.ts
+        self._touch(WORKFLOWS, event.aggregate_id)
+
+    # --- executions -----------------------------------------------------------------------------------------
+    def _queued(self, event: ExecutionQueued) -> None:
+        executions = self.rows[EXECUTIONS]
+        if event.aggregate_id in executions:
+            return
+        steps = event.definition.steps
+        executions[event.aggregate_id] = {
+            "id": event.aggregate_id,
+            "tenant_id": event.tenant_id,
+            "workflow_id": event.workflow_id,
+            "workflow_version": event.workflow_version,
+            "status": QUEUED,
+            "priority": event.priority,
+            "attempt": 1,
+            "retry_count": 0,
+            "crash_count": 0,
+            "trigger_type": _clip(event.trigger_type, 30),
+            "parent_execution_id": event.parent_execution_id,
+            "params": json_value(event.params),
+            "steps_total": len(steps),
+            "steps_completed": 0,
+            "steps_failed": 0,
+            "current_step": None,
+            "progress": 0,
+            "queued_at": event.ts,
+            "started_at": None,
+            "completed_at": None,
+            "duration_ms": None,
+            "result": None,
+            "error_message": None,
+            "dead_lettered": False,
+            "in_dlq": False,
+            "dead_lettered_at": None,
+            "executor": None,
+            "updated_at": event.ts,
+        }
+        self._touch(EXECUTIONS, event.aggregate_id)
+        for index, step in enumerate(steps):
+            self._new_step(event.aggregate_id, event.tenant_id, index, step.action, step.label)
+        usage_key = (event.tenant_id, month_of(event.ts))
+        usage = self.rows[USAGE].setdefault(
+            usage_key, {"tenant_id": usage_key[0], "month": usage_key[1], "executions": 0}
+        )
+        usage["executions"] += 1
+        self._touch(USAGE, usage_key)
+
+    def _new_step(self, execution_id: str, tenant_id: str, index: int, action: str, label: str | None) -> Row:
+        row: Row = {
+            "execution_id": execution_id,
+            "step_index": index,
+            "tenant_id": tenant_id,
+            "action": _clip(action, 100),
+            "label": _clip(label, 200),
+            "status": PENDING,
+            "attempts": 0,
+            "started_at": None,
+            "completed_at": None,
+            "duration_ms": None,
+            "output_data": None,
+            "error_message": None,
+        }
+        self.rows[STEPS][(execution_id, index)] = row
+        self._steps_of.setdefault(execution_id, set()).add(index)
+        self._touch(STEPS, (execution_id, index))
+        return row
+
+    def _execution(self, event: EventBase) -> None:
+        row = self.rows[EXECUTIONS].get(event.aggregate_id)
+        if row is None:  # its execution.queued was never seen: nothing to attach this to
+            return
+        if isinstance(event, ExecutionLog):
+            self._log(event, row)
+            return
+        if not self._lifecycle(event, row):
+            self._control(event, row)
+        row["updated_at"] = event.ts
+        self._touch(EXECUTIONS, event.aggregate_id)
+
+    def _lifecycle(self, event: EventBase, row: Row) -> bool:
+        """Status changes driven by the executor; False when ``event`` is not one of them."""
+        match event:
+            case ExecutionStarted():
+                row["status"] = RUNNING
+                if row["started_at"] is None:
+                    row["started_at"] = event.ts
+                row["attempt"] = event.attempt
+                row["executor"] = _clip(event.executor, 120)
+                row["current_step"] = event.from_step
+            case ExecutionProgress():
+                row["progress"] = max(0, min(100, int(event.percent)))
+            case ExecutionRetrying():
+                row["status"] = RETRYING
+                row["retry_count"] += 1
+                row["error_message"] = event.error
+            case ExecutionCompleted():
+                row["status"] = COMPLETED
+                row["completed_at"] = event.ts
+                row["duration_ms"] = event.duration_ms or _since(row["started_at"], event.ts)
+                row["result"] = json_value(event.result)
+                row["progress"] = 100
+            case ExecutionFailed():
+                row["status"] = FAILED
+                row["error_message"] = event.error
+                row["completed_at"] = event.ts
+                row["duration_ms"] = _since(row["started_at"], event.ts)
+            case ExecutionCancelled():
+                row["status"] = CANCELLED
+                row["completed_at"] = event.ts
+            case _:
+                return False
+        return True
+
+    def _control(self, event: EventBase, row: Row) -> None:
+        """Dead letter, DLQ, priority, requeue and crash bookkeeping."""
+        match event:
+            case ExecutionDeadLettered():
+                row["dead_lettered"] = True
+                row["in_dlq"] = True
+                row["dead_lettered_at"] = event.ts
+                if row["status"] not in _FINISHED:  # poison: no execution.failed came before
+                    row["status"] = FAILED
+                    row["error_message"] = event.error or row["error_message"]
+                    row["completed_at"] = event.ts
+                    row["duration_ms"] = _since(row["started_at"], event.ts)
+            case ExecutionDlqPurged():
+                row["in_dlq"] = False
+            case ExecutionPriorityChanged():
+                row["priority"] = event.priority
+            case ExecutionRequeued():
+                row.update(
+                    status=QUEUED,
+                    attempt=1,
+                    priority=event.priority,
+                    completed_at=None,
+                    duration_ms=None,
+                    result=None,
+                    dead_lettered=False,
+                    in_dlq=False,
+                    dead_lettered_at=None,
+                )
+            case ExecutionRecovered():
+                row["crash_count"] = event.crash_count
+                row["executor"] = _clip(event.executor, 120)
+            case _:
+                pass
+
+    def _log(self, event: ExecutionLog, execution: Row) -> None:
+        if not event.id:  # a log row is keyed by its event's stream id; an event never written has none
+            return
+        self.rows[LOGS][event.id] = {
+            "event_id": event.id,
+            "execution_id": event.aggregate_id,
+            "tenant_id": execution["tenant_id"],
+            "step_index": event.step_index,
+            "level": _clip(event.level, 10),
+            "message": event.message,
+            "ts": event.ts,
+        }
+        self._touch(LOGS, event.id)
+
+    # --- steps ----------------------------------------------------------------------------------------------
+    def _step(self, event: StepStarted | StepCompleted | StepFailed) -> None:
+        execution = self.rows[EXECUTIONS].get(event.aggregate_id)
+        if execution is None:
+            return
+        key = (event.aggregate_id, event.step_index)
+        step = self.rows[STEPS].get(key)
+        match event:
+            case StepStarted():
+                if step is None:
+                    step = self._new_step(event.aggregate_id, event.tenant_id, event.step_index, event.action,
+                                          event.label)
+                step.update(status=RUNNING, started_at=event.ts, completed_at=None, duration_ms=None,
+                            output_data=None, error_message=None)
+                step["attempts"] += 1
+                execution["current_step"] = event.step_index
+            case StepCompleted():
+                if step is None:
+                    return
+                step.update(status=COMPLETED, completed_at=event.ts, duration_ms=event.duration_ms,
+                            output_data=json_value(event.output), error_message=None)
+            case StepFailed():
+                if step is None:
+                    return
+                step.update(status=FAILED, completed_at=event.ts, duration_ms=event.duration_ms,
+                            error_message=event.error)
+        self._touch(STEPS, key)
+        self._recount(execution)
+        execution["updated_at"] = event.ts
+        self._touch(EXECUTIONS, event.aggregate_id)
+
+    def _recount(self, execution: Row) -> None:
+        steps = self.rows[STEPS]
+        statuses = [steps[(execution["id"], i)]["status"] for i in self._steps_of.get(execution["id"], ())]
+        execution["steps_completed"] = statuses.count(COMPLETED)
+        execution["steps_failed"] = statuses.count(FAILED)
+
+
+def _since(start: int | None, end: int) -> int | None:
+    return None if start is None else max(0, end - start)
+
+
+def _sort_key(key: Key) -> tuple[Any, ...]:
+    return key if isinstance(key, tuple) else (key,)
