@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from shared.events import Event, decode
-from shared.redis import BLOCK_MS, ensure_groups, text
+from shared.redis import BLOCK_MS, Entries, auto_claim, ensure_groups, read_group
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +36,12 @@ class Record:
 Handler = Callable[[str, Sequence[Record]], Awaitable[None]]
 
 
-def records_of(entries: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> list[Record]:
+def records_of(entries: Entries) -> list[Record]:
     """Stream entries (as redis-py returns them) to records; entries already deleted come back empty."""
     out = []
     for entry_id, fields in entries:
         if fields:
-            out.append(Record(text(entry_id), text(fields.get(b"t")), fields.get(b"d", b"")))
+            out.append(Record(entry_id.decode(), fields.get(b"t", b"").decode(), fields.get(b"d", b"")))
     return out
 
 
@@ -81,15 +81,15 @@ class StreamConsumer:
 
     async def read_once(self, block_ms: int | None = None) -> int:
         """Read and handle one batch of new entries; returns how many were handled."""
-        reply = await self.redis.xreadgroup(
-            self.group, self.consumer, {s: ">" for s in self.streams}, count=self.count, block=block_ms
+        reply = await read_group(
+            self.redis, self.group, self.consumer, {s: ">" for s in self.streams}, count=self.count, block_ms=block_ms
         )
         handled = 0
-        for stream, entries in reply or []:
-            handled += await self._handle(text(stream), records_of(entries), entries)
+        for stream, entries in reply:
+            handled += await self._handle(stream, records_of(entries), entries)
         return handled
 
-    async def _handle(self, stream: str, records: list[Record], entries: Sequence[tuple[bytes, object]]) -> int:
+    async def _handle(self, stream: str, records: list[Record], entries: Entries) -> int:
         if records:
             await self.handler(stream, records)
         ids = [entry_id for entry_id, _ in entries]
@@ -101,7 +101,7 @@ class StreamConsumer:
         """Entries delivered to this consumer name before a restart, not yet acked: handle them first."""
         for stream in self.streams:
             while True:
-                reply = await self.redis.xreadgroup(self.group, self.consumer, {stream: "0"}, count=self.count)
+                reply = await read_group(self.redis, self.group, self.consumer, {stream: "0"}, count=self.count)
                 entries = reply[0][1] if reply else []
                 if not entries:
                     break
@@ -112,12 +112,11 @@ class StreamConsumer:
         for stream in self.streams:
             cursor = "0-0"
             while True:
-                cursor_b, entries, *_ = await self.redis.xautoclaim(
-                    stream, self.group, self.consumer, self.reclaim_idle_ms, cursor, count=self.count
+                cursor, entries = await auto_claim(
+                    self.redis, stream, self.group, self.consumer, self.reclaim_idle_ms, cursor, count=self.count
                 )
                 if entries:
                     log.warning("reclaimed %d entries of %s from a dead consumer", len(entries), stream)
                     await self._handle(stream, records_of(entries), entries)
-                cursor = text(cursor_b)
                 if cursor == "0-0":
                     break

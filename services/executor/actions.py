@@ -80,11 +80,11 @@ class Actions:
         self.params = param_types(plugins)
         self.runners: dict[str, Runner] = {
             "noop": _noop,
-            "log": _log,  # type: ignore[dict-item]
-            "delay": _delay,  # type: ignore[dict-item]
-            "set": _set,  # type: ignore[dict-item]
-            "http_request": _http_request(client),  # type: ignore[dict-item]
-            "fail": _fail,  # type: ignore[dict-item]
+            "log": _log,
+            "delay": _delay,
+            "set": _set,
+            "http_request": _http_request(client),
+            "fail": _fail,
             **{name: plugin.run for name, plugin in plugins.items()},
         }
 

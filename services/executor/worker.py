@@ -8,6 +8,7 @@ renewal, and cancel notices over pub/sub. All hand jobs to one bounded set of sl
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import logging
 import os
@@ -24,7 +25,7 @@ from services.executor.job import DefinitionCache, Job, jobs_from_reply
 from services.executor.run import ExecutionRun, RunEnv
 from shared import keys
 from shared.commit import Committer, load_lua
-from shared.redis import BLOCK_MS, connect, ensure_groups, text
+from shared.redis import BLOCK_MS, connect, ensure_groups, read_group, text
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -108,12 +109,13 @@ class Executor:
     async def _call(self, mode: str, counts: dict[int, int], extra: dict[int, list[str]] | None = None,
                     min_idle: int = 0) -> list[Job]:
         calls = [(p, n) for p, n in counts.items() if n > 0 or extra]
+        extra = extra or {}
         if not calls:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for p, n in calls:
-                args = [mode, keys.GROUP_EXECUTOR, self.name, n, keys.execution(p, ""), min_idle,
-                        *((extra or {}).get(p, []))]
+                args: list[str | int] = [mode, keys.GROUP_EXECUTOR, self.name, n, keys.execution(p, ""), min_idle,
+                                         *extra.get(p, [])]
                 await self._dispatch(keys=self.streams[p], args=args, client=pipe)
             replies = await pipe.execute()
         jobs: list[Job] = []
@@ -151,10 +153,9 @@ class Executor:
     async def _block_for_work(self) -> list[Job]:
         """All streams empty: block on all of them at once until something arrives (or BLOCK_MS passes)."""
         streams = {s: ">" for p in self.partitions for s in self.streams[p]}
-        reply = await self.redis.xreadgroup(keys.GROUP_EXECUTOR, self.name, streams, count=1, block=BLOCK_MS)
+        reply = await read_group(self.redis, keys.GROUP_EXECUTOR, self.name, streams, count=1, block_ms=BLOCK_MS)
         taken: dict[int, list[str]] = {}
-        for stream_b, entries in reply or []:
-            stream = text(stream_b)
+        for stream, entries in reply:
             p = int(stream.split("{", 1)[1].split("}", 1)[0])
             index = self.streams[p].index(stream) + 1
             for entry_id, fields in entries:
@@ -186,7 +187,7 @@ class Executor:
         run = ExecutionRun(job, self.env)
         task = asyncio.create_task(run.run(), name=f"execution {job.execution_id}")
         self._running[job.execution_id] = (task, run)
-        task.add_done_callback(lambda t, eid=job.execution_id: self._finished(eid, t))
+        task.add_done_callback(functools.partial(self._finished, job.execution_id))
 
     def _finished(self, execution_id: str, task: asyncio.Task[None]) -> None:
         self._running.pop(execution_id, None)
@@ -231,7 +232,7 @@ class Executor:
                     found[1].cancel_requested = True
                     found[0].cancel()
         finally:
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
