@@ -1,0 +1,69 @@
+"""The Starlette application: routes, the body size limit, and the one error mapping.
+
+Clients are injected (``create_app(settings, redis, engine)``) and reach the routes through
+``app.state.api``; nothing is created at import time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import BaseRoute
+
+from services.api import openapi
+from services.api.context import ApiContext
+from services.api.errors import exception_handlers
+from services.api.limits import BodySizeLimit
+from services.api.routes import dlq, execute, executions, health, home, tenants, workflows
+from shared.actions import load_plugins, param_types
+from shared.commit import Committer
+from shared.settings import Settings
+
+
+def all_routes() -> list[BaseRoute]:
+    return [
+        *tenants.routes,
+        *workflows.routes,
+        *execute.routes,
+        *executions.routes,
+        *dlq.routes,
+        *health.routes,
+        *openapi.routes,
+        *home.routes,
+    ]
+
+
+def create_app(
+    settings: Settings, redis: Redis, engine: AsyncEngine, *, committer: Committer | None = None
+) -> Starlette:
+    """The API over these clients. Without a ``committer``, the app makes one and flushes it on shutdown."""
+    own_committer = committer is None
+    ctx = ApiContext(
+        settings=settings,
+        redis=redis,
+        engine=engine,
+        committer=committer or Committer(redis),
+        action_types=param_types(load_plugins()),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        if own_committer:
+            await ctx.committer.close()
+
+    app = Starlette(
+        routes=all_routes(),
+        middleware=[Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)],
+        exception_handlers=exception_handlers(),
+        lifespan=lifespan,
+    )
+    # "/api/workflows/" is not "/api/workflows": answer 404 rather than a redirect clients must follow.
+    app.router.redirect_slashes = False
+    app.state.api = ctx
+    return app

@@ -1,0 +1,75 @@
+"""Bearer authentication: the admin token, or a tenant API key ``orq_<tenant_id>_<secret>``.
+
+The tenant id (and so the partition) is read from the key itself; the key's SHA-256 is compared in constant
+time with the ``key_hash`` of the tenant's hash. Only the hash is ever stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+
+from starlette.requests import Request
+
+from services.api.context import context
+from shared.errors import Forbidden, Unauthorized
+from shared.state import TenantState, read_tenant
+
+KEY_PREFIX = "orq_"
+_KEY = re.compile(r"^orq_(?P<tenant>[A-Za-z0-9-]{1,64})_(?P<secret>[A-Za-z0-9_-]{16,128})$")
+# Compared against when the tenant is unknown, so a miss costs the same as a wrong secret.
+_NO_TENANT_HASH = hashlib.sha256(b"no tenant").hexdigest()
+
+
+def new_api_key(tenant_id: str) -> str:
+    return f"{KEY_PREFIX}{tenant_id}_{secrets.token_urlsafe(32)}"
+
+
+def key_hash(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def key_prefix(api_key: str) -> str:
+    """What may be shown to identify a key: the tenant part and a few characters of the secret."""
+    return api_key[:40]
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("missing bearer token: send 'Authorization: Bearer <api key>'")
+    return token.strip()
+
+
+def _is_admin(token: str, admin_token: str) -> bool:
+    return bool(admin_token) and hmac.compare_digest(token.encode(), admin_token.encode())
+
+
+async def require_admin(request: Request) -> None:
+    """The caller holds the admin token; a tenant key gets 403, anything else 401."""
+    token = _bearer(request)
+    if _is_admin(token, context(request).settings.admin_token):
+        return
+    await require_tenant(request)
+    raise Forbidden("this operation needs the admin token")
+
+
+async def require_tenant(request: Request) -> TenantState:
+    """The tenant whose API key the caller holds; the admin token gets 403 (it acts on no tenant)."""
+    token = _bearer(request)
+    ctx = context(request)
+    match = _KEY.match(token)
+    if match is None:
+        if _is_admin(token, ctx.settings.admin_token):
+            raise Forbidden("this operation needs a tenant API key, not the admin token")
+        raise Unauthorized("invalid API key")
+    tenant = await read_tenant(ctx.redis, ctx.settings.partitions, match.group("tenant"))
+    expected = tenant.key_hash if tenant is not None else _NO_TENANT_HASH
+    if not hmac.compare_digest(key_hash(token).encode(), expected.encode()) or tenant is None:
+        raise Unauthorized("invalid API key")
+    if tenant.paused:
+        raise Forbidden("this tenant is paused")
+    return tenant

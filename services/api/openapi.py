@@ -1,0 +1,297 @@
+"""The OpenAPI 3.1 document, built from the operation table below and the Structs of ``schemas.py``.
+
+Every route of the app has an entry here (a test checks both ways). Errors are listed per operation from
+what it can do: authenticate (401/403), read a body (400/413/422), look up an id (404), and so on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from services.api import responses, schemas
+from services.api.context import context
+from services.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from shared.settings import Settings
+from shared.state import Status
+
+REF = "#/components/schemas/{name}"
+Auth = Literal["tenant", "admin", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One operation: what it takes, what it answers, and which errors it can give."""
+
+    method: str
+    path: str
+    summary: str
+    tag: str
+    ok: Mapping[int, type | None]
+    auth: Auth = "tenant"
+    body: type | None = None
+    body_required: bool = True
+    query: tuple[dict[str, Any], ...] = ()
+    errors: tuple[int, ...] = ()
+    headers: tuple[dict[str, Any], ...] = ()
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+PAGE = (
+    _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}, "page size"),
+    _query("cursor", {"type": "string"}, "`next_cursor` of the previous page"),
+)
+IDEMPOTENCY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+    "description": "A repeat of the request with the same key within 24 h gets the first reply.",
+}
+
+OPS: tuple[Op, ...] = (
+    Op(
+        "post",
+        "/api/tenants",
+        "Create a tenant and its API key",
+        "tenants",
+        {201: schemas.Tenant},
+        auth="admin",
+        body=schemas.TenantCreate,
+    ),
+    Op(
+        "get",
+        "/api/tenants/me",
+        "The caller's tenant: plan, limits, usage this month",
+        "tenants",
+        {200: schemas.TenantProfile},
+    ),
+    Op("post", "/api/workflows", "Save a new workflow", "workflows", {201: schemas.Workflow}, body=schemas.WorkflowIn),
+    Op("get", "/api/workflows", "List workflows", "workflows", {200: schemas.WorkflowPage}, query=PAGE, errors=(422,)),
+    Op("get", "/api/workflows/{id}", "Get a workflow", "workflows", {200: schemas.Workflow}),
+    Op(
+        "put",
+        "/api/workflows/{id}",
+        "Save a new version of a workflow",
+        "workflows",
+        {200: schemas.Workflow},
+        body=schemas.WorkflowIn,
+        errors=(409,),
+    ),
+    Op("delete", "/api/workflows/{id}", "Delete a workflow (queued runs keep their version)", "workflows", {204: None}),
+    Op(
+        "post",
+        "/api/workflows/{id}/execute",
+        "Queue one execution",
+        "executions",
+        {202: schemas.Queued},
+        body=schemas.ExecuteIn,
+        body_required=False,
+        errors=(409, 429),
+        headers=(IDEMPOTENCY,),
+    ),
+    Op(
+        "post",
+        "/api/workflows/{id}/execute/bulk",
+        "Queue up to 1000 executions, all or nothing",
+        "executions",
+        {202: schemas.BulkQueued},
+        body=schemas.BulkExecuteIn,
+        errors=(409, 429),
+        headers=(IDEMPOTENCY,),
+    ),
+    Op(
+        "get",
+        "/api/executions",
+        "List executions, newest first",
+        "executions",
+        {200: schemas.ExecutionPage},
+        query=(
+            _query("status", {"type": "string", "enum": [s.value for s in Status]}, "only this status"),
+            _query("workflow_id", {"type": "string"}, "only this workflow's"),
+            *PAGE,
+        ),
+        errors=(422,),
+    ),
+    Op("get", "/api/executions/{id}", "Get an execution with its steps", "executions", {200: schemas.Execution}),
+    Op(
+        "patch",
+        "/api/executions/{id}",
+        "Change the priority of a queued execution",
+        "executions",
+        {200: schemas.CommandAccepted},
+        body=schemas.PriorityIn,
+        errors=(409,),
+    ),
+    Op(
+        "post",
+        "/api/executions/{id}/cancel",
+        "Cancel an execution",
+        "executions",
+        {202: schemas.CommandAccepted},
+        errors=(409,),
+    ),
+    Op(
+        "post",
+        "/api/executions/{id}/retry",
+        "Retry a failed or cancelled execution",
+        "executions",
+        {202: schemas.CommandAccepted},
+        errors=(409,),
+    ),
+    Op("get", "/api/dlq", "List dead-lettered executions", "dlq", {200: schemas.DlqPage}, query=PAGE, errors=(422,)),
+    Op(
+        "post",
+        "/api/dlq/{execution_id}/retry",
+        "Retry a dead-lettered execution",
+        "dlq",
+        {202: schemas.CommandAccepted},
+        errors=(409,),
+    ),
+    Op("delete", "/api/dlq/{execution_id}", "Purge an execution from the dead-letter queue", "dlq", {204: None}),
+    Op("get", "/healthz", "Liveness", "health", {200: schemas.Health}, auth="none"),
+    Op(
+        "get",
+        "/readyz",
+        "Readiness: Redis and SQL answer",
+        "health",
+        {200: schemas.Readiness},
+        auth="none",
+        errors=(503,),
+    ),
+    Op("get", "/openapi.json", "This document", "meta", {200: dict}, auth="none"),
+    Op("get", "/", "Dashboard (placeholder)", "meta", {200: str}, auth="none"),
+)
+
+_STATUS_TEXT = {
+    200: "OK",
+    201: "Created",
+    202: "Accepted",
+    204: "No content",
+    400: "Malformed request",
+    401: "Missing or invalid API key",
+    403: "Not allowed with this key",
+    404: "Not found",
+    409: "Conflicts with the current state",
+    413: "Body too large",
+    422: "Invalid request",
+    429: "Monthly quota exceeded",
+    503: "A backing store is unavailable",
+}
+
+
+def _error_statuses(op: Op) -> set[int]:
+    statuses = set(op.errors)
+    if op.auth != "none":
+        statuses |= {401, 403, 503}
+    if op.body is not None:
+        statuses |= {400, 413, 422}
+    if "{" in op.path:
+        statuses.add(404)
+    if op.headers:
+        statuses.add(422)
+    return statuses
+
+
+def _content(kind: type | None) -> dict[str, Any] | None:
+    if kind is None:
+        return None
+    if kind is str:
+        return {"text/html": {"schema": {"type": "string"}}}
+    if kind is dict:
+        return {"application/json": {"schema": {"type": "object"}}}
+    return {"application/json": {"schema": {"$ref": REF.format(name=kind.__name__)}}}
+
+
+def _response(status: int, kind: type | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": _STATUS_TEXT.get(status, "")}
+    content = _content(kind)
+    if content is not None:
+        out["content"] = content
+    if status == 429:
+        out["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to the reset"}}
+    return out
+
+
+def _operation(op: Op) -> dict[str, Any]:
+    params: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in _path_params(op.path)
+    ]
+    params += [*op.query, *op.headers]
+    out: dict[str, Any] = {
+        "operationId": f"{op.method}_{_slug(op.path)}",
+        "summary": op.summary,
+        "tags": [op.tag],
+        "responses": {
+            str(status): _response(status, kind)
+            for status, kind in sorted({**op.ok, **{s: schemas.Error for s in _error_statuses(op)}}.items())
+        },
+    }
+    if params:
+        out["parameters"] = params
+    if op.body is not None:
+        out["requestBody"] = {"required": op.body_required, "content": _content(op.body)}
+    if op.auth == "none":
+        out["security"] = []
+    elif op.auth == "admin":
+        out["description"] = "Needs the admin token (`ORQ_ADMIN_TOKEN`)."
+    return out
+
+
+def _slug(path: str) -> str:
+    return path.strip("/").replace("/", "_").replace(".", "_").replace("{", "").replace("}", "") or "home"
+
+
+def _path_params(path: str) -> list[str]:
+    return [part[1:-1] for part in path.split("/") if part.startswith("{")]
+
+
+def _components(settings: Settings) -> dict[str, Any]:
+    types = sorted(
+        {t for op in OPS for t in (op.body, *op.ok.values()) if isinstance(t, type) and issubclass(t, msgspec.Struct)}
+        | {schemas.Error},
+        key=lambda t: t.__name__,
+    )
+    _, components = msgspec.json.schema_components(types, ref_template=REF)
+    components["TenantCreate"]["properties"]["plan"]["enum"] = sorted(settings.plans)
+    return components
+
+
+def build(settings: Settings) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPS:
+        paths.setdefault(op.path, {})[op.method] = _operation(op)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Orquesta",
+            "version": "1",
+            "description": "Event-sourced workflow orchestration. Authenticate with `Authorization: Bearer <key>`: "
+            "a tenant API key, or the admin token for tenant management.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": _components(settings),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+    }
+
+
+async def openapi(request: Request) -> Response:
+    document: bytes | None = getattr(request.app.state, "openapi", None)
+    if document is None:
+        document = request.app.state.openapi = responses.encode(build(context(request).settings))
+    return responses.raw_json(document)
+
+
+routes = [Route("/openapi.json", openapi, methods=["GET"])]

@@ -1,0 +1,151 @@
+"""Requesting executions: one run or a bulk of runs, admitted atomically with the monthly quota.
+
+Every request goes through :func:`shared.admission.admission_unit`: the quota is checked and counted, the
+``execution.queued`` events appended and the work entries added in one Lua call, all or nothing. An
+``Idempotency-Key`` stores the reply with the unit, so a repeat gets the first reply for 24 h.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from services.api import responses
+from services.api.auth import require_tenant
+from services.api.bodies import check_json_value, read_json
+from services.api.context import ApiContext, context
+from services.api.errors import QuotaRefused
+from services.api.priority import check_priority
+from services.api.responses import as_bytes
+from services.api.routes.workflows import owned_workflow
+from services.api.schemas import BulkExecuteIn, BulkQueued, ExecuteIn, Queued, RunIn
+from shared import keys
+from shared.admission import QUOTA_GUARD, WORKFLOW_CHANGED_GUARD, Run, admission_unit
+from shared.clock import iso, month_end_ms, month_of, new_id, now_ms
+from shared.commit import Applied, Duplicate, Refused, Unit
+from shared.errors import Conflict, NotFound, ValidationFailed
+from shared.events import QuotaExceeded
+from shared.plans import Plan
+from shared.state import TenantState, decode_definition
+
+IDEMPOTENCY_HEADER = "idempotency-key"
+MAX_IDEMPOTENCY_KEY = 200
+# A concurrent save changes the version between our read and the commit: read again, once.
+ADMIT_ATTEMPTS = 2
+
+Reply = Callable[[Sequence[Run]], bytes]
+
+
+def _run(body: RunIn, plan: Plan, where: str) -> Run:
+    check_json_value(body.params, f"{where}params")
+    priority = plan.default_priority if body.priority is None else body.priority
+    return Run(new_id(), check_priority(priority, plan, f"{where}priority"), body.params)
+
+
+def _idempotency_key(request: Request, tenant: TenantState) -> str | None:
+    raw = request.headers.get(IDEMPOTENCY_HEADER)
+    if raw is None:
+        return None
+    if not 0 < len(raw) <= MAX_IDEMPOTENCY_KEY or not raw.isprintable():
+        raise ValidationFailed(
+            f"Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY} printable characters", field="Idempotency-Key"
+        )
+    return keys.idempotency(tenant.partition, tenant.id, raw)
+
+
+async def _admit(request: Request, ctx: ApiContext, tenant: TenantState, runs: Sequence[Run], reply: Reply) -> Response:
+    workflow_id = request.path_params["id"]
+    idem_key = _idempotency_key(request, tenant)
+    if idem_key is not None and (stored := await ctx.redis.get(idem_key)) is not None:
+        return responses.raw_json(as_bytes(stored), 202)
+    plan = ctx.plan(tenant.plan)
+    body = reply(runs)
+    for _ in range(ADMIT_ATTEMPTS):
+        workflow = await owned_workflow(ctx, tenant, workflow_id)
+        raw = await ctx.redis.get(keys.workflow_version(tenant.partition, workflow_id, workflow.version))
+        if raw is None:
+            raise NotFound(f"workflow {workflow_id} not found")
+        now = now_ms()
+        unit = admission_unit(
+            p=tenant.partition,
+            tenant_id=tenant.id,
+            plan=plan,
+            workflow=workflow,
+            definition=decode_definition(as_bytes(raw)),
+            runs=runs,
+            now_ms=now,
+            idempotency=(idem_key, body) if idem_key is not None else None,
+        )
+        match await ctx.committer.commit(unit):
+            case Applied():
+                return responses.raw_json(body, 202)
+            case Duplicate(stored=stored):
+                return responses.raw_json(stored, 202)
+            case Refused(label=label, actual=actual) if label == QUOTA_GUARD:
+                raise await _quota_exceeded(ctx, tenant, plan, int(actual or 0), len(runs), now)
+            case Refused(label=label) if label == WORKFLOW_CHANGED_GUARD:
+                continue
+            case Refused():
+                raise NotFound(f"workflow {workflow_id} not found")
+    raise Conflict("the workflow is being changed concurrently, try again")
+
+
+async def _quota_exceeded(
+    ctx: ApiContext, tenant: TenantState, plan: Plan, used: int, requested: int, now: int
+) -> QuotaRefused:
+    """Record the refusal (its own unit: nothing was queued) and build the 429."""
+    month = month_of(now)
+    event = QuotaExceeded(
+        tenant_id=tenant.id,
+        aggregate_id=tenant.id,
+        ts=now,
+        limit=plan.monthly_quota,
+        used=used,
+        requested=requested,
+        month=month,
+    )
+    await ctx.committer.commit(Unit(tenant.partition).event(event))
+    resets = month_end_ms(now)
+    return QuotaRefused(
+        f"monthly quota of {plan.monthly_quota} executions exceeded ({used} used, {requested} requested)",
+        retry_after_s=max(1, math.ceil((resets - now) / 1000)),
+        limit=plan.monthly_quota,
+        used=used,
+        requested=requested,
+        resets_at=iso(resets),
+    )
+
+
+async def execute(request: Request) -> Response:
+    tenant = await require_tenant(request)
+    ctx = context(request)
+    body = await read_json(request, ExecuteIn, empty=ExecuteIn())
+    runs = [_run(body, ctx.plan(tenant.plan), "")]
+    return await _admit(
+        request,
+        ctx,
+        tenant,
+        runs,
+        lambda rs: responses.encode(Queued(execution_id=rs[0].execution_id, status="queued", priority=rs[0].priority)),
+    )
+
+
+async def execute_bulk(request: Request) -> Response:
+    tenant = await require_tenant(request)
+    ctx = context(request)
+    body = await read_json(request, BulkExecuteIn)
+    plan = ctx.plan(tenant.plan)
+    runs = [_run(run, plan, f"runs[{i}].") for i, run in enumerate(body.runs)]
+    return await _admit(
+        request, ctx, tenant, runs, lambda rs: responses.encode(BulkQueued(execution_ids=[r.execution_id for r in rs]))
+    )
+
+
+routes = [
+    Route("/api/workflows/{id}/execute", execute, methods=["POST"]),
+    Route("/api/workflows/{id}/execute/bulk", execute_bulk, methods=["POST"]),
+]

@@ -1,0 +1,94 @@
+"""Executions: queries from the SQL projection; commands (cancel, retry, priority) checked on Redis state."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from services.api import responses, views
+from services.api.auth import require_tenant
+from services.api.bodies import read_json
+from services.api.commands import cancel, change_priority, retry
+from services.api.context import context
+from services.api.pagination import after, page_request, split_page
+from services.api.schemas import ExecutionPage, PriorityIn
+from shared.errors import NotFound, ValidationFailed
+from shared.schema import execution_steps, executions
+from shared.state import Status
+
+MAX_FILTER_LENGTH = 64
+
+
+async def list_executions(request: Request) -> Response:
+    tenant = await require_tenant(request)
+    ctx = context(request)
+    page = page_request(request)
+    c = executions.c
+    query = select(executions).where(c.tenant_id == tenant.id)
+    status = request.query_params.get("status")
+    if status:
+        if status not in Status.__members__.values():
+            raise ValidationFailed(f"status: one of {', '.join(Status)}", field="status")
+        query = query.where(c.status == status)
+    workflow_id = request.query_params.get("workflow_id")
+    if workflow_id:
+        if len(workflow_id) > MAX_FILTER_LENGTH:
+            raise ValidationFailed("workflow_id: too long", field="workflow_id")
+        query = query.where(c.workflow_id == workflow_id)
+    if page.after is not None:
+        query = query.where(after(c.queued_at, c.id, page.after))
+    query = query.order_by(c.queued_at.desc(), c.id.desc()).limit(page.limit + 1)
+    async with ctx.engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    items, cursor = split_page(rows, page.limit, lambda r: (r.queued_at, r.id))
+    return responses.json(ExecutionPage(items=[views.execution_summary(r) for r in items], next_cursor=cursor))
+
+
+async def get_execution(request: Request) -> Response:
+    tenant = await require_tenant(request)
+    ctx = context(request)
+    execution_id = request.path_params["id"]
+    async with ctx.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(executions).where(executions.c.id == execution_id, executions.c.tenant_id == tenant.id)
+            )
+        ).first()
+        if row is None:
+            raise NotFound(f"execution {execution_id} not found")
+        steps = (
+            await conn.execute(
+                select(execution_steps)
+                .where(execution_steps.c.execution_id == execution_id, execution_steps.c.tenant_id == tenant.id)
+                .order_by(execution_steps.c.step_index)
+            )
+        ).all()
+    return responses.json(views.execution(row, list(steps)))
+
+
+async def cancel_execution(request: Request) -> Response:
+    tenant = await require_tenant(request)
+    return responses.json(await cancel(context(request), tenant, request.path_params["id"]), 202)
+
+
+async def retry_execution(request: Request) -> Response:
+    tenant = await require_tenant(request)
+    return responses.json(await retry(context(request), tenant, request.path_params["id"], from_dlq=None), 202)
+
+
+async def patch_execution(request: Request) -> Response:
+    tenant = await require_tenant(request)
+    ctx = context(request)
+    body = await read_json(request, PriorityIn)
+    return responses.json(await change_priority(ctx, tenant, request.path_params["id"], body.priority))
+
+
+routes = [
+    Route("/api/executions", list_executions, methods=["GET"]),
+    Route("/api/executions/{id}", get_execution, methods=["GET"]),
+    Route("/api/executions/{id}", patch_execution, methods=["PATCH"]),
+    Route("/api/executions/{id}/cancel", cancel_execution, methods=["POST"]),
+    Route("/api/executions/{id}/retry", retry_execution, methods=["POST"]),
+]

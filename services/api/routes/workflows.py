@@ -1,0 +1,153 @@
+"""Workflows: saved as events (each save a new immutable version), read from the SQL projection."""
+
+from __future__ import annotations
+
+from sqlalchemy import false, select
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from services.api import responses, views
+from services.api.auth import require_tenant
+from services.api.bodies import read_json
+from services.api.context import ApiContext, context
+from services.api.definitions import build_definition
+from services.api.pagination import after, page_request, split_page
+from services.api.schemas import WorkflowIn, WorkflowPage
+from shared import keys
+from shared.clock import new_id, now_ms
+from shared.commit import Applied, Refused, Unit
+from shared.errors import Conflict, NotFound
+from shared.events import WorkflowDeleted, WorkflowSaved
+from shared.redis import text
+from shared.schema import workflows
+from shared.state import TenantState, WorkflowState, encode_definition, read_workflow
+from shared.workflows import WorkflowDef
+
+# A PUT replaces the whole definition, so losing a race to another save is retried (last writer wins).
+SAVE_ATTEMPTS = 3
+MAX_ID_LENGTH = 64
+
+
+async def owned_workflow(ctx: ApiContext, tenant: TenantState, workflow_id: str) -> WorkflowState:
+    """The tenant's live workflow; anything else (unknown, deleted, another tenant's) is a 404."""
+    state = None
+    if len(workflow_id) <= MAX_ID_LENGTH:
+        state = await read_workflow(ctx.redis, tenant.partition, workflow_id)
+    if state is None or state.tenant_id != tenant.id or state.deleted:
+        raise NotFound(f"workflow {workflow_id} not found")
+    return state
+
+
+def _save_unit(
+    tenant: TenantState, workflow_id: str, definition: WorkflowDef, previous: WorkflowState | None, ts: int
+) -> Unit:
+    p = tenant.partition
+    wf_key = keys.workflow(p, workflow_id)
+    version = previous.version + 1 if previous else 1
+    unit = Unit(p)
+    if previous is None:
+        unit.require_absent(wf_key, "workflow_exists")
+    else:
+        unit.require(wf_key, "deleted", ["0"], "workflow_deleted")
+        unit.require(wf_key, "version", [str(previous.version)], "workflow_changed")
+    unit.event(
+        WorkflowSaved(tenant_id=tenant.id, aggregate_id=workflow_id, ts=ts, version=version, definition=definition)
+    )
+    fields: dict[str, str | int] = {
+        "tenant": tenant.id,
+        "name": definition.name,
+        "version": version,
+        "deleted": "0",
+        "updated_at": ts,
+    }
+    if previous is None:
+        fields["created_at"] = ts
+    unit.hset(wf_key, fields)
+    unit.set(keys.workflow_version(p, workflow_id, version), encode_definition(definition))
+    return unit
+
+
+async def create_workflow(request: Request) -> Response:
+    tenant = await require_tenant(request)
+    ctx = context(request)
+    definition = build_definition(await read_json(request, WorkflowIn), ctx.action_types)
+    workflow_id = new_id()
+    ts = now_ms()
+    outcome = await ctx.committer.commit(_save_unit(tenant, workflow_id, definition, None, ts))
+    if not isinstance(outcome, Applied):
+        raise Conflict("workflow id collision, try again")
+    return responses.json(views.workflow(workflow_id, 1, definition, ts, ts), 201)
+
+
+async def update_workflow(request: Request) -> Response:
+    tenant = await require_tenant(request)
+    ctx = context(request)
+    workflow_id = request.path_params["id"]
+    await owned_workflow(ctx, tenant, workflow_id)
+    definition = build_definition(await read_json(request, WorkflowIn), ctx.action_types)
+    for _ in range(SAVE_ATTEMPTS):
+        previous = await owned_workflow(ctx, tenant, workflow_id)
+        ts = now_ms()
+        outcome = await ctx.committer.commit(_save_unit(tenant, workflow_id, definition, previous, ts))
+        if isinstance(outcome, Applied):
+            created = text(await ctx.redis.hget(keys.workflow(tenant.partition, workflow_id), "created_at"))
+            created_at = int(created) if created.isdigit() else None
+            return responses.json(views.workflow(workflow_id, previous.version + 1, definition, created_at, ts))
+        if isinstance(outcome, Refused) and outcome.label == "workflow_deleted":
+            raise NotFound(f"workflow {workflow_id} not found")
+    raise Conflict("workflow is being changed concurrently, try again")
+
+
+async def delete_workflow(request: Request) -> Response:
+    tenant = await require_tenant(request)
+    ctx = context(request)
+    workflow_id = request.path_params["id"]
+    await owned_workflow(ctx, tenant, workflow_id)
+    p = tenant.partition
+    wf_key = keys.workflow(p, workflow_id)
+    ts = now_ms()
+    unit = Unit(p).require(wf_key, "deleted", ["0"], "workflow_deleted")
+    unit.event(WorkflowDeleted(tenant_id=tenant.id, aggregate_id=workflow_id, ts=ts))
+    unit.hset(wf_key, {"deleted": "1", "updated_at": ts})
+    if not isinstance(await ctx.committer.commit(unit), Applied):
+        raise NotFound(f"workflow {workflow_id} not found")
+    return responses.no_content()
+
+
+async def get_workflow(request: Request) -> Response:
+    tenant = await require_tenant(request)
+    ctx = context(request)
+    workflow_id = request.path_params["id"]
+    query = select(workflows).where(
+        workflows.c.id == workflow_id, workflows.c.tenant_id == tenant.id, workflows.c.deleted == false()
+    )
+    async with ctx.engine.connect() as conn:
+        row = (await conn.execute(query)).first()
+    if row is None:
+        raise NotFound(f"workflow {workflow_id} not found")
+    return responses.json(views.workflow_row(row))
+
+
+async def list_workflows(request: Request) -> Response:
+    tenant = await require_tenant(request)
+    ctx = context(request)
+    page = page_request(request)
+    c = workflows.c
+    query = select(workflows).where(c.tenant_id == tenant.id, c.deleted == false())
+    if page.after is not None:
+        query = query.where(after(c.created_at, c.id, page.after))
+    query = query.order_by(c.created_at.desc(), c.id.desc()).limit(page.limit + 1)
+    async with ctx.engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    items, cursor = split_page(rows, page.limit, lambda r: (r.created_at, r.id))
+    return responses.json(WorkflowPage(items=[views.workflow_row(r) for r in items], next_cursor=cursor))
+
+
+routes = [
+    Route("/api/workflows", create_workflow, methods=["POST"]),
+    Route("/api/workflows", list_workflows, methods=["GET"]),
+    Route("/api/workflows/{id}", get_workflow, methods=["GET"]),
+    Route("/api/workflows/{id}", update_workflow, methods=["PUT"]),
+    Route("/api/workflows/{id}", delete_workflow, methods=["DELETE"]),
+]

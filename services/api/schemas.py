@@ -1,0 +1,229 @@
+"""Request and response bodies of the HTTP API, as msgspec Structs.
+
+Requests are decoded straight into these types (unknown fields refused, bounds checked by ``Meta``); responses
+are encoded from them. ``openapi.py`` derives the published JSON Schemas from the same classes, so the
+document and the wire format cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from shared.workflows import MAX_ATTEMPTS, MAX_DELAY_MS, MAX_STEPS, RetryPolicy, StepDef
+
+MAX_BULK_RUNS = 1000
+MAX_STEP_TIMEOUT_S = 7 * 24 * 3600.0
+
+Name = Annotated[str, Meta(min_length=1, max_length=200)]
+Priority = Annotated[int, Meta(ge=1, le=10, description="1 is the highest priority; plans set a floor.")]
+Timestamp = Annotated[str, Meta(extra_json_schema={"format": "date-time"})]
+Cursor = Annotated[str | None, Meta(description="Pass as `cursor` to get the next page; null on the last page.")]
+
+
+class _In(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Base of request bodies: unknown fields are an error, not silently dropped."""
+
+
+class _Out(msgspec.Struct, kw_only=True):
+    """Base of response bodies."""
+
+
+# --- requests --------------------------------------------------------------------------------------------------
+
+
+class TenantCreate(_In):
+    name: Name
+    plan: str
+
+
+class BackoffIn(_In):
+    type: Literal["exponential", "fixed"] = "exponential"
+    delay_ms: Annotated[int, Meta(ge=0, le=MAX_DELAY_MS)] = 5000
+
+
+class RetryIn(_In):
+    attempts: Annotated[int, Meta(ge=1, le=MAX_ATTEMPTS)] = 3
+    backoff: BackoffIn = msgspec.field(default_factory=BackoffIn)
+
+
+class StepIn(_In):
+    action: Annotated[str, Meta(min_length=1, max_length=100)]
+    label: Annotated[str, Meta(max_length=200)] | None = None
+    params: dict[str, Any] = {}
+    timeout_s: Annotated[float, Meta(gt=0, le=MAX_STEP_TIMEOUT_S)] | None = None
+    on_error: Literal["fail", "continue"] = "fail"
+
+
+class WorkflowIn(_In):
+    name: Name
+    steps: Annotated[list[StepIn], Meta(min_length=1, max_length=MAX_STEPS)]
+    retry: RetryIn | None = None
+    retry_from: Literal["failed_step", "start"] = "failed_step"
+    description: Annotated[str, Meta(max_length=5000)] | None = None
+
+
+class RunIn(_In):
+    params: dict[str, Any] = {}
+    priority: Priority | None = None
+
+
+class ExecuteIn(RunIn):
+    pass
+
+
+class BulkExecuteIn(_In):
+    runs: Annotated[list[RunIn], Meta(min_length=1, max_length=MAX_BULK_RUNS)]
+
+
+class PriorityIn(_In):
+    priority: Priority
+
+
+# --- responses -------------------------------------------------------------------------------------------------
+
+
+class ErrorDetail(msgspec.Struct, kw_only=True):
+    """Every error: a stable ``code``, a human ``message``, and details that depend on the code."""
+
+    code: str
+    message: str
+    field: str | None = None
+
+
+class Error(_Out):
+    error: ErrorDetail
+
+
+class Tenant(_Out):
+    id: str
+    name: str
+    plan: str
+    api_key: Annotated[str, Meta(description="Shown once; only its hash is kept.")]
+
+
+class PlanLimits(_Out):
+    monthly_quota: Annotated[int, Meta(description="0 means unlimited")]
+    rate_per_minute: int
+    max_concurrent: int
+    default_priority: int
+    min_priority: int
+
+
+class Usage(_Out):
+    month: Annotated[str, Meta(description="YYYYMM, UTC")]
+    executions: int
+    quota: int | None
+    remaining: int | None
+
+
+class TenantProfile(_Out):
+    id: str
+    name: str
+    plan: str
+    limits: PlanLimits
+    usage: Usage
+
+
+class Workflow(_Out):
+    id: str
+    name: str
+    version: int
+    steps: list[StepDef]
+    retry: RetryPolicy
+    retry_from: Literal["failed_step", "start"]
+    description: str | None
+    created_at: Timestamp | None
+    updated_at: Timestamp | None
+
+
+class WorkflowPage(_Out):
+    items: list[Workflow]
+    next_cursor: Cursor
+
+
+class Queued(_Out):
+    execution_id: str
+    status: Literal["queued"]
+    priority: int
+
+
+class BulkQueued(_Out):
+    execution_ids: list[str]
+
+
+class CommandAccepted(_Out):
+    execution_id: str
+    status: str
+    priority: int
+
+
+ExecutionStatus = Literal["queued", "running", "retrying", "completed", "failed", "cancelled"]
+
+
+class ExecutionStep(_Out):
+    step_index: int
+    action: str
+    label: str | None
+    status: str
+    started_at: Timestamp | None
+    completed_at: Timestamp | None
+    duration_ms: int | None
+    output_data: Any
+    error_message: str | None
+
+
+class ExecutionSummary(_Out):
+    id: str
+    workflow_id: str
+    status: ExecutionStatus
+    priority: int
+    retry_count: int
+    trigger_type: str
+    steps_total: int
+    steps_completed: int
+    steps_failed: int
+    queued_at: Timestamp | None
+    started_at: Timestamp | None
+    completed_at: Timestamp | None
+    duration_ms: int | None
+    result: Any
+    error_message: str | None
+    dead_lettered: bool
+    crash_count: int
+    attempt: int
+    progress: Annotated[int, Meta(description="percent")]
+
+
+class Execution(ExecutionSummary):
+    steps: list[ExecutionStep]
+
+
+class ExecutionPage(_Out):
+    items: list[ExecutionSummary]
+    next_cursor: Cursor
+
+
+class DlqEntry(ExecutionSummary):
+    dead_lettered_at: Timestamp | None
+
+
+class DlqPage(_Out):
+    items: list[DlqEntry]
+    next_cursor: Cursor
+
+
+class Health(_Out):
+    status: Literal["ok"]
+
+
+class Check(_Out):
+    ok: bool
+    error: str | None = None
+
+
+class Readiness(_Out):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, Check]

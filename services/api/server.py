@@ -1,0 +1,59 @@
+"""``orq api``: the HTTP API under uvicorn, until ``stop`` is set."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import uvicorn
+
+from services.api.app import create_app
+from shared.commit import Committer
+from shared.db import create_engine, create_schema
+from shared.redis import connect
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+GRACEFUL_SHUTDOWN_S = 10
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the caller's ``stop`` event is the one way to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(settings: Settings, stop: asyncio.Event, host: str, port: int) -> None:
+    """Serve until ``stop`` is set; then stop accepting, let in-flight requests finish, and flush commits."""
+    redis = connect(settings.redis_url)
+    engine = create_engine(settings.database_url)
+    committer = Committer(redis)
+    try:
+        await create_schema(engine)
+        app = create_app(settings, redis, engine, committer=committer)
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            lifespan="on",
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            server_header=False,
+        )
+        server = _Server(config)
+        serving = asyncio.create_task(server.serve(), name="uvicorn")
+        stopping = asyncio.create_task(stop.wait(), name="api-stop")
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        server.should_exit = True
+        stopping.cancel()
+        await serving
+    finally:
+        await committer.close()
+        await engine.dispose()
+        await redis.aclose()
+        log.info("api stopped")

@@ -1,0 +1,114 @@
+"""Helpers for API tests: tenants, workflows, log snapshots, and execution states set straight in Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.clock import now_ms
+from shared.commit import Applied, Committer, Unit
+from shared.consumer import records_of
+from shared.events import ExecutionDeadLettered, ExecutionFailed, ExecutionStarted
+from shared.settings import Settings
+from shared.state import Status
+
+NOOP_WORKFLOW: dict[str, Any] = {"name": "hello", "steps": [{"action": "noop"}]}
+
+
+@dataclass(frozen=True)
+class TenantHandle:
+    id: str
+    api_key: str
+    plan: str
+    partition: int
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+
+def admin_headers(settings: Settings) -> dict[str, str]:
+    return {"Authorization": f"Bearer {settings.admin_token}"}
+
+
+async def create_tenant(
+    client: httpx.AsyncClient, settings: Settings, plan: str = "pro", name: str = "acme"
+) -> TenantHandle:
+    r = await client.post("/api/tenants", json={"name": name, "plan": plan}, headers=admin_headers(settings))
+    assert r.status_code == 201, r.text
+    body = r.json()
+    return TenantHandle(body["id"], body["api_key"], plan, keys.partition_of(body["id"], settings.partitions))
+
+
+async def create_workflow(
+    client: httpx.AsyncClient, tenant: TenantHandle, body: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    r = await client.post("/api/workflows", json=body or NOOP_WORKFLOW, headers=tenant.headers)
+    assert r.status_code == 201, r.text
+    result: dict[str, Any] = r.json()
+    return result
+
+
+async def log_lengths(redis: Redis, settings: Settings) -> list[int]:
+    """XLEN of every partition's log: refused commands must leave these unchanged."""
+    return [await redis.xlen(keys.log(p)) for p in range(settings.partitions)]
+
+
+async def work_lengths(redis: Redis, p: int) -> dict[int, int]:
+    return {prio: await redis.xlen(keys.work(p, prio)) for prio in keys.PRIORITIES}
+
+
+async def log_types(redis: Redis, p: int) -> list[str]:
+    return [r.type for r in records_of(await redis.xrange(keys.log(p)))]
+
+
+async def execution_state(redis: Redis, tenant: TenantHandle, execution_id: str) -> dict[str, str]:
+    raw = await redis.hgetall(keys.execution(tenant.partition, execution_id))
+    return {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
+
+
+async def mark_running(committer: Committer, tenant: TenantHandle, execution_id: str) -> None:
+    """What the executor's start unit does, enough for the API's guards."""
+    state_key = keys.execution(tenant.partition, execution_id)
+    unit = Unit(tenant.partition).require(state_key, "status", [Status.QUEUED.value], "status")
+    unit.event(ExecutionStarted(tenant_id=tenant.id, aggregate_id=execution_id, ts=now_ms(), attempt=1,
+                                executor="test"))
+    unit.hset(state_key, {"status": Status.RUNNING.value, "owner": "test", "started_at": now_ms()})
+    assert isinstance(await committer.commit(unit), Applied)
+
+
+async def mark_failed(committer: Committer, tenant: TenantHandle, execution_id: str, *, dead_letter: bool) -> None:
+    """What the executor does after the last failed attempt: failed, and (optionally) into the DLQ."""
+    p = tenant.partition
+    state_key = keys.execution(p, execution_id)
+    ts = now_ms()
+    unit = Unit(p).event(ExecutionFailed(tenant_id=tenant.id, aggregate_id=execution_id, ts=ts, error="boom",
+                                         dead_lettered=dead_letter))
+    unit.dequeue(state_key)
+    unit.hset(state_key, {"status": Status.FAILED.value})
+    if dead_letter:
+        unit.event(ExecutionDeadLettered(tenant_id=tenant.id, aggregate_id=execution_id, ts=ts, error="boom"))
+        unit.xadd(keys.dlq(p), {"e": execution_id, "t": tenant.id}, ref=(state_key, "dlq_id"))
+        unit.hset(state_key, {"dead_lettered": "1"})
+    assert isinstance(await committer.commit(unit), Applied)
+
+
+@asynccontextmanager
+async def projector(settings: Settings) -> AsyncIterator[None]:
+    """The real projector, in the background, filling the SQL tables the query endpoints read."""
+    from services.projector.projector import serve as serve_projector
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve_projector(settings, stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
