@@ -36,7 +36,11 @@ def load_lua(name: str) -> str:
 class Applied:
     """The unit ran: its events got these stream ids."""
 
-    event_ids: list[str]
+    raw_ids: list[bytes]
+
+    @property
+    def event_ids(self) -> list[str]:
+        return [_s(i) for i in self.raw_ids]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,9 +107,10 @@ class Unit:
         return self
 
     def hset(self, key: str, mapping: Mapping[str, Value]) -> Unit:
-        flat: list[Value] = ["hset", key]
+        flat: list[Any] = ["hset", key]
         for k, v in mapping.items():
-            flat += (k, self._arg(v))
+            flat.append(k)
+            flat.append(self._arg(v) if type(v) is bytes else v)
         self.ops.append(flat)
         return self
 
@@ -193,7 +198,7 @@ def _script_args(units: list[Unit]) -> list[bytes]:
 def _outcome(raw: list[Any]) -> Outcome:
     status = int(raw[0])
     if status == 1:
-        return Applied([_s(i) for i in raw[1:]])
+        return Applied(raw[1:])
     if status == 2:
         stored = raw[1]
         return Duplicate(stored if isinstance(stored, bytes) else str(stored).encode())

@@ -7,6 +7,7 @@ Lua script over one partition stays atomic.
 from __future__ import annotations
 
 import zlib
+from functools import cache
 
 PREFIX = "orq"
 PRIORITIES = range(1, 11)
@@ -26,14 +27,17 @@ def partition_of(tenant_id: str, partitions: int) -> int:
     return zlib.crc32(tenant_id.encode()) % partitions
 
 
+@cache
 def tag(p: int) -> str:
     return f"{PREFIX}:{{{p}}}"
 
 
+@cache
 def log(p: int) -> str:
     return f"{tag(p)}:log"
 
 
+@cache
 def work(p: int, priority: int) -> str:
     return f"{tag(p)}:work:{priority}"
 

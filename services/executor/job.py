@@ -9,7 +9,6 @@ from typing import Any
 import msgspec
 
 from shared import keys
-from shared.redis import text
 from shared.state import decode_definition
 from shared.workflows import WorkflowDef
 
@@ -18,44 +17,40 @@ _decode_any = msgspec.msgpack.Decoder()
 
 @dataclass(slots=True)
 class Job:
-    """One execution entry delivered to this executor, with its state as read at dispatch."""
+    """One execution entry delivered to this executor, with its state (raw hash) as read at dispatch."""
 
     p: int
     stream: str
     entry_id: str
     execution_id: str
-    state: dict[str, bytes]
+    state: dict[bytes, bytes]
     definition: WorkflowDef | None
     previous_owner: str = ""
     order: int = 0
     priority: int = field(init=False)
+    tenant_id: str = field(init=False)
+    state_key: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.priority = int(self.state.get("priority", b"10"))
-
-    @property
-    def tenant_id(self) -> str:
-        return text(self.state.get("tenant"))
-
-    @property
-    def state_key(self) -> str:
-        return keys.execution(self.p, self.execution_id)
+        self.priority = int(self.state.get(b"priority", b"10"))
+        self.tenant_id = self.state.get(b"tenant", b"").decode()
+        self.state_key = keys.execution(self.p, self.execution_id)
 
     @property
     def recovered(self) -> bool:
         """Taken from a consumer that stopped renewing its lease: that executor died."""
         return self.previous_owner not in ("", keys.CONSUMER_BACKOFF, keys.CONSUMER_THROTTLED)
 
-    def int_field(self, name: str, default: int = 0) -> int:
+    def int_field(self, name: bytes, default: int = 0) -> int:
         raw = self.state.get(name)
         return int(raw) if raw else default
 
     def params(self) -> dict[str, Any]:
-        raw = self.state.get("params")
+        raw = self.state.get(b"params")
         return _decode_any.decode(raw) if raw else {}
 
     def outputs(self) -> dict[int, Any]:
-        return {int(k[4:]): _decode_any.decode(v) for k, v in self.state.items() if k.startswith("out:")}
+        return {int(k[4:]): _decode_any.decode(v) for k, v in self.state.items() if k.startswith(b"out:")}
 
 
 class DefinitionCache:
@@ -63,12 +58,11 @@ class DefinitionCache:
 
     def __init__(self, size: int = 2048) -> None:
         self._size = size
-        self._items: OrderedDict[str, WorkflowDef] = OrderedDict()
+        self._items: OrderedDict[bytes, WorkflowDef] = OrderedDict()
 
-    def get(self, def_key: str, body: bytes) -> WorkflowDef | None:
+    def get(self, def_key: bytes, body: bytes) -> WorkflowDef | None:
         found = self._items.get(def_key)
         if found is not None:
-            self._items.move_to_end(def_key)
             return found
         if not body:
             return None
@@ -83,10 +77,10 @@ def jobs_from_reply(p: int, streams: list[str], reply: list[Any], cache: Definit
     """Parse the dispatch script's reply into jobs."""
     jobs = []
     for k, entry_id, exec_id, flat, body, previous in reply:
-        state = {text(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
-        definition = cache.get(text(state.get("def_key")), body) if state else None
-        jobs.append(
-            Job(p, streams[int(k) - 1], text(entry_id), text(exec_id), state, definition, text(previous), order)
-        )
+        it = iter(flat)
+        state: dict[bytes, bytes] = dict(zip(it, it, strict=True))
+        definition = cache.get(state.get(b"def_key", b""), body) if state else None
+        jobs.append(Job(p, streams[int(k) - 1], entry_id.decode(), exec_id.decode(), state, definition,
+                        previous.decode(), order))
         order += 1
     return jobs

@@ -84,9 +84,9 @@ class ExecutionRun:
     def __init__(self, job: Job, env: RunEnv) -> None:
         self.job = job
         self.env = env
-        self.attempt = job.int_field("attempt", 1)
+        self.attempt = job.int_field(b"attempt", 1)
         self.cancel_requested = False
-        self.started_ms = job.int_field("started_at")
+        self.started_ms = job.int_field(b"started_at")
 
     # --- units ----------------------------------------------------------------------------------------------
     def _unit(self) -> Unit:
@@ -138,20 +138,22 @@ class ExecutionRun:
         unit = self._unit().require(key, "work_id", [job.entry_id], "work")
         unit.require(key, "status", [Status.QUEUED.value, Status.RETRYING.value, Status.RUNNING.value], "status")
         if job.recovered:
-            crashes = job.int_field("crash_count") + 1
+            crashes = job.int_field(b"crash_count") + 1
             unit.hincrby(key, "crash_count", 1)
             unit.event(ExecutionRecovered(**self._ids(), ts=ts, crash_count=crashes,
                                           lost_executor=job.previous_owner, executor=self.env.consumer))
             if crashes > self.env.max_crashes:
                 error = f"executor crashed {crashes} times running it: dead-lettered as poison"
-                self._dead_letter(unit, ts, error, reason="poison", step=job.int_field("step"))
+                self._dead_letter(unit, ts, error, reason="poison", step=job.int_field(b"step"))
                 await self._commit(unit)
                 return False
-        from_step = job.int_field("step")
+        from_step = job.int_field(b"step")
         unit.hset(key, {"status": Status.RUNNING.value, "owner": self.env.consumer})
-        unit.hsetnx(key, "started_at", ts)
-        self.started_ms = self.started_ms or ts
-        unit.hdel(key, "retry_delay")
+        if not self.started_ms:
+            unit.hsetnx(key, "started_at", ts)
+            self.started_ms = ts
+        if b"retry_delay" in job.state:
+            unit.hdel(key, "retry_delay")
         unit.event(ExecutionStarted(**self._ids(), ts=ts, attempt=self.attempt, executor=self.env.consumer,
                                     from_step=from_step))
         if from_step < len(definition.steps):  # the first step starts with the execution: one commit less
@@ -165,7 +167,7 @@ class ExecutionRun:
         params = self.job.params()
         outputs = self.job.outputs()
         last = len(definition.steps) - 1
-        first = self.job.int_field("step")
+        first = self.job.int_field(b"step")
         if first > last:  # nothing left to run (resumed after its last step): just finish
             await self._commit(self._complete(self._guarded(), outputs.get(last)))
             return
@@ -212,6 +214,8 @@ class ExecutionRun:
             rendered = render(step.params, params, outputs)
             parsed = self.env.actions.parse(step.action, rendered)
             runner = self.env.actions.runner(step.action)
+            if step.timeout_s is None:
+                return await runner(parsed, StepContext(self, index))
             async with asyncio.timeout(step.timeout_s):
                 return await runner(parsed, StepContext(self, index))
         except StepFailed:
@@ -226,7 +230,6 @@ class ExecutionRun:
         ts = now_ms()
         unit.event(ExecutionCompleted(**self._ids(), ts=ts, result=result, duration_ms=max(0, ts - self.started_ms)))
         unit.hset(self.job.state_key, {"status": Status.COMPLETED.value})
-        unit.hdel(self.job.state_key, "owner", "work_stream", "work_id")
         return unit.ack(self.job.stream, keys.GROUP_EXECUTOR, self.job.entry_id)
 
     async def _fail(self, definition: WorkflowDef, index: int, error: str, duration: int) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import ResponseError
 
 from services.executor.actions import Actions
 from services.executor.job import DefinitionCache, Job, jobs_from_reply
@@ -65,8 +66,7 @@ class Executor:
     # --- main -----------------------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop``; then take nothing new, let running executions finish within the lease, return."""
-        for p in self.partitions:
-            await ensure_groups(self.redis, self.streams[p], keys.GROUP_EXECUTOR)
+        await self._ensure_groups()
         log.info("executor %s started with %d slots", self.name, self.slots)
         loops = [
             asyncio.create_task(self._dispatch_loop(stop), name="dispatch"),
@@ -77,6 +77,10 @@ class Executor:
         ]
         await stop.wait()
         await self._drain(loops)
+
+    async def _ensure_groups(self) -> None:
+        for p in self.partitions:
+            await ensure_groups(self.redis, self.streams[p], keys.GROUP_EXECUTOR)
 
     async def _drain(self, loops: list[asyncio.Task[None]]) -> None:
         leases = loops.pop(3)
@@ -144,6 +148,12 @@ class Executor:
                 jobs = await self._call("next", self._split(self.free))
                 if not jobs:
                     jobs = await self._block_for_work()
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                log.error("consumer group missing (was Redis flushed or restored?); creating it again")
+                await self._ensure_groups()
+                continue
             except Exception:
                 log.exception("dispatch failed; retrying in 1s")
                 await asyncio.sleep(1)

@@ -1,0 +1,24 @@
+"""``make bench``: run every benchmark and print one table."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from bench.common import Result, print_table
+from bench.executor import executor_throughput
+from bench.latency import enqueue_to_start
+
+
+async def main(selected: set[str]) -> None:
+    results: list[Result] = []
+    suites = {"executor": executor_throughput, "latency": enqueue_to_start}
+    for name, suite in suites.items():
+        if not selected or name in selected:
+            print(f"running {name} ...", file=sys.stderr, flush=True)
+            results += await suite()
+    print_table(results)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(set(sys.argv[1:])))

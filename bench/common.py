@@ -1,0 +1,126 @@
+"""Shared benchmark plumbing: a dedicated Redis database, seeding, processes, and the result table."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.admission import Run, admission_unit
+from shared.clock import new_id, now_ms
+from shared.commit import Applied, Committer, Unit
+from shared.plans import default_plans
+from shared.state import WorkflowState, encode_definition
+from shared.workflows import StepDef, WorkflowDef
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_REDIS_URL = os.environ.get("ORQ_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+BENCH_MYSQL_URL = os.environ.get("ORQ_BENCH_MYSQL_URL", "mysql+aiomysql://root@127.0.0.1:3306/orq_bench")
+PARTITIONS = 4
+NOOP = WorkflowDef(name="noop", steps=[StepDef(action="noop")])
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    name: str
+    value: float
+    unit: str
+    target: str = ""
+    note: str = ""
+
+
+def print_table(results: list[Result]) -> None:
+    rows = [("benchmark", "result", "target", "note")]
+    rows += [(r.name, f"{r.value:,.1f} {r.unit}", r.target, r.note) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for n, row in enumerate(rows):
+        print(" | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+        if n == 0:
+            print("-+-".join("-" * w for w in widths))
+
+
+def env(**overrides: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ORQ_")}
+    base.update({"ORQ_REDIS_URL": BENCH_REDIS_URL, "ORQ_PARTITIONS": str(PARTITIONS), "ORQ_LOG_LEVEL": "WARNING",
+                 "ORQ_ADMIN_TOKEN": "bench-admin"})
+    base.update(overrides)
+    return base
+
+
+@contextmanager
+def processes(*commands: tuple[list[str], dict[str, str]]) -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs = [subprocess.Popen([sys.executable, "-m", "shared.cli", *args], env=e, cwd=ROOT) for args, e in commands]
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+async def fresh_redis() -> Redis:
+    redis = Redis.from_url(BENCH_REDIS_URL)
+    await redis.flushdb()
+    await redis.config_resetstat()
+    return redis
+
+
+async def seed_workflow(committer: Committer, tenant_id: str, definition: WorkflowDef = NOOP) -> WorkflowState:
+    p = keys.partition_of(tenant_id, PARTITIONS)
+    workflow = WorkflowState(new_id(), tenant_id, definition.name, 1, False)
+    unit = Unit(p).hset(keys.workflow(p, workflow.id),
+                        {"tenant": tenant_id, "name": definition.name, "version": 1, "deleted": "0"})
+    unit.set(keys.workflow_version(p, workflow.id, 1), encode_definition(definition))
+    assert isinstance(await committer.commit(unit), Applied)
+    return workflow
+
+
+def queue_units(workflow: WorkflowState, count: int, batch: int = 500, priority: int = 5,
+                definition: WorkflowDef = NOOP) -> list[Unit]:
+    p = keys.partition_of(workflow.tenant_id, PARTITIONS)
+    plan = default_plans()["enterprise"]
+    units = []
+    for start in range(0, count, batch):
+        runs = [Run(new_id(), priority) for _ in range(min(batch, count - start))]
+        units.append(admission_unit(p=p, tenant_id=workflow.tenant_id, plan=plan, workflow=workflow,
+                                    definition=definition, runs=runs, now_ms=now_ms()))
+    return units
+
+
+async def work_left(redis: Redis) -> int:
+    async with redis.pipeline(transaction=False) as pipe:
+        for p in range(PARTITIONS):
+            for stream in keys.work_streams(p):
+                pipe.xlen(stream)
+        return sum(await pipe.execute())
+
+
+async def wait_until(check: Any, timeout: float, interval: float = 0.02) -> float:
+    """Seconds until ``await check()`` is true (raises after ``timeout``)."""
+    start = time.perf_counter()
+    while not await check():
+        if time.perf_counter() - start > timeout:
+            raise TimeoutError("benchmark did not finish in time")
+        await asyncio.sleep(interval)
+    return time.perf_counter() - start
+
+
+async def commands_total(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return sum(int(v["calls"]) for v in stats.values())
