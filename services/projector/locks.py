@@ -1,0 +1,120 @@
+"""Partition locks for projectors, and stream reads fenced by them.
+
+One projector applies a partition at a time (a projection needs its events in order). The lock is a key
+set with ``SET NX PX`` holding the owner's token and renewed while held. Reads and take-overs run as Lua
+scripts that first check the token, so a projector that lost its lock (a long pause past the TTL) can read
+nothing more: once it notices, its only leftovers are entries in its pending list, which the next owner
+claims on take-over and which the checkpoint compare-and-set keeps from being applied twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.redis import text
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# KEYS: lock, stream. ARGV: token, ttl ms, group, consumer. Claims every pending entry of the group to us.
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local cursor = '0-0'
+local claimed = 0
+repeat
+  local r = redis.call('XAUTOCLAIM', KEYS[2], ARGV[3], ARGV[4], 0, cursor, 'COUNT', 1000, 'JUSTID')
+  cursor = r[1]
+  claimed = claimed + #r[2]
+until cursor == '0-0'
+return claimed
+"""
+
+# KEYS: lock, stream. ARGV: token, ttl ms, group, consumer, count.
+# Our own pending entries first (left by a failed batch or a take-over), else new ones. Returns -1 when the
+# lock is not ours, {1, entries} with entries, {0, last id of the stream} when there is nothing to read.
+_READ = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local r = redis.call('XREADGROUP', 'GROUP', ARGV[3], ARGV[4], 'COUNT', ARGV[5], 'STREAMS', KEYS[2], '0')
+if r and #r[1][2] > 0 then return {1, r[1][2]} end
+r = redis.call('XREADGROUP', 'GROUP', ARGV[3], ARGV[4], 'COUNT', ARGV[5], 'STREAMS', KEYS[2], '>')
+if r and #r[1][2] > 0 then return {1, r[1][2]} end
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if #last > 0 then return {0, last[1][1]} end
+return {0, '0-0'}
+"""
+
+Entry = tuple[str, dict[bytes, bytes] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    """Entries read (own pending first, then new), or none and the stream's last id to wait after."""
+
+    entries: list[Entry]
+    last_id: str
+
+
+class PartitionLocks:
+    """Locks ``projector_lock(p)`` held with ``token``, and reads of ``orq:{p}:log`` fenced by them."""
+
+    def __init__(self, redis: Redis, *, token: str, ttl_ms: int, group: str = keys.GROUP_PROJECTOR) -> None:
+        self.redis = redis
+        self.token = token
+        self.ttl_ms = ttl_ms
+        self.group = group
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+        self._take_over = redis.register_script(_TAKE_OVER)
+        self._read = redis.register_script(_READ)
+
+    async def acquire(self, p: int) -> bool:
+        return bool(await self.redis.set(keys.projector_lock(p), self.token, nx=True, px=self.ttl_ms))
+
+    async def renew(self, p: int) -> bool:
+        return bool(await self._renew(keys=[keys.projector_lock(p)], args=[self.token, self.ttl_ms]))
+
+    async def release(self, p: int) -> None:
+        await self._release(keys=[keys.projector_lock(p)], args=[self.token])
+
+    async def holder(self, p: int) -> str | None:
+        value = await self.redis.get(keys.projector_lock(p))
+        return None if value is None else text(value)
+
+    async def take_over(self, p: int, consumer: str) -> int | None:
+        """Claim every pending entry of the group on ``p``'s log to ``consumer``; None if the lock is not ours."""
+        claimed = await self._take_over(
+            keys=[keys.projector_lock(p), keys.log(p)], args=[self.token, self.ttl_ms, self.group, consumer]
+        )
+        return None if int(claimed) < 0 else int(claimed)
+
+    async def read(self, p: int, consumer: str, count: int) -> ReadResult | None:
+        """One batch of ``p``'s log for ``consumer``; None if the lock is not ours (nothing was read)."""
+        reply = await self._read(
+            keys=[keys.projector_lock(p), keys.log(p)], args=[self.token, self.ttl_ms, self.group, consumer, count]
+        )
+        if not isinstance(reply, list):
+            return None
+        if int(reply[0]) == 0:
+            return ReadResult([], text(reply[1]))
+        entries: list[Entry] = []
+        for entry_id, flat in reply[1]:
+            fields = None if not flat else {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+            entries.append((text(entry_id), fields))
+        return ReadResult(entries, entries[-1][0])

@@ -1,0 +1,193 @@
+"""SQL side of the projection: load the rows a batch touches, upsert what changed, archive, checkpoint.
+
+Everything here runs inside a transaction the caller opens, so rows, archive and checkpoint commit or
+roll back together. Writes are one ``executemany`` per table (dialect-specific upserts: MySQL
+``INSERT … ON DUPLICATE KEY UPDATE``, SQLite ``INSERT … ON CONFLICT DO UPDATE``), never a round trip per row.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from sqlalchemy import Table, and_, delete, insert, select, text, update
+from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.dml import Insert
+
+from shared import schema
+from shared.clock import stream_id_parts
+from shared.consumer import Record
+from shared.db import is_sqlite
+from shared.events import EVENT_TYPES, Event, decode
+from shared.projection import EXECUTIONS, STEPS, TABLES, TENANTS, USAGE, WORKFLOWS, Needs, Projection
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "main"
+# Keeps each IN (…) list well under SQLite's bound-parameter limit.
+IN_CHUNK = 900
+
+TABLE_OBJECTS: dict[str, Table] = {t.name: t for t in schema.PROJECTION_TABLES}
+assert set(TABLE_OBJECTS) == set(TABLES), "shared.projection and shared.schema disagree on the tables"
+
+_raw = msgspec.msgpack.Decoder(dict[str, Any])
+
+
+class Fenced(Exception):
+    """The checkpoint moved under us: another projector applied this partition (we lost its lock)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A stream entry, its event (None when it cannot be decoded or its type is unknown) and archive row."""
+
+    record: Record
+    event: Event | None
+    archive: dict[str, Any]
+
+
+def decode_records(p: int, records: Iterable[Record]) -> list[Decoded]:
+    """Decode entries for folding and build their archive rows; bad entries are kept (archived) and logged."""
+    out = []
+    for record in records:
+        event: Event | None = None
+        try:
+            event = decode(record.body, record.id)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            if record.type in EVENT_TYPES:
+                log.error("undecodable %s entry %s in partition %d: %s", record.type, record.id, p, exc)
+            else:
+                log.info("ignoring entry %s of unknown type %r in partition %d", record.id, record.type, p)
+        out.append(Decoded(record, event, archive_row(p, record, event)))
+    return out
+
+
+def archive_row(p: int, record: Record, event: Event | None) -> dict[str, Any]:
+    ms, seq = stream_id_parts(record.id)
+    if event is not None:
+        tenant_id, aggregate_id = event.tenant_id, event.aggregate_id
+    else:
+        tenant_id, aggregate_id = _ids_of_raw(record.body)
+    return {
+        "partition": p,
+        "ms": ms,
+        "seq": seq,
+        "type": record.type[:60],
+        "tenant_id": tenant_id[:36],
+        "aggregate_id": aggregate_id[:64],
+        "body": record.body,
+    }
+
+
+def _ids_of_raw(body: bytes) -> tuple[str, str]:
+    try:
+        raw = _raw.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return "", ""
+    tenant_id, aggregate_id = raw.get("tenant_id", ""), raw.get("aggregate_id", "")
+    return (tenant_id if isinstance(tenant_id, str) else "", aggregate_id if isinstance(aggregate_id, str) else "")
+
+
+def _chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class Store:
+    """Statements for one engine's dialect, built once."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.sqlite = is_sqlite(engine)
+        self._upserts = {name: self._upsert(table) for name, table in TABLE_OBJECTS.items()}
+        self._archive = insert(schema.event_archive)
+
+    def _upsert(self, table: Table) -> Insert:
+        keys = {c.name for c in table.primary_key.columns}
+        if self.sqlite:
+            lite = sqlite.insert(table)
+            return lite.on_conflict_do_update(
+                index_elements=[table.c[k] for k in keys],
+                set_={c.name: lite.excluded[c.name] for c in table.columns if c.name not in keys},
+            )
+        my = mysql.insert(table)
+        return my.on_duplicate_key_update({c.name: my.inserted[c.name] for c in table.columns if c.name not in keys})
+
+    # --- rows -----------------------------------------------------------------------------------------------
+    async def load(self, conn: AsyncConnection, projection: Projection, needs: Needs) -> None:
+        """Read into ``projection`` the existing rows ``needs`` names (executions come with all their steps)."""
+        await self._load_by(conn, projection, TENANTS, schema.tenants.c.id, needs.tenants)
+        await self._load_by(conn, projection, WORKFLOWS, schema.workflows.c.id, needs.workflows)
+        # Steps first: an execution held in memory always has its steps there too.
+        await self._load_by(conn, projection, STEPS, schema.execution_steps.c.execution_id, needs.executions)
+        await self._load_by(conn, projection, EXECUTIONS, schema.executions.c.id, needs.executions)
+        if needs.usage:
+            tenants = sorted({t for t, _ in needs.usage})
+            months = sorted({m for _, m in needs.usage})
+            for chunk in _chunks(tenants):
+                stmt = select(schema.usage_monthly).where(
+                    schema.usage_monthly.c.tenant_id.in_(chunk), schema.usage_monthly.c.month.in_(months)
+                )
+                rows = (await conn.execute(stmt)).mappings().all()
+                projection.load(USAGE, (r for r in rows if (r["tenant_id"], r["month"]) in needs.usage))
+
+    async def _load_by(
+        self, conn: AsyncConnection, projection: Projection, table: str, column: Any, keys: set[str]
+    ) -> None:
+        for chunk in _chunks(sorted(keys)):
+            rows = (await conn.execute(select(TABLE_OBJECTS[table]).where(column.in_(chunk)))).mappings().all()
+            projection.load(table, rows)
+
+    async def write(self, conn: AsyncConnection, projection: Projection) -> int:
+        """Upsert every changed row (one executemany per table) and mark them clean; returns how many."""
+        written = 0
+        for table, rows in projection.changes().items():
+            await conn.execute(self._upserts[table], rows)
+            written += len(rows)
+        projection.mark_clean()
+        return written
+
+    async def archive(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            await conn.execute(self._archive, list(rows))
+
+    # --- checkpoints ----------------------------------------------------------------------------------------
+    async def checkpoint(self, conn: AsyncConnection, p: int) -> str | None:
+        """The last stream id applied for partition ``p`` (None before the first batch)."""
+        stmt = select(schema.projection_checkpoints.c.last_id).where(
+            schema.projection_checkpoints.c.name == CHECKPOINT_NAME,
+            schema.projection_checkpoints.c.partition == p,
+        )
+        value = (await conn.execute(stmt)).scalar_one_or_none()
+        return None if value is None else str(value)
+
+    async def move_checkpoint(self, conn: AsyncConnection, p: int, old: str | None, new: str, now_ms: int) -> None:
+        """Compare-and-set the checkpoint from ``old`` to ``new``; :class:`Fenced` if someone else moved it."""
+        table = schema.projection_checkpoints
+        if old is None:
+            exists = await self.checkpoint(conn, p)
+            if exists is not None:
+                raise Fenced(f"partition {p}: checkpoint appeared at {exists}")
+            await conn.execute(
+                insert(table).values(name=CHECKPOINT_NAME, partition=p, last_id=new, updated_at=now_ms)
+            )
+            return
+        result = await conn.execute(
+            update(table)
+            .where(and_(table.c.name == CHECKPOINT_NAME, table.c.partition == p, table.c.last_id == old))
+            .values(last_id=new, updated_at=now_ms)
+        )
+        if result.rowcount != 1:
+            raise Fenced(f"partition {p}: checkpoint is no longer {old}")
+
+    # --- replay ---------------------------------------------------------------------------------------------
+    async def truncate(self, conn: AsyncConnection) -> None:
+        """Empty every projection table (not the archive, not the checkpoints)."""
+        for table in schema.PROJECTION_TABLES:
+            if self.sqlite:
+                await conn.execute(delete(table))
+            else:
+                await conn.execute(text(f"TRUNCATE TABLE `{table.name}`"))
