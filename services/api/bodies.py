@@ -42,7 +42,7 @@ def decode(body: bytes, type_: type[T]) -> T:
         return decoder.decode(body)  # type: ignore[no-any-return]
     except msgspec.ValidationError as exc:
         raise validation_error(str(exc)) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise BadRequest("request body is nested too deeply") from None

@@ -7,6 +7,7 @@ at run time), and free-form values can be stored.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import msgspec
@@ -14,7 +15,10 @@ import msgspec
 from services.api.bodies import check_json_value
 from services.api.schemas import RetryIn, WorkflowIn
 from shared.actions import validate_step
+from shared.errors import ValidationFailed
 from shared.workflows import Backoff, RetryPolicy, StepDef, WorkflowDef
+
+_PARAM = re.compile(r"Object (?:missing required|contains unknown) field `(?P<name>[^`]+)`")
 
 
 def build_definition(body: WorkflowIn, action_types: Mapping[str, type[msgspec.Struct]]) -> WorkflowDef:
@@ -24,7 +28,10 @@ def build_definition(body: WorkflowIn, action_types: Mapping[str, type[msgspec.S
     ]
     for index, step in enumerate(steps):
         check_json_value(step.params, f"steps[{index}].params")
-        validate_step(index, step, action_types)
+        try:
+            validate_step(index, step, action_types)
+        except ValidationFailed as exc:
+            raise _naming_the_param(exc) from None
     return WorkflowDef(
         name=body.name,
         steps=steps,
@@ -32,6 +39,16 @@ def build_definition(body: WorkflowIn, action_types: Mapping[str, type[msgspec.S
         retry_from=body.retry_from,
         description=body.description,
     )
+
+
+def _naming_the_param(exc: ValidationFailed) -> ValidationFailed:
+    """A missing or unknown param is reported at ``params``: name the param itself."""
+    where = exc.details.get("field")
+    found = _PARAM.search(exc.message)
+    if not isinstance(where, str) or found is None or where.endswith(f".{found.group('name')}"):
+        return exc
+    field = f"{where}.{found.group('name')}"
+    return ValidationFailed(f"{field}: {exc.message.split(': ', 1)[-1]}", **{**exc.details, "field": field})
 
 
 def _retry(retry: RetryIn) -> RetryPolicy:

@@ -11,14 +11,24 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 
 from services.api.app import create_app
+from services.api.server import connect_redis
 from shared.commit import Committer
 from shared.settings import Settings
 from tests.api.support import TenantHandle, create_tenant
+from tests.helpers import REDIS_URL
 
 
 @pytest.fixture
-async def app(settings: Settings, redis: Redis, engine: AsyncEngine) -> AsyncIterator[Starlette]:
-    app = create_app(settings, redis, engine)
+async def api_redis(redis: Redis) -> AsyncIterator[Redis]:
+    """The client ``orq api`` makes (a pool that waits when busy), on the test database ``redis`` flushes."""
+    client = connect_redis(REDIS_URL)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def app(settings: Settings, api_redis: Redis, engine: AsyncEngine) -> AsyncIterator[Starlette]:
+    app = create_app(settings, api_redis, engine)
     yield app
     await app.state.api.committer.close()
 

@@ -78,8 +78,9 @@ async def mark_running(committer: Committer, tenant: TenantHandle, execution_id:
     """What the executor's start unit does, enough for the API's guards."""
     state_key = keys.execution(tenant.partition, execution_id)
     unit = Unit(tenant.partition).require(state_key, "status", [Status.QUEUED.value], "status")
-    unit.event(ExecutionStarted(tenant_id=tenant.id, aggregate_id=execution_id, ts=now_ms(), attempt=1,
-                                executor="test"))
+    unit.event(
+        ExecutionStarted(tenant_id=tenant.id, aggregate_id=execution_id, ts=now_ms(), attempt=1, executor="test")
+    )
     unit.hset(state_key, {"status": Status.RUNNING.value, "owner": "test", "started_at": now_ms()})
     assert isinstance(await committer.commit(unit), Applied)
 
@@ -89,8 +90,9 @@ async def mark_failed(committer: Committer, tenant: TenantHandle, execution_id: 
     p = tenant.partition
     state_key = keys.execution(p, execution_id)
     ts = now_ms()
-    unit = Unit(p).event(ExecutionFailed(tenant_id=tenant.id, aggregate_id=execution_id, ts=ts, error="boom",
-                                         dead_lettered=dead_letter))
+    unit = Unit(p).event(
+        ExecutionFailed(tenant_id=tenant.id, aggregate_id=execution_id, ts=ts, error="boom", dead_lettered=dead_letter)
+    )
     unit.dequeue(state_key)
     unit.hset(state_key, {"status": Status.FAILED.value})
     if dead_letter:

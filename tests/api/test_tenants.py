@@ -96,9 +96,7 @@ async def test_tenant_key_cannot_create_tenants(
     assert await log_lengths(redis, settings) == before
 
 
-async def test_tenant_creation_needs_a_valid_token(
-    client: httpx.AsyncClient, redis: Redis, settings: Settings
-) -> None:
+async def test_tenant_creation_needs_a_valid_token(client: httpx.AsyncClient, redis: Redis, settings: Settings) -> None:
     before = await log_lengths(redis, settings)
     for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": f"Basic {settings.admin_token}"}):
         r = await client.post("/api/tenants", json={"name": "x", "plan": "pro"}, headers=headers)

@@ -123,6 +123,7 @@ async def _quota_exceeded(
 async def execute(request: Request) -> Response:
     tenant = await require_tenant(request)
     ctx = context(request)
+    await owned_workflow(ctx, tenant, request.path_params["id"])  # an unknown workflow is a 404, whatever the body
     body = await read_json(request, ExecuteIn, empty=ExecuteIn())
     runs = [_run(body, ctx.plan(tenant.plan), "")]
     return await _admit(
@@ -137,6 +138,7 @@ async def execute(request: Request) -> Response:
 async def execute_bulk(request: Request) -> Response:
     tenant = await require_tenant(request)
     ctx = context(request)
+    await owned_workflow(ctx, tenant, request.path_params["id"])
     body = await read_json(request, BulkExecuteIn)
     plan = ctx.plan(tenant.plan)
     runs = [_run(run, plan, f"runs[{i}].") for i, run in enumerate(body.runs)]
