@@ -18,6 +18,7 @@ from starlette.routing import Route
 from services.api import responses, schemas
 from services.api.context import context
 from services.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from shared.actions import MAX_DELAY_MS
 from shared.settings import Settings
 from shared.state import Status
 
@@ -255,18 +256,47 @@ def _path_params(path: str) -> list[str]:
     return [part[1:-1] for part in path.split("/") if part.startswith("{")]
 
 
-def _components(settings: Settings) -> dict[str, Any]:
-    types = sorted(
-        {t for op in OPS for t in (op.body, *op.ok.values()) if isinstance(t, type) and issubclass(t, msgspec.Struct)}
-        | {schemas.Error},
-        key=lambda t: t.__name__,
-    )
-    _, components = msgspec.json.schema_components(types, ref_template=REF)
+def _components(settings: Settings, action_types: Mapping[str, type[msgspec.Struct]]) -> dict[str, Any]:
+    types = {
+        t for op in OPS for t in (op.body, *op.ok.values()) if isinstance(t, type) and issubclass(t, msgspec.Struct)
+    }
+    types |= {schemas.Error, *action_types.values()}
+    _, components = msgspec.json.schema_components(sorted(types, key=lambda t: t.__name__), ref_template=REF)
     components["TenantCreate"]["properties"]["plan"]["enum"] = sorted(settings.plans)
+    if "DelayParams" in components:  # bounds checked by shared.actions.validate_step
+        components["DelayParams"]["properties"]["ms"].update(minimum=0, maximum=MAX_DELAY_MS)
+    components["StepIn"] = _step_variants(components["StepIn"], components, action_types)
     return components
 
 
-def build(settings: Settings) -> dict[str, Any]:
+def _step_variants(
+    step: dict[str, Any], components: dict[str, Any], action_types: Mapping[str, type[msgspec.Struct]]
+) -> dict[str, Any]:
+    """A step is one of the installed actions, each with its own params schema."""
+    variants = []
+    for action, params_type in sorted(action_types.items()):
+        params_schema = components[params_type.__name__]
+        variants.append(
+            {
+                **step,
+                "title": f"StepIn[{action}]",
+                "properties": {
+                    **step["properties"],
+                    "action": {"const": action},
+                    "params": {"$ref": REF.format(name=params_type.__name__)},
+                },
+                "required": ["action", "params"] if params_schema.get("required") else ["action"],
+            }
+        )
+    return {
+        "title": "StepIn",
+        "description": "A step: an action and its params. Any param value may also be a template, "
+        "`{{ params.x }}` or `{{ steps.N.output.y }}` (N an earlier step), resolved when the step runs.",
+        "oneOf": variants,
+    }
+
+
+def build(settings: Settings, action_types: Mapping[str, type[msgspec.Struct]]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for op in OPS:
         paths.setdefault(op.path, {})[op.method] = _operation(op)
@@ -280,7 +310,7 @@ def build(settings: Settings) -> dict[str, Any]:
         },
         "paths": paths,
         "components": {
-            "schemas": _components(settings),
+            "schemas": _components(settings, action_types),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
@@ -290,7 +320,8 @@ def build(settings: Settings) -> dict[str, Any]:
 async def openapi(request: Request) -> Response:
     document: bytes | None = getattr(request.app.state, "openapi", None)
     if document is None:
-        document = request.app.state.openapi = responses.encode(build(context(request).settings))
+        ctx = context(request)
+        document = request.app.state.openapi = responses.encode(build(ctx.settings, ctx.action_types))
     return responses.raw_json(document)
 
 

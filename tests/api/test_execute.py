@@ -99,8 +99,22 @@ async def test_idempotency_key_returns_the_first_reply(
     assert again.json() == first.json()
     assert await log_lengths(redis, settings) == before
     assert await _usage(redis, tenant) == 1
-    ttl = await redis.ttl(keys.idempotency(tenant.partition, tenant.id, "order-42"))
-    assert 23 * 3600 < ttl <= 24 * 3600
+    [stored] = await redis.keys(keys.idempotency(tenant.partition, tenant.id, "*"))
+    assert stored.endswith(b"order-42")
+    assert 23 * 3600 < await redis.ttl(stored) <= 24 * 3600
+
+
+async def test_idempotency_keys_are_scoped_to_the_endpoint(client: httpx.AsyncClient, tenant: TenantHandle) -> None:
+    one = await create_workflow(client, tenant)
+    two = await create_workflow(client, tenant)
+    headers = {**tenant.headers, "Idempotency-Key": "k"}
+    single = await client.post(f"/api/workflows/{one['id']}/execute", headers=headers)
+    bulk = await client.post(f"/api/workflows/{one['id']}/execute/bulk", json={"runs": [{}]}, headers=headers)
+    other = await client.post(f"/api/workflows/{two['id']}/execute", headers=headers)
+
+    assert set(single.json()) == {"execution_id", "status", "priority"}
+    assert set(bulk.json()) == {"execution_ids"}
+    assert other.json()["execution_id"] != single.json()["execution_id"]
 
 
 async def test_concurrent_requests_with_one_key_queue_once(

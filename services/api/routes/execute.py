@@ -47,6 +47,11 @@ def _run(body: RunIn, plan: Plan, where: str) -> Run:
 
 
 def _idempotency_key(request: Request, tenant: TenantState) -> str | None:
+    """The Redis key recording the reply to this ``Idempotency-Key``.
+
+    Scoped to the endpoint (method, path): a key reused on another workflow or on the bulk endpoint is
+    another request, and must never get a reply of another shape back.
+    """
     raw = request.headers.get(IDEMPOTENCY_HEADER)
     if raw is None:
         return None
@@ -54,7 +59,7 @@ def _idempotency_key(request: Request, tenant: TenantState) -> str | None:
         raise ValidationFailed(
             f"Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY} printable characters", field="Idempotency-Key"
         )
-    return keys.idempotency(tenant.partition, tenant.id, raw)
+    return keys.idempotency(tenant.partition, tenant.id, f"{request.method} {request.url.path} {raw}")
 
 
 async def _admit(request: Request, ctx: ApiContext, tenant: TenantState, runs: Sequence[Run], reply: Reply) -> Response:
