@@ -8,7 +8,7 @@ Every request goes through :func:`shared.admission.admission_unit`: the quota is
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -37,8 +37,6 @@ MAX_IDEMPOTENCY_KEY = 200
 # A concurrent save changes the version between our read and the commit: read again, once.
 ADMIT_ATTEMPTS = 2
 
-Reply = Callable[[Sequence[Run]], bytes]
-
 
 def _run(body: RunIn, plan: Plan, where: str) -> Run:
     check_json_value(body.params, f"{where}params")
@@ -62,13 +60,13 @@ def _idempotency_key(request: Request, tenant: TenantState) -> str | None:
     return keys.idempotency(tenant.partition, tenant.id, f"{request.method} {request.url.path} {raw}")
 
 
-async def _admit(request: Request, ctx: ApiContext, tenant: TenantState, runs: Sequence[Run], reply: Reply) -> Response:
+async def _admit(request: Request, ctx: ApiContext, tenant: TenantState, runs: Sequence[Run], body: bytes) -> Response:
+    """Queue ``runs`` and answer 202 with ``body`` (or with the first reply to the same idempotency key)."""
     workflow_id = request.path_params["id"]
     idem_key = _idempotency_key(request, tenant)
     if idem_key is not None and (stored := await ctx.redis.get(idem_key)) is not None:
         return responses.raw_json(as_bytes(stored), 202)
     plan = ctx.plan(tenant.plan)
-    body = reply(runs)
     for _ in range(ADMIT_ATTEMPTS):
         workflow = await owned_workflow(ctx, tenant, workflow_id)
         raw = await ctx.redis.get(keys.workflow_version(tenant.partition, workflow_id, workflow.version))
@@ -130,14 +128,9 @@ async def execute(request: Request) -> Response:
     ctx = context(request)
     await owned_workflow(ctx, tenant, request.path_params["id"])  # an unknown workflow is a 404, whatever the body
     body = await read_json(request, ExecuteIn, empty=ExecuteIn())
-    runs = [_run(body, ctx.plan(tenant.plan), "")]
-    return await _admit(
-        request,
-        ctx,
-        tenant,
-        runs,
-        lambda rs: responses.encode(Queued(execution_id=rs[0].execution_id, status="queued", priority=rs[0].priority)),
-    )
+    run = _run(body, ctx.plan(tenant.plan), "")
+    reply = Queued(execution_id=run.execution_id, status="queued", priority=run.priority)
+    return await _admit(request, ctx, tenant, [run], responses.encode(reply))
 
 
 async def execute_bulk(request: Request) -> Response:
@@ -147,9 +140,8 @@ async def execute_bulk(request: Request) -> Response:
     body = await read_json(request, BulkExecuteIn)
     plan = ctx.plan(tenant.plan)
     runs = [_run(run, plan, f"runs[{i}].") for i, run in enumerate(body.runs)]
-    return await _admit(
-        request, ctx, tenant, runs, lambda rs: responses.encode(BulkQueued(execution_ids=[r.execution_id for r in rs]))
-    )
+    reply = BulkQueued(execution_ids=[r.execution_id for r in runs])
+    return await _admit(request, ctx, tenant, runs, responses.encode(reply))
 
 
 routes = [

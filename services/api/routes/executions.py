@@ -10,7 +10,7 @@ from starlette.routing import Route
 from services.api import responses, views
 from services.api.auth import require_tenant
 from services.api.bodies import read_json
-from services.api.commands import cancel, change_priority, retry
+from services.api.commands import cancel, change_priority, owned_execution, retry
 from services.api.context import context
 from services.api.pagination import after, page_request, split_page
 from services.api.schemas import ExecutionPage, PriorityIn
@@ -81,6 +81,7 @@ async def retry_execution(request: Request) -> Response:
 async def patch_execution(request: Request) -> Response:
     tenant = await require_tenant(request)
     ctx = context(request)
+    await owned_execution(ctx, tenant, request.path_params["id"])  # an unknown execution is a 404, whatever the body
     body = await read_json(request, PriorityIn)
     return responses.json(await change_priority(ctx, tenant, request.path_params["id"], body.priority))
 

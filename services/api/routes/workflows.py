@@ -15,6 +15,7 @@ from services.api.definitions import build_definition
 from services.api.pagination import after, page_request, split_page
 from services.api.schemas import WorkflowIn, WorkflowPage
 from shared import keys
+from shared.admission import WORKFLOW_CHANGED_GUARD, WORKFLOW_GONE_GUARD
 from shared.clock import new_id, now_ms
 from shared.commit import Applied, Refused, Unit
 from shared.errors import Conflict, NotFound
@@ -49,8 +50,8 @@ def _save_unit(
     if previous is None:
         unit.require_absent(wf_key, "workflow_exists")
     else:
-        unit.require(wf_key, "deleted", ["0"], "workflow_deleted")
-        unit.require(wf_key, "version", [str(previous.version)], "workflow_changed")
+        unit.require(wf_key, "deleted", ["0"], WORKFLOW_GONE_GUARD)
+        unit.require(wf_key, "version", [str(previous.version)], WORKFLOW_CHANGED_GUARD)
     unit.event(
         WorkflowSaved(tenant_id=tenant.id, aggregate_id=workflow_id, ts=ts, version=version, definition=definition)
     )
@@ -94,7 +95,7 @@ async def update_workflow(request: Request) -> Response:
             created = text(await ctx.redis.hget(keys.workflow(tenant.partition, workflow_id), "created_at"))
             created_at = int(created) if created.isdigit() else None
             return responses.json(views.workflow(workflow_id, previous.version + 1, definition, created_at, ts))
-        if isinstance(outcome, Refused) and outcome.label == "workflow_deleted":
+        if isinstance(outcome, Refused) and outcome.label == WORKFLOW_GONE_GUARD:
             raise NotFound(f"workflow {workflow_id} not found")
     raise Conflict("workflow is being changed concurrently, try again")
 
@@ -107,7 +108,7 @@ async def delete_workflow(request: Request) -> Response:
     p = tenant.partition
     wf_key = keys.workflow(p, workflow_id)
     ts = now_ms()
-    unit = Unit(p).require(wf_key, "deleted", ["0"], "workflow_deleted")
+    unit = Unit(p).require(wf_key, "deleted", ["0"], WORKFLOW_GONE_GUARD)
     unit.event(WorkflowDeleted(tenant_id=tenant.id, aggregate_id=workflow_id, ts=ts))
     unit.hset(wf_key, {"deleted": "1", "updated_at": ts})
     if not isinstance(await ctx.committer.commit(unit), Applied):
