@@ -31,6 +31,7 @@ from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 BACKOFF_POLL_S = 0.2
+REFILL_WAIT_S = 0.002
 
 
 def consumer_name() -> str:
@@ -58,6 +59,7 @@ class Executor:
         self._slot_freed = asyncio.Event()
         self._rotation = 0
         self.lease_ms = int(settings.lease_s * 1000)
+        self._refill_at = max(1, self.slots // 8)
 
     @property
     def free(self) -> int:
@@ -140,10 +142,16 @@ class Executor:
 
     async def _dispatch_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            if self.free <= 0:
+            if self.free <= 0 or (self.free < self._refill_at and self._running):
+                # Refill in batches: one dispatch call for many freed slots, not one per slot. The short
+                # timeout bounds how long a free slot waits under light load.
                 self._slot_freed.clear()
-                await self._slot_freed.wait()
-                continue
+                try:
+                    await asyncio.wait_for(self._slot_freed.wait(), REFILL_WAIT_S if self.free > 0 else None)
+                except TimeoutError:
+                    pass
+                else:
+                    continue
             try:
                 jobs = await self._call("next", self._split(self.free))
                 if not jobs:
