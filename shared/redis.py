@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ResponseError
 
 # Blocking reads wait at most this long; the socket timeout must exceed it or a quiet loop dies of a timeout.
@@ -13,16 +13,25 @@ BLOCK_MS = 2_000
 SOCKET_TIMEOUT_S = BLOCK_MS / 1000 + 10
 
 
+POOL_WAIT_S = 10
+
+
 def connect(url: str, *, max_connections: int = 64) -> Redis:
-    """A client for commands and blocking reads alike (socket timeout longer than any BLOCK we use)."""
-    return Redis.from_url(
+    """A client for commands and blocking reads alike (socket timeout longer than any BLOCK we use).
+
+    A burst larger than the pool waits up to ``POOL_WAIT_S`` for a connection instead of failing with
+    "Too many connections".
+    """
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=POOL_WAIT_S,
         socket_timeout=SOCKET_TIMEOUT_S,
         socket_connect_timeout=5,
         health_check_interval=30,
-        max_connections=max_connections,
         decode_responses=False,
     )
+    return Redis.from_pool(pool)
 
 
 async def ensure_groups(redis: Redis, streams: Iterable[str], group: str, start_id: str = "0") -> None:

@@ -11,8 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 
 from services.api.app import create_app
-from services.api.server import connect_redis
 from shared.commit import Committer
+from shared.redis import connect
 from shared.settings import Settings
 from tests.api.support import TenantHandle, create_tenant
 from tests.helpers import REDIS_URL
@@ -21,7 +21,7 @@ from tests.helpers import REDIS_URL
 @pytest.fixture
 async def api_redis(redis: Redis) -> AsyncIterator[Redis]:
     """The client ``orq api`` makes (a pool that waits when busy), on the test database ``redis`` flushes."""
-    client = connect_redis(REDIS_URL)
+    client = connect(REDIS_URL)
     yield client
     await client.aclose()
 

@@ -9,7 +9,7 @@ from starlette.routing import Route
 
 from services.api.app import all_routes, create_app
 from services.api.openapi import OPS
-from services.api.server import connect_redis
+from shared.redis import connect
 from shared.settings import Settings
 from tests.api.support import TenantHandle
 
@@ -29,7 +29,7 @@ async def test_readyz_when_both_stores_answer(client: httpx.AsyncClient) -> None
 
 
 async def test_readyz_reports_what_is_down(settings: Settings, engine: AsyncEngine) -> None:
-    dead_redis = connect_redis("redis://127.0.0.1:1/0")
+    dead_redis = connect("redis://127.0.0.1:1/0")
     app = create_app(settings, dead_redis, engine)
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://orq.test") as client:
