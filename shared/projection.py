@@ -76,7 +76,7 @@ PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
     WORKFLOWS: ("id",),
     EXECUTIONS: ("id",),
     STEPS: ("execution_id", "step_index"),
-    LOGS: ("event_id",),
+    LOGS: ("execution_id", "event_id"),
     USAGE: ("tenant_id", "month"),
 }
 
@@ -451,7 +451,8 @@ class Projection:
     def _log(self, event: ExecutionLog, execution: Row) -> None:
         if not event.id:  # a log row is keyed by its event's stream id; an event never written has none
             return
-        self.rows[LOGS][event.id] = {
+        key = (event.aggregate_id, event.id)
+        self.rows[LOGS][key] = {
             "event_id": event.id,
             "execution_id": event.aggregate_id,
             "tenant_id": execution["tenant_id"],
@@ -460,7 +461,7 @@ class Projection:
             "message": event.message,
             "ts": event.ts,
         }
-        self._touch(LOGS, event.id)
+        self._touch(LOGS, key)
 
     # --- steps ----------------------------------------------------------------------------------------------
     def _step(self, event: StepStarted | StepCompleted | StepFailed) -> None:

@@ -120,8 +120,9 @@ execution_steps = Table(
 execution_logs = Table(
     "execution_logs",
     metadata,
+    # A log event's stream id is unique within its partition's log only: the execution is part of the key.
+    Column("execution_id", ID, primary_key=True),
     Column("event_id", String(40), primary_key=True),
-    Column("execution_id", ID, nullable=False, index=True),
     Column("tenant_id", ID, nullable=False),
     Column("step_index", Integer, nullable=False),
     Column("level", String(10), nullable=False),

@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 from sqlalchemy import Table, and_, delete, insert, select, text, update
 from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Insert
 
@@ -35,6 +36,22 @@ TABLE_OBJECTS: dict[str, Table] = {t.name: t for t in schema.PROJECTION_TABLES}
 assert set(TABLE_OBJECTS) == set(TABLES), "shared.projection and shared.schema disagree on the tables"
 
 _raw = msgspec.msgpack.Decoder(dict[str, Any])
+
+
+def _repair_aiomysql_bytes() -> None:
+    """Let aiomysql send ``bytes`` again (the archive's bodies) under PyMySQL >= 1.2.
+
+    aiomysql <= 0.3.2 escapes bytes with ``pymysql.converters.escape_bytes_prefixed``, which PyMySQL 1.2
+    replaced with a string, so every bytes parameter fails with "'str' object is not callable". Only
+    patched when broken; the proper fix is a dependency pin (see docs/projections.md).
+    """
+    try:
+        import aiomysql.connection
+        import pymysql.converters
+    except ImportError:  # pragma: no cover - MySQL support not installed
+        return
+    if not callable(getattr(aiomysql.connection, "escape_bytes_prefixed", None)):
+        aiomysql.connection.escape_bytes_prefixed = pymysql.converters.escape_bytes
 
 
 class Fenced(Exception):
@@ -102,6 +119,8 @@ class Store:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.sqlite = is_sqlite(engine)
+        if not self.sqlite:
+            _repair_aiomysql_bytes()
         self._upserts = {name: self._upsert(table) for name, table in TABLE_OBJECTS.items()}
         self._archive = insert(schema.event_archive)
 
@@ -171,9 +190,12 @@ class Store:
             exists = await self.checkpoint(conn, p)
             if exists is not None:
                 raise Fenced(f"partition {p}: checkpoint appeared at {exists}")
-            await conn.execute(
-                insert(table).values(name=CHECKPOINT_NAME, partition=p, last_id=new, updated_at=now_ms)
-            )
+            try:
+                await conn.execute(
+                    insert(table).values(name=CHECKPOINT_NAME, partition=p, last_id=new, updated_at=now_ms)
+                )
+            except IntegrityError:  # another projector inserted it first
+                raise Fenced(f"partition {p}: checkpoint created concurrently") from None
             return
         result = await conn.execute(
             update(table)

@@ -6,6 +6,7 @@ One generator, two sources of choices: hypothesis (``histories()``) for property
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
@@ -216,7 +217,7 @@ def history(c: Chooser, *, tenants: int, executions: int, start_ms: int, prefix:
     for t in range(tenants):
         tenant = f"{prefix}tenant{t:02d}".ljust(32, "0")
         setup.append(_ev(TenantCreated, tenant, tenant, name=f"Tenant {t}", plan="pro", api_key_id=f"{tenant[:28]}key0",
-                         api_key_hash=f"{t:064x}", api_key_prefix=f"orq_{tenant[:8]}"))
+                         api_key_hash=hashlib.sha256(tenant.encode()).hexdigest(), api_key_prefix=f"orq_{tenant[:8]}"))
         wf_id = f"{prefix}wf{t:02d}".ljust(32, "0")
         wf = definition(f"flow {t}", c.integer(1, 4), attempts=c.integer(1, 3))
         setup.append(_ev(WorkflowSaved, tenant, wf_id, version=1, definition=wf))

@@ -185,3 +185,20 @@ async def _fold_in_batches(url: str, history: Sequence[EventBase], cuts: Sequenc
 def test_batches_through_sql_equal_one_fold(database_url: str, history: list[EventBase], data: st.DataObject) -> None:
     cuts = data.draw(st.lists(st.integers(0, len(history)), max_size=6), label="cuts")
     asyncio.run(_fold_in_batches(database_url, history, cuts))
+
+
+def test_log_rows_with_the_same_stream_id_in_two_partitions_are_both_kept() -> None:
+    other_tenant, other_execution, same_id = "u" * 32, "y" * 32, "99999999999999-0"
+    events = _history(*_setup())
+    wf = definition("flow", 1)
+    events += [
+        ExecutionQueued(tenant_id=other_tenant, aggregate_id=other_execution, ts=1, workflow_id=W, workflow_version=1,
+                        definition=wf, priority=5, id="99999999999990-0"),
+        ExecutionLog(tenant_id=other_tenant, aggregate_id=other_execution, ts=2, step_index=0, message="b",
+                     id=same_id),
+        msgspec.structs.replace(_ex(ExecutionLog, step_index=0, message="a"), id=same_id),
+    ]
+    logs = fold(events)["execution_logs"]
+    assert [(r["execution_id"], r["event_id"], r["message"]) for r in logs] == [
+        (X, same_id, "a"), (other_execution, same_id, "b")
+    ]

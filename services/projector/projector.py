@@ -1,0 +1,264 @@
+"""The projector: folds each partition's log into the SQL projections, archive and checkpoint in one txn.
+
+Every instance heartbeats in a registry and holds at most its fair share (``ceil(partitions / live
+instances)``) of partition locks; each held partition runs its own loop:
+
+1. take over: claim every pending entry of group ``projector`` on ``orq:{p}:log`` (a previous owner's
+   unacked batch), then read them first, in id order;
+2. read a batch (own pending first, then new entries) with a Lua script fenced by the lock;
+3. skip entries at or below the checkpoint, load the rows the rest touch, fold them
+   (:class:`shared.projection.Projection`), upsert what changed, archive every entry, compare-and-set the
+   checkpoint: one transaction;
+4. ``XACK``. A crash between commit and ack redelivers entries the checkpoint already covers: they are
+   skipped, so nothing is applied twice and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import socket
+import uuid
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.projector.locks import Entry, PartitionLocks
+from services.projector.store import Fenced, Store, decode_records
+from shared import keys
+from shared.clock import now_ms, stream_id_parts
+from shared.consumer import Record
+from shared.db import create_engine, create_schema, is_sqlite
+from shared.projection import Projection, needs_of
+from shared.redis import connect, ensure_groups, text
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LOCK_TTL_MS = 10_000
+IDLE_BLOCK_MS = 500
+ERROR_BACKOFF_S = 1.0
+
+# Called after a batch of partition ``p`` committed (last id applied), before it is acked.
+AfterCommit = Callable[[int, str], None]
+
+
+def _pos(stream_id: str | None) -> tuple[int, int]:
+    return (0, 0) if not stream_id else stream_id_parts(stream_id)
+
+
+class LostPartition(Exception):
+    """This instance no longer holds the partition's lock."""
+
+
+@dataclass(slots=True)
+class HeldPartition:
+    """A partition this instance holds, and the task applying it."""
+
+    p: int
+    checkpoint: str | None = None
+    last_id: str = "0-0"  # the stream's last id when a read found nothing: wait for entries after it
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class Projector:
+    """Applies the logs of the partitions it holds; several instances share the partitions between them."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        engine: AsyncEngine,
+        *,
+        partitions: int,
+        batch: int = 500,
+        consumer: str | None = None,
+        lock_ttl_ms: int = LOCK_TTL_MS,
+        idle_block_ms: int = IDLE_BLOCK_MS,
+        after_commit: AfterCommit | None = None,
+    ) -> None:
+        self.redis = redis
+        self.engine = engine
+        self.partitions = partitions
+        self.batch = batch
+        self.consumer = consumer or f"projector-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.lock_ttl_ms = lock_ttl_ms
+        self.idle_block_ms = min(idle_block_ms, lock_ttl_ms // 3)
+        self.after_commit = after_commit
+        self.locks = PartitionLocks(redis, token=self.consumer, ttl_ms=lock_ttl_ms)
+        self.store = Store(engine)
+        self.held: dict[int, HeldPartition] = {}
+        self.applied = 0  # events folded (for metrics and benchmarks)
+        # SQLite has one writer: concurrent partition transactions would only fail with "database is locked".
+        self._db_slots = asyncio.Semaphore(1 if is_sqlite(engine) else max(1, partitions))
+        self._stop = asyncio.Event()
+        # Where this instance starts looking for free partitions, so instances starting together spread out.
+        self._offset = keys.partition_of(self.consumer, partitions)
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Hold and apply partitions until ``stop`` is set; then finish the batches in hand and release."""
+        self._stop = stop
+        await ensure_groups(self.redis, [keys.log(p) for p in range(self.partitions)], keys.GROUP_PROJECTOR)
+        tick_s = self.lock_ttl_ms / 3000
+        try:
+            while not stop.is_set():
+                try:
+                    await self.maintain()
+                except Exception:
+                    log.exception("projector maintenance failed")
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), tick_s)
+        finally:
+            await self._shutdown()
+
+    async def maintain(self) -> None:
+        """Heartbeat, renew held locks, reap finished partition loops, and take or give up partitions."""
+        fair = await self._fair_share()
+        for held in list(self.held.values()):
+            if held.task is not None and held.task.done():
+                await self._forget(held)
+            elif not await self.locks.renew(held.p):
+                log.warning("projector %s lost the lock of partition %d", self.consumer, held.p)
+                held.stop.set()
+        active = [h for h in self.held.values() if not h.stop.is_set()]
+        for held in sorted(active, key=lambda h: h.p, reverse=True)[: max(0, len(active) - fair)]:
+            log.info("projector %s hands partition %d over (fair share %d)", self.consumer, held.p, fair)
+            held.stop.set()
+        for i in range(self.partitions):
+            if len(self.held) >= fair:
+                break
+            p = (self._offset + i) % self.partitions
+            if p not in self.held and await self.locks.acquire(p):
+                held = self.held[p] = HeldPartition(p)
+                held.task = asyncio.create_task(self._partition_loop(held), name=f"projector-{p}")
+                log.info("projector %s holds partition %d", self.consumer, p)
+
+    async def _fair_share(self) -> int:
+        now = now_ms()
+        members = keys.projector_members()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(members, {self.consumer: now})
+            pipe.zremrangebyscore(members, "-inf", now - self.lock_ttl_ms)
+            pipe.zcard(members)
+            replies = await pipe.execute()
+        return math.ceil(self.partitions / max(1, int(replies[-1])))
+
+    async def _forget(self, held: HeldPartition) -> None:
+        self.held.pop(held.p, None)
+        await self.locks.release(held.p)
+
+    async def _shutdown(self) -> None:
+        for held in self.held.values():
+            held.stop.set()
+        tasks = [h.task for h in self.held.values() if h.task is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for held in list(self.held.values()):
+            await self._forget(held)
+        await self.redis.zrem(keys.projector_members(), self.consumer)
+
+    # --- one partition --------------------------------------------------------------------------------------
+    async def _partition_loop(self, held: HeldPartition) -> None:
+        p = held.p
+        try:
+            # Again here, not only at start: a stream deleted meanwhile (tests, a wiped dev Redis) comes back.
+            await ensure_groups(self.redis, [keys.log(p)], keys.GROUP_PROJECTOR)
+            claimed = await self.locks.take_over(p, self.consumer)
+            if claimed is None:
+                return
+            if claimed:
+                log.info("partition %d: took over %d pending entries", p, claimed)
+            await self._reload_checkpoint(held)
+            while not (held.stop.is_set() or self._stop.is_set()):
+                if not await self.step(held):
+                    await self._idle(held)
+        except LostPartition:
+            log.warning("partition %d: lock lost, stopping", p)
+        except Exception:
+            log.exception("partition %d: projector loop failed", p)
+        finally:
+            held.stop.set()
+            await self.locks.release(p)
+
+    async def step(self, held: HeldPartition) -> bool:
+        """Read and apply one batch of ``held``'s partition; False when there was nothing to read."""
+        try:
+            result = await self.locks.read(held.p, self.consumer, self.batch)
+            if result is None:
+                raise LostPartition(held.p)
+            held.last_id = result.last_id
+            if not result.entries:
+                return False
+            await self.apply(held, result.entries)
+            return True
+        except LostPartition:
+            raise
+        except Exception:  # a failed batch stays in our pending list: the next read takes it again
+            log.exception("partition %d: batch failed; retrying", held.p)
+            await asyncio.sleep(ERROR_BACKOFF_S)
+            with suppress(Exception):  # the database may be what failed; the next attempt will tell
+                await self._reload_checkpoint(held)
+            return True
+
+    async def _reload_checkpoint(self, held: HeldPartition) -> None:
+        async with self.engine.connect() as conn:
+            held.checkpoint = await self.store.checkpoint(conn, held.p)
+
+    async def _idle(self, held: HeldPartition) -> None:
+        # Wake as soon as an entry after the last one seen arrives (or after a short block, to notice stop).
+        await self.redis.xread({keys.log(held.p): held.last_id}, count=1, block=self.idle_block_ms)
+
+    async def apply(self, held: HeldPartition, entries: Sequence[Entry]) -> None:
+        """Apply entries not yet covered by the checkpoint in one transaction, then ack them all."""
+        p = held.p
+        records = [Record(eid, text(f.get(b"t")), f.get(b"d", b"")) for eid, f in entries if f]
+        for attempt in range(2):
+            fresh = [r for r in records if _pos(r.id) > _pos(held.checkpoint)]
+            if not fresh:
+                break
+            try:
+                await self._commit(held, fresh)
+                break
+            except Fenced:
+                if attempt or not await self.locks.renew(p):
+                    raise LostPartition(p) from None
+                await self._reload_checkpoint(held)
+                log.warning("partition %d: checkpoint moved by another projector; now %s", p, held.checkpoint)
+        await self.redis.xack(keys.log(p), keys.GROUP_PROJECTOR, *[eid for eid, _ in entries])
+
+    async def _commit(self, held: HeldPartition, records: list[Record]) -> None:
+        decoded = decode_records(held.p, records)
+        events = [d.event for d in decoded if d.event is not None]
+        last_id = records[-1].id
+        projection = Projection()
+        async with self._db_slots, self.engine.begin() as conn:
+            # Checkpoint first: on MySQL it locks the row, so a competing writer of this partition waits here
+            # and then finds the checkpoint moved (Fenced) instead of failing later on a duplicate row.
+            await self.store.move_checkpoint(conn, held.p, held.checkpoint, last_id, now_ms())
+            await self.store.load(conn, projection, needs_of(events))
+            projection.apply_all(events)
+            await self.store.write(conn, projection)
+            await self.store.archive(conn, [d.archive for d in decoded])
+        held.checkpoint = last_id
+        self.applied += len(records)
+        if self.after_commit is not None:
+            self.after_commit(held.p, last_id)
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """``orq projector``: create the schema and groups, then project until ``stop`` is set."""
+    engine = create_engine(settings.database_url)
+    redis = connect(settings.redis_url)
+    try:
+        await create_schema(engine)
+        projector = Projector(redis, engine, partitions=settings.partitions, batch=settings.projector_batch)
+        log.info("projector %s starting on %d partitions", projector.consumer, settings.partitions)
+        await projector.run(stop)
+    finally:
+        await redis.aclose()
+        await engine.dispose()

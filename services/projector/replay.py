@@ -1,0 +1,199 @@
+"""``orq replay``: rebuild every projection table from the event archive plus the streams' tail.
+
+Replay takes every partition's projector lock for its whole run, so it refuses to start (``Conflict``)
+while a live projector holds one, and a projector started meanwhile waits until replay is done. It then
+
+1. empties the projection tables (``shared.schema.PROJECTION_TABLES``; never the archive or checkpoints);
+2. folds every archived event, partition by partition in (ms, seq) order, with the live projector's fold
+   and writes (rows are cached across batches and written once per batch);
+3. folds the tail of each stream after its checkpoint (entries not projected yet), archiving them and
+   moving the checkpoint in the same transaction, exactly as the live projector would.
+
+Step 1 commits on its own (MySQL's ``TRUNCATE`` always does): a replay that dies midway leaves partial
+tables, and running it again rebuilds them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Sequence
+from contextlib import suppress
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from tqdm import tqdm
+
+from services.projector.locks import PartitionLocks
+from services.projector.projector import LOCK_TTL_MS
+from services.projector.store import Store, decode_records
+from shared import keys, schema
+from shared.clock import now_ms, stream_id_parts
+from shared.consumer import Record, records_of
+from shared.db import create_engine, create_schema
+from shared.errors import Conflict
+from shared.events import Event, decode
+from shared.projection import Projection, needs_of
+from shared.redis import connect
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REPLAY_BATCH = 5_000
+# Rows kept in memory between batches (most events touch rows of recent batches); past this, start afresh.
+CACHE_ROWS = 200_000
+
+
+class LockLost(Exception):
+    """A partition lock expired during the replay (the process stalled past its TTL)."""
+
+
+class Replayer:
+    """Rebuilds the projections of ``partitions`` partitions; use :func:`replay`."""
+
+    def __init__(
+        self, redis: Redis, engine: AsyncEngine, *, partitions: int, batch: int = REPLAY_BATCH,
+        lock_ttl_ms: int = LOCK_TTL_MS, cache_rows: int = CACHE_ROWS,
+    ) -> None:
+        self.redis = redis
+        self.engine = engine
+        self.partitions = partitions
+        self.batch = batch
+        self.cache_rows = cache_rows
+        self.store = Store(engine)
+        self.locks = PartitionLocks(redis, token=f"replay-{uuid.uuid4().hex}", ttl_ms=lock_ttl_ms)
+        self.projection = Projection()
+        self.count = 0
+        self._lost = False
+
+    async def run(self, show_progress: bool = False) -> int:
+        """Replay everything; returns the number of events read (archive plus tail)."""
+        held: list[int] = []
+        renewer: asyncio.Task[None] | None = None
+        try:
+            for p in range(self.partitions):
+                if not await self.locks.acquire(p):
+                    holder = await self.locks.holder(p)
+                    raise Conflict(
+                        f"partition {p} is being projected by {holder}; stop every projector before replaying",
+                        partition=p,
+                        holder=holder,
+                    )
+                held.append(p)
+            renewer = asyncio.create_task(self._renew(held), name="replay-locks")
+            return await self._replay(show_progress)
+        finally:
+            if renewer is not None:
+                renewer.cancel()
+                with suppress(asyncio.CancelledError):
+                    await renewer
+            for p in held:
+                await self.locks.release(p)
+
+    async def _renew(self, held: Sequence[int]) -> None:
+        while True:
+            await asyncio.sleep(self.locks.ttl_ms / 3000)
+            for p in held:
+                if not await self.locks.renew(p):
+                    log.error("replay lost the lock of partition %d", p)
+                    self._lost = True
+
+    def _check_locks(self) -> None:
+        if self._lost:
+            raise LockLost("a partition lock expired during replay; run it again")
+
+    async def _replay(self, show_progress: bool) -> int:
+        async with self.engine.begin() as conn:
+            await self.store.truncate(conn)
+            archived = (await conn.execute(select(func.count()).select_from(schema.event_archive))).scalar_one()
+        with tqdm(total=int(archived), unit="ev", desc="replay", disable=not show_progress) as bar:
+            for p in range(self.partitions):
+                last = await self._replay_archive(p, bar)
+                await self._replay_tail(p, last, bar)
+        log.info("replayed %d events (%d from the archive)", self.count, archived)
+        return self.count
+
+    async def _replay_archive(self, p: int, bar: tqdm[Any]) -> tuple[int, int]:
+        """Fold partition ``p``'s archive; returns the last archived (ms, seq)."""
+        table = schema.event_archive
+        ms, seq = -1, -1
+        while True:
+            self._check_locks()
+            stmt = (
+                select(table.c.ms, table.c.seq, table.c.type, table.c.body)
+                .where(
+                    and_(
+                        table.c.partition == p,
+                        or_(table.c.ms > ms, and_(table.c.ms == ms, table.c.seq > seq)),
+                    )
+                )
+                .order_by(table.c.ms, table.c.seq)
+                .limit(self.batch)
+            )
+            async with self.engine.begin() as conn:
+                rows = (await conn.execute(stmt)).all()
+                if not rows:
+                    return ms, seq
+                events = [e for e in (_decode(Record(f"{r.ms}-{r.seq}", r.type, r.body)) for r in rows) if e]
+                await self._fold(conn, events)
+            ms, seq = rows[-1].ms, rows[-1].seq
+            self.count += len(rows)
+            bar.update(len(rows))
+            self._trim_cache()
+
+    async def _replay_tail(self, p: int, archived: tuple[int, int], bar: tqdm[Any]) -> None:
+        """Fold, archive and checkpoint the entries of ``orq:{p}:log`` after the checkpoint."""
+        async with self.engine.connect() as conn:
+            checkpoint = await self.store.checkpoint(conn, p)
+        start = max(stream_id_parts(checkpoint) if checkpoint else (0, 0), archived if archived[0] >= 0 else (0, 0))
+        after = f"{start[0]}-{start[1]}"
+        while True:
+            self._check_locks()
+            entries = await self.redis.xrange(keys.log(p), min=f"({after}", count=self.batch)
+            if not entries:
+                return
+            records = records_of(entries)  # type: ignore[arg-type]  # redis-py's reply type is too loose
+            bar.total = (bar.total or 0) + len(records)
+            decoded = decode_records(p, records)
+            last_id = records[-1].id
+            async with self.engine.begin() as conn:
+                await self._fold(conn, [d.event for d in decoded if d.event is not None])
+                await self.store.archive(conn, [d.archive for d in decoded])
+                await self.store.move_checkpoint(conn, p, checkpoint, last_id, now_ms())
+            checkpoint = after = last_id
+            self.count += len(records)
+            bar.update(len(records))
+            self._trim_cache()
+
+    async def _fold(self, conn: AsyncConnection, events: list[Event]) -> None:
+        await self.store.load(conn, self.projection, self.projection.missing(needs_of(events)))
+        self.projection.apply_all(events)
+        await self.store.write(conn, self.projection)
+
+    def _trim_cache(self) -> None:
+        if self.projection.size() > self.cache_rows:
+            self.projection.evict()
+
+
+def _decode(record: Record) -> Event | None:
+    try:
+        return decode(record.body, record.id)
+    except (msgspec.DecodeError, msgspec.ValidationError):  # archived as undecodable or of an unknown type
+        log.debug("skipping archived entry %s of type %r", record.id, record.type)
+        return None
+
+
+async def replay(settings: Settings, show_progress: bool) -> int:
+    """``orq replay``: rebuild every projection; returns how many events were replayed."""
+    engine = create_engine(settings.database_url)
+    redis = connect(settings.redis_url)
+    try:
+        await create_schema(engine)
+        return await Replayer(redis, engine, partitions=settings.partitions, batch=REPLAY_BATCH).run(show_progress)
+    finally:
+        await redis.aclose()
+        await engine.dispose()
