@@ -20,7 +20,7 @@ from shared import keys
 from shared.admission import Run, admission_unit
 from shared.clock import new_id, now_ms
 from shared.commit import Applied, Committer, Unit
-from shared.plans import default_plans
+from shared.plans import load_plans
 from shared.state import WorkflowState, encode_definition
 from shared.workflows import StepDef, WorkflowDef
 
@@ -28,6 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_REDIS_URL = os.environ.get("ORQ_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 BENCH_MYSQL_URL = os.environ.get("ORQ_BENCH_MYSQL_URL", "mysql+aiomysql://root@127.0.0.1:3306/orq_bench")
 PARTITIONS = 4
+# The benchmark's tenants are on a plan without rate or concurrency limits: they measure the machinery.
+PLANS_FILE = Path(__file__).with_name("plans.json")
+BENCH_PLAN = load_plans(str(PLANS_FILE))["bench"]
 NOOP = WorkflowDef(name="noop", steps=[StepDef(action="noop")])
 
 
@@ -53,7 +56,7 @@ def print_table(results: list[Result]) -> None:
 def env(**overrides: str) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("ORQ_")}
     base.update({"ORQ_REDIS_URL": BENCH_REDIS_URL, "ORQ_PARTITIONS": str(PARTITIONS), "ORQ_LOG_LEVEL": "WARNING",
-                 "ORQ_ADMIN_TOKEN": "bench-admin"})
+                 "ORQ_ADMIN_TOKEN": "bench-admin", "ORQ_PLANS_FILE": str(PLANS_FILE)})
     base.update(overrides)
     return base
 
@@ -84,7 +87,9 @@ async def fresh_redis() -> Redis:
 async def seed_workflow(committer: Committer, tenant_id: str, definition: WorkflowDef = NOOP) -> WorkflowState:
     p = keys.partition_of(tenant_id, PARTITIONS)
     workflow = WorkflowState(new_id(), tenant_id, definition.name, 1, False)
-    unit = Unit(p).hset(keys.workflow(p, workflow.id),
+    unit = Unit(p).hset(keys.tenant(p, tenant_id), {"name": tenant_id, "plan": "bench", "key_hash": "-",
+                                                    "paused": "0"})
+    unit.hset(keys.workflow(p, workflow.id),
                         {"tenant": tenant_id, "name": definition.name, "version": 1, "deleted": "0"})
     unit.set(keys.workflow_version(p, workflow.id, 1), encode_definition(definition))
     assert isinstance(await committer.commit(unit), Applied)
@@ -94,7 +99,7 @@ async def seed_workflow(committer: Committer, tenant_id: str, definition: Workfl
 def queue_units(workflow: WorkflowState, count: int, batch: int = 500, priority: int = 5,
                 definition: WorkflowDef = NOOP) -> list[Unit]:
     p = keys.partition_of(workflow.tenant_id, PARTITIONS)
-    plan = default_plans()["enterprise"]
+    plan = BENCH_PLAN
     units = []
     for start in range(0, count, batch):
         runs = [Run(new_id(), priority) for _ in range(min(batch, count - start))]
@@ -104,11 +109,14 @@ def queue_units(workflow: WorkflowState, count: int, batch: int = 500, priority:
 
 
 async def work_left(redis: Redis) -> int:
+    """Executions not finished yet: waiting in backlogs plus work entries not yet acked and deleted."""
     async with redis.pipeline(transaction=False) as pipe:
         for p in range(PARTITIONS):
+            pipe.hvals(keys.queued(p))
             for stream in keys.work_streams(p):
                 pipe.xlen(stream)
-        return sum(await pipe.execute())
+        replies = await pipe.execute()
+    return sum(sum(int(v) for v in r) if isinstance(r, list) else int(r) for r in replies)
 
 
 async def wait_until(check: Any, timeout: float, interval: float = 0.02) -> float:

@@ -1,7 +1,8 @@
 """Admission: the one path by which an execution is requested (API, bulk API and triggers alike).
 
-Quota check and count, the ``execution.queued`` events, the aggregate state and the work entries are one
-atomic unit: either every run of a request is queued and counted, or none is.
+Quota and backlog checks and counts, the ``execution.queued`` events, the aggregate state and the backlog
+entries are one atomic unit: either every run of a request is queued and counted, or none is. Work
+entries are made later, by the fair-share dispatcher, when an executor takes the execution.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from shared.workflows import WorkflowDef
 
 USAGE_TTL_S = 40 * 24 * 3600
 QUOTA_GUARD = "quota"
+BACKLOG_GUARD = "backlog_full"
 WORKFLOW_GONE_GUARD = "workflow_deleted"
 WORKFLOW_CHANGED_GUARD = "workflow_changed"
 
@@ -63,7 +65,9 @@ def admission_unit(
     unit.require(wf_key, "version", [str(workflow.version)], WORKFLOW_CHANGED_GUARD)
     usage_key = keys.usage(p, tenant_id, month_of(now_ms))
     unit.within_quota(usage_key, len(runs), plan.monthly_quota, QUOTA_GUARD)
+    unit.within_hash_limit(keys.queued(p), tenant_id, len(runs), plan.max_backlog, BACKLOG_GUARD)
     unit.incrby(usage_key, len(runs), USAGE_TTL_S)
+    unit.hincrby(keys.queued(p), tenant_id, len(runs))
     def_key = keys.workflow_version(p, workflow.id, workflow.version)
     for run in runs:
         state_key = keys.execution(p, run.execution_id)
@@ -99,7 +103,7 @@ def admission_unit(
                 "dead_lettered": "0",
             },
         )
-        unit.enqueue(keys.work(p, run.priority), state_key, {"e": run.execution_id, "t": tenant_id})
+        unit.to_backlog(p, run.priority, tenant_id, run.execution_id)
     if idempotency is not None:
         unit.set(idempotency[0], idempotency[1], 24 * 3600)
     return unit

@@ -96,6 +96,11 @@ class Unit:
         self.guards.append(["idem", key])
         return self
 
+    def within_hash_limit(self, key: str, field_name: str, amount: int, limit: int, label: str) -> Unit:
+        """The counter in ``key``'s ``field_name`` plus ``amount`` must not pass ``limit`` (0 = unlimited)."""
+        self.guards.append(["hlimit", key, field_name, amount, limit, label])
+        return self
+
     def within_quota(self, key: str, amount: int, limit: int, label: str = "quota") -> Unit:
         """The counter at ``key`` plus ``amount`` must not pass ``limit`` (0 = unlimited)."""
         self.guards.append(["quota", key, amount, limit, label])
@@ -132,6 +137,17 @@ class Unit:
         for k, v in entry.items():
             flat += (k, self._arg(v))
         self.ops.append(flat)
+        return self
+
+    def to_backlog(self, p: int, priority: int, tenant_id: str, execution_id: str) -> Unit:
+        """Queue an execution at ``priority`` behind the tenant's other queued ones (dispatch is fair-share)."""
+        self.ops.append(["backlog", keys.ready(p, priority), keys.backlog(p, priority, tenant_id),
+                         keys.virtual_time(p, priority), keys.bell(p), tenant_id, execution_id])
+        return self
+
+    def release(self, p: int, tenant_id: str) -> Unit:
+        """An execution of ``tenant_id`` stopped running on this executor: free its concurrency slot."""
+        self.ops.append(["release", keys.running(p), keys.queued(p), keys.bell(p), tenant_id])
         return self
 
     def dequeue(self, state_key: str, group: str = keys.GROUP_EXECUTOR) -> Unit:

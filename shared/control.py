@@ -24,9 +24,11 @@ def cancel_unit(*, p: int, tenant_id: str, execution_id: str, observed: Status, 
     unit.hset(state_key, {"status": Status.CANCELLED.value})
     if observed is Status.RUNNING:
         unit.publish(keys.cancel_channel(p), execution_id)
+    elif observed is Status.QUEUED:
+        # Its backlog entry stays behind and is skipped by the dispatcher (status no longer queued).
+        unit.hincrby(keys.queued(p), tenant_id, -1)
     else:
-        unit.dequeue(state_key)
-        unit.hdel(state_key, "retry_at")
+        unit.dequeue(state_key)  # retrying: its entry waits on the backoff consumer
     return unit
 
 
@@ -40,9 +42,9 @@ def priority_unit(*, p: int, tenant_id: str, execution_id: str, previous: int, p
             tenant_id=tenant_id, aggregate_id=execution_id, ts=now_ms, priority=priority, previous=previous
         )
     )
-    unit.dequeue(state_key)
+    # The entry at the old level stays behind and is skipped by the dispatcher (priority no longer matches).
     unit.hset(state_key, {"priority": priority})
-    unit.enqueue(keys.work(p, priority), state_key, {"e": execution_id, "t": tenant_id})
+    unit.to_backlog(p, priority, tenant_id, execution_id)
     return unit
 
 
@@ -67,9 +69,11 @@ def requeue_unit(
             priority=priority,
         )
     )
-    unit.hset(state_key, {"status": Status.QUEUED.value, "attempt": 1, "dead_lettered": "0", "queued_at": now_ms})
-    unit.hdel(state_key, "retry_at", "owner")
-    unit.enqueue(keys.work(p, priority), state_key, {"e": execution_id, "t": tenant_id})
+    unit.hset(state_key, {"status": Status.QUEUED.value, "attempt": 1, "dead_lettered": "0", "queued_at": now_ms,
+                          "priority": priority})
+    unit.hdel(state_key, "retry_delay", "owner")
+    unit.hincrby(keys.queued(p), tenant_id, 1)
+    unit.to_backlog(p, priority, tenant_id, execution_id)
     return unit
 
 

@@ -46,6 +46,44 @@ def work_streams(p: int) -> list[str]:
     return [work(p, prio) for prio in PRIORITIES]
 
 
+def ready(p: int, priority: int) -> str:
+    """Tenants with queued work at a level: a sorted set scored by virtual time (weighted fair share)."""
+    return f"{tag(p)}:ready:{priority}"
+
+
+def backlog(p: int, priority: int, tenant_id: str) -> str:
+    """One tenant's queued execution ids at one level, oldest first."""
+    return f"{tag(p)}:backlog:{priority}:{tenant_id}"
+
+
+def virtual_time(p: int, priority: int) -> str:
+    """The level's fair-share clock: the virtual time of the last tenant served (newcomers start there)."""
+    return f"{tag(p)}:vt:{priority}"
+
+
+@cache
+def bell(p: int) -> str:
+    """Rung (a one-entry stream) when work becomes available, so idle executors wake at once."""
+    return f"{tag(p)}:bell"
+
+
+@cache
+def running(p: int) -> str:
+    """Hash tenant → executions running now (dispatched and not yet ended)."""
+    return f"{tag(p)}:running"
+
+
+@cache
+def queued(p: int) -> str:
+    """Hash tenant → executions waiting in backlogs."""
+    return f"{tag(p)}:queued"
+
+
+def rate(p: int, tenant_id: str, minute: int) -> str:
+    """Executions a tenant started in one minute (``minute`` = epoch ms // 60000); built in dispatch.lua too."""
+    return f"{tag(p)}:rate:{tenant_id}:{minute}"
+
+
 def dlq(p: int) -> str:
     return f"{tag(p)}:dlq"
 

@@ -15,6 +15,11 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     default_priority: int
     min_priority: int
     weight: int = 1
+    max_backlog: int = 0
+
+    def limits(self) -> list[int]:
+        """What dispatch.lua needs: concurrent, rate per minute, weight."""
+        return [self.max_concurrent, self.rate_per_minute, self.weight]
 
     @property
     def unlimited(self) -> bool:
@@ -24,11 +29,11 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
 def default_plans() -> dict[str, Plan]:
     return {
         "trial": Plan(name="trial", monthly_quota=100, rate_per_minute=10, max_concurrent=2,
-                      default_priority=8, min_priority=6, weight=1),
+                      default_priority=8, min_priority=6, weight=1, max_backlog=1_000),
         "pro": Plan(name="pro", monthly_quota=10_000, rate_per_minute=100, max_concurrent=10,
-                    default_priority=5, min_priority=3, weight=2),
+                    default_priority=5, min_priority=3, weight=2, max_backlog=100_000),
         "enterprise": Plan(name="enterprise", monthly_quota=0, rate_per_minute=1_000, max_concurrent=50,
-                           default_priority=2, min_priority=1, weight=4),
+                           default_priority=2, min_priority=1, weight=4, max_backlog=1_000_000),
     }
 
 

@@ -143,22 +143,34 @@ class Needs:
         return bool(self.tenants or self.workflows or self.executions or self.usage)
 
 
-def needs_of(events: Iterable[EventBase]) -> Needs:
-    """The rows folding ``events`` reads (steps are loaded with their execution)."""
+def needs_of(events: Iterable[EventBase], *, never_applied: bool = False) -> Needs:
+    """The rows folding ``events`` reads (steps are loaded with their execution).
+
+    ``never_applied``: the caller guarantees none of ``events`` was folded into the stored rows before
+    (the projector's checkpoint does, and so does a replay into emptied tables). Then an execution queued in
+    ``events`` cannot have a row yet, and is not looked up.
+    """
     needs = Needs()
+    queued: set[str] = set()
     for event in events:
         match event:
+            case StepStarted() | StepCompleted() | StepFailed():
+                needs.executions.add(event.aggregate_id)
+            case ExecutionQueued():
+                queued.add(event.aggregate_id)
+                needs.usage.add((event.tenant_id, month_of(event.ts)))
+            case _ if isinstance(event, _EXECUTION_EVENTS):
+                needs.executions.add(event.aggregate_id)
             case TenantCreated() | TenantPlanChanged():
                 needs.tenants.add(event.tenant_id)
             case WorkflowSaved() | WorkflowDeleted():
                 needs.workflows.add(event.aggregate_id)
-            case ExecutionQueued():
-                needs.executions.add(event.aggregate_id)
-                needs.usage.add((event.tenant_id, month_of(event.ts)))
-            case _ if isinstance(event, _EXECUTION_EVENTS):
-                needs.executions.add(event.aggregate_id)
             case _:
                 pass
+    if never_applied:
+        needs.executions -= queued
+    else:
+        needs.executions |= queued
     return needs
 
 
@@ -206,6 +218,12 @@ class Projection:
         for keys in self.dirty.values():
             keys.clear()
 
+    def drop_written(self) -> None:
+        """Forget rows the fold only ever writes (logs, API keys) once they are clean: a cache keeps the rest."""
+        for table in (LOGS, API_KEYS):
+            if not self.dirty[table]:
+                self.rows[table].clear()
+
     def evict(self) -> None:
         """Forget every held row (they must have been written); the applied-id watermarks are kept."""
         for table in TABLES:
@@ -228,17 +246,17 @@ class Projection:
             if last is not None and position <= last:
                 return False
             self._applied[event.tenant_id] = position
-        match event:
+        match event:  # most frequent first
+            case StepStarted() | StepCompleted() | StepFailed():
+                self._step(event)
+            case ExecutionQueued():
+                self._queued(event)
+            case _ if isinstance(event, _EXECUTION_EVENTS):
+                self._execution(event)
             case TenantCreated() | TenantPlanChanged():
                 self._tenant(event)
             case WorkflowSaved() | WorkflowDeleted():
                 self._workflow(event)
-            case ExecutionQueued():
-                self._queued(event)
-            case StepStarted() | StepCompleted() | StepFailed():
-                self._step(event)
-            case _ if isinstance(event, _EXECUTION_EVENTS):
-                self._execution(event)
             case _:
                 pass
         return True

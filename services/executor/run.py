@@ -111,8 +111,13 @@ class ExecutionRun:
     async def _stop_refused(self, refused: Refused) -> None:
         if refused.label != "owner":
             # Cancelled (or finished elsewhere): this entry is done with; someone must ack it, and we hold it.
-            await self.env.committer.commit(self._unit().ack(self.job.stream, keys.GROUP_EXECUTOR, self.job.entry_id))
+            await self._give_up()
         raise RunStopped(f"{refused.label} is {refused.actual!r}")
+
+    async def _give_up(self) -> None:
+        """Ack the entry without running further, freeing the tenant's concurrency slot."""
+        unit = self._unit().ack(self.job.stream, keys.GROUP_EXECUTOR, self.job.entry_id)
+        await self.env.committer.commit(unit.release(self.job.p, self.job.tenant_id))
 
     # --- lifecycle ------------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -130,13 +135,16 @@ class ExecutionRun:
                      extra={"execution_id": self.job.execution_id})
         except asyncio.CancelledError:
             if not self.cancel_requested:
-                raise  # shutdown: leave the entry pending, another executor takes over
-            await self.env.committer.commit(self._unit().ack(self.job.stream, keys.GROUP_EXECUTOR, self.job.entry_id))
+                raise  # shutdown or lost lease: leave the entry pending, another executor takes over
+            await self._give_up()
 
     async def _start(self, definition: WorkflowDef) -> bool:
         job, key, ts = self.job, self.job.state_key, now_ms()
+        observed = job.state.get(b"status", b"").decode()
         unit = self._unit().require(key, "work_id", [job.entry_id], "work")
-        unit.require(key, "status", [Status.QUEUED.value, Status.RETRYING.value, Status.RUNNING.value], "status")
+        unit.require(key, "status", [observed], "status")  # as loaded when the entry was handed to us
+        if observed == Status.QUEUED.value:
+            unit.hincrby(keys.queued(job.p), job.tenant_id, -1)
         if job.recovered:
             crashes = job.int_field(b"crash_count") + 1
             unit.hincrby(key, "crash_count", 1)
@@ -230,6 +238,7 @@ class ExecutionRun:
         ts = now_ms()
         unit.event(ExecutionCompleted(**self._ids(), ts=ts, result=result, duration_ms=max(0, ts - self.started_ms)))
         unit.hset(self.job.state_key, {"status": Status.COMPLETED.value})
+        unit.release(self.job.p, self.job.tenant_id)
         return unit.ack(self.job.stream, keys.GROUP_EXECUTOR, self.job.entry_id)
 
     async def _fail(self, definition: WorkflowDef, index: int, error: str, duration: int) -> None:
@@ -247,6 +256,7 @@ class ExecutionRun:
                             "retry_delay": delay})
             unit.hincrby(key, "retry_count", 1)
             unit.hdel(key, "owner")
+            unit.release(self.job.p, self.job.tenant_id)
             unit.claim(self.job.stream, keys.GROUP_EXECUTOR, keys.CONSUMER_BACKOFF, self.job.entry_id)
         else:
             self._dead_letter(unit, ts, error, reason="exhausted", step=resume_at)
@@ -262,4 +272,4 @@ class ExecutionRun:
                   {"e": self.job.execution_id, "t": self.job.tenant_id, "reason": reason, "error": error[:2000]},
                   ref=(key, "dlq_id"))
         unit.ack(self.job.stream, keys.GROUP_EXECUTOR, self.job.entry_id)
-
+        unit.release(self.job.p, self.job.tenant_id)

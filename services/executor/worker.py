@@ -15,8 +15,10 @@ import os
 import secrets
 import socket
 from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import httpx
+import msgspec
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
@@ -25,13 +27,21 @@ from services.executor.actions import Actions
 from services.executor.job import DefinitionCache, Job, jobs_from_reply
 from services.executor.run import ExecutionRun, RunEnv
 from shared import keys
+from shared.clock import now_ms
 from shared.commit import Committer, load_lua
-from shared.redis import BLOCK_MS, connect, ensure_groups, read_group, text
+from shared.redis import BLOCK_MS, connect, ensure_groups, text
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 BACKOFF_POLL_S = 0.2
 REFILL_WAIT_S = 0.002
+
+
+def dispatch_limits(settings: Settings) -> dict[str, list[int]]:
+    """Plan name → limits, as dispatch.lua reads them; "" is the fallback: the most restrictive plan."""
+    limits = {name: plan.limits() for name, plan in settings.plans.items()}
+    strictest = min(settings.plans.values(), key=lambda plan: (plan.weight, plan.max_concurrent))
+    return {**limits, "": strictest.limits()}
 
 
 def consumer_name() -> str:
@@ -60,6 +70,10 @@ class Executor:
         self._rotation = 0
         self.lease_ms = int(settings.lease_s * 1000)
         self._refill_at = max(1, self.slots // 8)
+        self._plans = msgspec.msgpack.encode(dispatch_limits(settings))
+        self._bells: dict[str, str] = {keys.bell(p): "0-0" for p in self.partitions}
+        self._bell_partition = {keys.bell(p): p for p in self.partitions}
+        self._may_have_work: set[int] = set(self.partitions)
 
     @property
     def free(self) -> int:
@@ -112,16 +126,16 @@ class Executor:
                 pass
 
     # --- taking work ----------------------------------------------------------------------------------------
-    async def _call(self, mode: str, counts: dict[int, int], extra: dict[int, list[str]] | None = None,
-                    min_idle: int = 0) -> list[Job]:
-        calls = [(p, n) for p, n in counts.items() if n > 0 or extra]
-        extra = extra or {}
+    async def _call(self, mode: str, counts: dict[int, int], min_idle: int = 0) -> list[Job]:
+        calls = [(p, n) for p, n in counts.items() if n > 0]
         if not calls:
             return []
+        now = now_ms()
         async with self.redis.pipeline(transaction=False) as pipe:
             for p, n in calls:
-                args: list[str | int] = [mode, keys.GROUP_EXECUTOR, self.name, n, keys.execution(p, ""), min_idle,
-                                         *extra.get(p, [])]
+                prefix = keys.tag(p) + ":"
+                args: list[str | int | bytes] = [mode, keys.GROUP_EXECUTOR, self.name, n, prefix, min_idle, now,
+                                                 self._plans]
                 await self._dispatch(keys=self.streams[p], args=args, client=pipe)
             replies = await pipe.execute()
         jobs: list[Job] = []
@@ -130,12 +144,13 @@ class Executor:
         self._order += len(jobs)
         return jobs
 
-    def _split(self, free: int) -> dict[int, int]:
+    def _split(self, free: int, partitions: list[int] | None = None) -> dict[int, int]:
         """Spread ``free`` slots over partitions, starting from a rotating one so none is always last."""
-        n = len(self.partitions)
+        partitions = self.partitions if partitions is None else partitions
+        n = len(partitions)
         counts = {}
         for i in range(n):
-            p = self.partitions[(self._rotation + i) % n]
+            p = partitions[(self._rotation + i) % n]
             counts[p] = free // n + (1 if i < free % n else 0)
         self._rotation += 1
         return counts
@@ -153,9 +168,14 @@ class Executor:
                 else:
                     continue
             try:
-                jobs = await self._call("next", self._split(self.free))
-                if not jobs:
-                    jobs = await self._block_for_work()
+                if not self._may_have_work:
+                    await self._wait_for_bell()
+                    continue
+                counts = self._split(self.free, sorted(self._may_have_work))
+                jobs = await self._call("next", counts)
+                for p, asked in counts.items():
+                    if asked and sum(job.p == p for job in jobs) < asked:
+                        self._may_have_work.discard(p)  # drained (or its tenants are at their limits)
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
@@ -168,19 +188,15 @@ class Executor:
                 continue
             self._admit(jobs)
 
-    async def _block_for_work(self) -> list[Job]:
-        """All streams empty: block on all of them at once until something arrives (or BLOCK_MS passes)."""
-        streams = {s: ">" for p in self.partitions for s in self.streams[p]}
-        reply = await read_group(self.redis, keys.GROUP_EXECUTOR, self.name, streams, count=1, block_ms=BLOCK_MS)
-        taken: dict[int, list[str]] = {}
+    async def _wait_for_bell(self) -> None:
+        """Nothing to take: block until a bell rings (work queued, or a limited tenant got room) or BLOCK_MS."""
+        reply = cast(list[Any], await self.redis.xread(self._bells, count=1, block=BLOCK_MS))  # type: ignore[arg-type]
+        if not reply:  # quiet for a while: look everywhere again (a rate-limit minute may have turned)
+            self._may_have_work.update(self.partitions)
         for stream, entries in reply:
-            p = int(stream.split("{", 1)[1].split("}", 1)[0])
-            index = self.streams[p].index(stream) + 1
-            for entry_id, fields in entries:
-                taken.setdefault(p, []).extend([str(index), text(entry_id), text(fields.get(b"e"))])
-        if not taken:
-            return []
-        return await self._call("take", {p: 0 for p in taken}, extra=taken)
+            name = text(stream)
+            self._bells[name] = text(entries[-1][0])
+            self._may_have_work.add(self._bell_partition[name])
 
     async def _take_due(self) -> None:
         if self.free > 0:

@@ -23,6 +23,10 @@ local function check(g)
   elseif kind == 'idem' then
     local stored = redis.call('GET', g[2])
     if stored then return {2, stored} end
+  elseif kind == 'hlimit' then
+    -- {hlimit, key, field, amount, limit, label}: the counter in a hash field plus amount must not pass limit.
+    local used = tonumber(redis.call('HGET', g[2], g[3]) or '0')
+    if g[5] > 0 and used + g[4] > g[5] then return {0, g[6], tostring(used)} end
   elseif kind == 'quota' then
     local used = tonumber(redis.call('GET', g[2]) or '0')
     if g[4] > 0 and used + g[3] > g[4] then return {0, g[5], tostring(used)} end
@@ -55,6 +59,20 @@ local function apply(op, ids, base)
     -- {work, stream, state key, field, value, ...}: enqueue and remember where, so it can be taken back.
     local id = xadd_fields(op[2], op, 4)
     redis.call('HSET', op[3], 'work_stream', op[2], 'work_id', id)
+  elseif kind == 'backlog' then
+    -- {backlog, ready zset, backlog list, level virtual-time key, bell stream, tenant, execution id}:
+    -- queue the id behind the tenant's others; a tenant becoming active joins the level at its virtual time.
+    if redis.call('RPUSH', op[3], op[7]) == 1 then
+      redis.call('ZADD', op[2], 'NX', tonumber(redis.call('GET', op[4]) or '0'), op[6])
+    end
+    redis.call('XADD', op[5], 'MAXLEN', '1', '*', 'n', '1')
+  elseif kind == 'release' then
+    -- {release, running hash, queued hash, bell stream, tenant}: an execution stopped running here; if the
+    -- tenant has work waiting (perhaps held back by its concurrency limit), wake the executors.
+    redis.call('HINCRBY', op[2], op[5], -1)
+    if tonumber(redis.call('HGET', op[3], op[5]) or '0') > 0 then
+      redis.call('XADD', op[4], 'MAXLEN', '1', '*', 'n', '1')
+    end
   elseif kind == 'unwork' then
     -- {unwork, state key, group}: take the recorded work entry back (ack and delete), if any.
     local where = redis.call('HMGET', op[2], 'work_stream', 'work_id')

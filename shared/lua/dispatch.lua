@@ -1,18 +1,28 @@
--- Hand work entries of one partition to an executor and load what it needs to run them, in one call.
+-- Hand executions of one partition to an executor and load what it needs to run them, in one call.
 -- KEYS[1..10]: the partition's work streams, priority 1 (highest) first.
--- ARGV: mode, group, consumer, count, execution key prefix, min idle ms (mode 'expired'), then for mode
--- 'take' triples of (key index, entry id, execution id) already delivered to the consumer.
+-- ARGV: mode, group, consumer, count, partition key prefix ('orq:{p}:'), min idle ms (mode 'expired'),
+--       now ms, plans (msgpack map: plan name -> {max concurrent, rate per minute, weight}; 0 = no limit).
 -- Modes:
---   next    - new entries from the lowest-numbered non-empty stream first, up to count;
---   due     - entries parked on the 'backoff' consumer whose idle time reached their retry delay;
---   expired - entries of other live-looking consumers idle past the lease (their executor died);
---   take    - entries this consumer already holds (after a blocking read).
+--   next    - from the backlogs, lowest-numbered level first; within a level, tenants are served by
+--             weighted fair share (stride scheduling on the level's 'ready' sorted set: the tenant with the
+--             lowest virtual time goes next, then its virtual time advances by 1/weight). A tenant that is
+--             paused, at its concurrency limit or at its rate per minute is skipped (its work waits, it is
+--             never dropped). Each execution taken gets a work entry, delivered to this consumer at once.
+--             (The tenant's 'queued' count drops when the executor's start commit moves it to running.)
+--   due     - entries parked on the 'backoff' consumer whose idle time reached their retry delay (and whose
+--             tenant has room).
+--   expired - entries of other consumers idle past the lease (their executor died).
 -- Result: list of {key index, entry id, execution id, flat execution hash, pinned definition, previous owner}.
 
 local mode, group, consumer = ARGV[1], ARGV[2], ARGV[3]
 local want = tonumber(ARGV[4])
-local exec_prefix = ARGV[5]
+local prefix = ARGV[5]
 local min_idle = tonumber(ARGV[6])
+local minute = math.floor(tonumber(ARGV[7]) / 60000)
+local plans = cmsgpack.unpack(ARGV[8])
+local exec_prefix = prefix .. 'exec:'
+local running_key = prefix .. 'running'
+local SCAN = 16
 local out = {}
 
 local function load(k, entry_id, exec_id, previous)
@@ -31,17 +41,93 @@ local function field(fields, name)
   return nil
 end
 
+local limits_of = {}
+local function limits(tenant)
+  local l = limits_of[tenant]
+  if l then return l end
+  local h = redis.call('HMGET', prefix .. 'tenant:' .. tenant, 'plan', 'paused')
+  local plan = plans[h[1]] or plans['']  -- '': the fallback for a plan this executor does not know
+  l = {paused = h[2] == '1', concurrent = plan[1], rate = plan[2], weight = plan[3]}
+  if l.concurrent > 0 then l.running = tonumber(redis.call('HGET', running_key, tenant) or '0') end
+  if l.rate > 0 then l.rate_used = tonumber(redis.call('GET', prefix .. 'rate:' .. tenant .. ':' .. minute) or '0') end
+  l.started = 0
+  limits_of[tenant] = l
+  return l
+end
+
+local function has_room(tenant)
+  local l = limits(tenant)
+  if l.paused then return false end
+  if l.concurrent > 0 and l.running + l.started >= l.concurrent then return false end
+  if l.rate > 0 and l.rate_used + l.started >= l.rate then return false end
+  return true
+end
+
+-- Counters are kept in Lua while the call runs and written once per tenant at the end.
+local function flush_counts()
+  for tenant, l in pairs(limits_of) do
+    if l.started > 0 then
+      redis.call('HINCRBY', running_key, tenant, l.started)
+      local rk = prefix .. 'rate:' .. tenant .. ':' .. minute
+      redis.call('INCRBY', rk, l.started)
+      redis.call('EXPIRE', rk, 120)
+    end
+  end
+end
+
+-- The tenant to serve next at a level: the lowest virtual time with room. When the first has none, the
+-- next SCAN are looked at; those without room are moved behind that window so they cannot hide others.
+local function pick(ready)
+  local first = redis.call('ZRANGE', ready, 0, 0, 'WITHSCORES')
+  if #first == 0 then return nil end
+  if has_room(first[1]) then return first[1], tonumber(first[2]) end
+  local cands = redis.call('ZRANGE', ready, 1, SCAN, 'WITHSCORES')
+  local last = #cands > 0 and tonumber(cands[#cands]) or tonumber(first[2])
+  if #cands >= SCAN * 2 then redis.call('ZADD', ready, 'XX', last + 1e-6, first[1]) end
+  for i = 1, #cands, 2 do
+    if has_room(cands[i]) then return cands[i], tonumber(cands[i + 1]) end
+    if #cands >= SCAN * 2 then redis.call('ZADD', ready, 'XX', last + 1e-6 * (i + 1), cands[i]) end
+  end
+  return false
+end
+
 if mode == 'next' then
   for k = 1, #KEYS do
     if want <= 0 then break end
-    local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', want, 'STREAMS', KEYS[k], '>')
-    if reply then
-      for _, entry in ipairs(reply[1][2]) do
-        load(k, entry[1], field(entry[2], 'e'), '')
-        want = want - 1
+    local ready = prefix .. 'ready:' .. k
+    local taken = {}
+    local served = nil
+    local guard = 0
+    while want > 0 and guard < 4 * (want + SCAN) do
+      guard = guard + 1
+      local tenant, score = pick(ready)
+      if not tenant then break end
+      local backlog = prefix .. 'backlog:' .. k .. ':' .. tenant
+      local id = redis.call('LPOP', backlog)
+      if id then
+        local st = redis.call('HMGET', exec_prefix .. id, 'status', 'priority')
+        -- Entries left behind by a cancel or a priority change are skipped here (lazy removal).
+        if st[1] == 'queued' and tonumber(st[2]) == k then
+          local entry_id = redis.call('XADD', KEYS[k], '*', 'e', id, 't', tenant)
+          redis.call('HSET', exec_prefix .. id, 'work_stream', KEYS[k], 'work_id', entry_id)
+          taken[#taken + 1] = {entry_id, id}
+          local l = limits(tenant)
+          l.started = l.started + 1
+          want = want - 1
+          served = score
+          redis.call('ZADD', ready, 'XX', score + 1 / l.weight, tenant)
+        end
       end
+      if redis.call('LLEN', backlog) == 0 then redis.call('ZREM', ready, tenant) end
+    end
+    if #taken > 0 then
+      -- Only this call adds entries, and it delivers them at once: the new ones are all there is to read.
+      redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', #taken, 'STREAMS', KEYS[k], '>')
+      redis.call('SET', prefix .. 'vt:' .. k, served)
+      for _, t in ipairs(taken) do load(k, t[1], t[2], '') end
     end
   end
+  flush_counts()
 elseif mode == 'due' then
   for k = 1, #KEYS do
     if want <= 0 then break end
@@ -52,16 +138,19 @@ elseif mode == 'due' then
       if #entry == 0 then
         redis.call('XACK', KEYS[k], group, p[1])  -- its body is gone: nothing left to run
       else
-        local exec_id = field(entry[1][2], 'e')
+        local exec_id, tenant = field(entry[1][2], 'e'), field(entry[1][2], 't')
         local delay = tonumber(redis.call('HGET', exec_prefix .. exec_id, 'retry_delay') or '0')
-        if p[3] >= delay then
+        if p[3] >= delay and has_room(tenant) then
           redis.call('XCLAIM', KEYS[k], group, consumer, 0, p[1], 'JUSTID')
+          local l = limits(tenant)
+          l.started = l.started + 1
           load(k, p[1], exec_id, 'backoff')
           want = want - 1
         end
       end
     end
   end
+  flush_counts()
 elseif mode == 'expired' then
   for k = 1, #KEYS do
     if want <= 0 then break end
@@ -74,17 +163,11 @@ elseif mode == 'expired' then
         if #claimed > 0 and claimed[1] then
           load(k, p[1], field(claimed[1][2], 'e'), owner)
           want = want - 1
-        elseif #claimed == 0 then
-          -- nothing claimed: another executor won the race
-        else
+        elseif #claimed > 0 then
           redis.call('XACK', KEYS[k], group, p[1])  -- deleted entry: nothing left to run
         end
       end
     end
-  end
-elseif mode == 'take' then
-  for i = 7, #ARGV, 3 do
-    load(tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], '')
   end
 end
 return out

@@ -22,7 +22,9 @@ PARTITIONS = 4
 async def seed_workflow(committer: Committer, tenant_id: str, definition: WorkflowDef) -> WorkflowState:
     p = keys.partition_of(tenant_id, PARTITIONS)
     workflow = WorkflowState(new_id(), tenant_id, definition.name, 1, False)
-    unit = Unit(p).hset(keys.workflow(p, workflow.id), {"tenant": tenant_id, "name": definition.name,
+    unit = Unit(p).hset(keys.tenant(p, tenant_id), {"name": tenant_id, "plan": "enterprise", "key_hash": "-",
+                                                    "paused": "0"})
+    unit.hset(keys.workflow(p, workflow.id), {"tenant": tenant_id, "name": definition.name,
                                                          "version": 1, "deleted": "0"})
     unit.set(keys.workflow_version(p, workflow.id, 1), encode_definition(definition))
     assert isinstance(await committer.commit(unit), Applied)

@@ -1,0 +1,77 @@
+"""A whole deployment in real processes: ``orq api``, ``orq executor`` ×2 and ``orq projector``."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import REDIS_URL
+from tests.processes import OrqProcess, orq_env, orq_processes
+
+ADMIN = "e2e-admin-token"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Deployment:
+    base_url: str
+    env: dict[str, str]
+    processes: list[OrqProcess]
+    tmp: Path
+
+    def start(self, *args: str, name: str) -> OrqProcess:
+        process = OrqProcess(list(args), self.env, self.tmp / f"{name}.log")
+        self.processes.append(process)
+        return process
+
+
+@pytest.fixture
+def deployment(database_url: str, redis: object, tmp_path: Path) -> Iterator[Deployment]:
+    port = _free_port()
+    env = orq_env(ORQ_REDIS_URL=REDIS_URL, ORQ_DATABASE_URL=database_url, ORQ_ADMIN_TOKEN=ADMIN,
+                  ORQ_PARTITIONS="4", ORQ_EXECUTOR_CONCURRENCY="5", ORQ_LEASE_SECONDS="5")
+    with orq_processes() as procs:
+        d = Deployment(f"http://127.0.0.1:{port}", env, procs, tmp_path)
+        d.start("api", "--port", str(port), name="api")
+        d.start("executor", name="executor-1")
+        d.start("executor", name="executor-2")
+        d.start("projector", name="projector")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{d.base_url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("api did not become ready:\n" + procs[0].output())
+            time.sleep(0.1)
+        yield d
+
+
+@pytest.fixture
+async def admin(deployment: Deployment) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=deployment.base_url, timeout=10,
+                                 headers={"Authorization": f"Bearer {ADMIN}"}) as client:
+        yield client
+
+
+@pytest.fixture
+async def tenant(deployment: Deployment, admin: httpx.AsyncClient) -> AsyncIterator[httpx.AsyncClient]:
+    created = await admin.post("/api/tenants", json={"name": "acme", "plan": "enterprise"})
+    assert created.status_code == 201, created.text
+    key = created.json()["api_key"]
+    async with httpx.AsyncClient(base_url=deployment.base_url, timeout=10,
+                                 headers={"Authorization": f"Bearer {key}"}) as client:
+        yield client
