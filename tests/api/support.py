@@ -62,7 +62,21 @@ async def log_lengths(redis: Redis, settings: Settings) -> list[int]:
 
 
 async def work_lengths(redis: Redis, p: int) -> dict[int, int]:
-    return {prio: await redis.xlen(keys.work(p, prio)) for prio in keys.PRIORITIES}
+    """Executions waiting for dispatch at each level: backlog entries whose state is still queued there.
+
+    An execution may stand in a backlog more than once (left behind by a cancel or a priority change, and
+    skipped by the dispatcher); it counts once.
+    """
+    lengths = {}
+    for prio in keys.PRIORITIES:
+        waiting: set[bytes] = set()
+        async for key in redis.scan_iter(match=keys.backlog(p, prio, "*")):
+            for execution_id in await redis.lrange(key, 0, -1):
+                status, priority = await redis.hmget(keys.execution(p, execution_id.decode()), "status", "priority")
+                if status == b"queued" and priority == str(prio).encode():
+                    waiting.add(execution_id)
+        lengths[prio] = len(waiting)
+    return lengths
 
 
 async def log_types(redis: Redis, p: int) -> list[str]:
