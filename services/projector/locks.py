@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from shared import keys
+from shared.consumer import Record
 from shared.redis import text
 
 _RENEW = """
@@ -45,12 +46,29 @@ until cursor == '0-0'
 return claimed
 """
 
-# KEYS: lock, stream. ARGV: token, ttl ms, group, consumer, count.
-# Our own pending entries first (left by a failed batch or a take-over), else new ones. Returns -1 when the
-# lock is not ours, {1, entries} with entries, {0, last id of the stream} when there is nothing to read.
-_READ = """
+# Acks the consumer's pending entries up to an id (those are applied): the ids never travel over the wire.
+_ACK_UPTO = """
+local function ack_upto(stream, group, consumer, upto)
+  if upto == '' then return end
+  while true do
+    local pending = redis.call('XPENDING', stream, group, '-', upto, 1000, consumer)
+    if #pending == 0 then return end
+    local ids = {}
+    for i, entry in ipairs(pending) do ids[i] = entry[1] end
+    redis.call('XACK', stream, group, unpack(ids))
+    if #pending < 1000 then return end
+  end
+end
+"""
+
+# KEYS: lock, stream. ARGV: token, ttl ms, group, consumer, count, ack up to ('' for none).
+# Acks what the previous batch applied, then reads our own pending entries first (left by a failed batch or
+# a take-over), else new ones. Returns -1 when the lock is not ours (nothing acked or read), {1, entries},
+# or {0, last id of the stream} when there is nothing to read.
+_READ = _ACK_UPTO + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+ack_upto(KEYS[2], ARGV[3], ARGV[4], ARGV[6])
 local r = redis.call('XREADGROUP', 'GROUP', ARGV[3], ARGV[4], 'COUNT', ARGV[5], 'STREAMS', KEYS[2], '0')
 if r and #r[1][2] > 0 then return {1, r[1][2]} end
 r = redis.call('XREADGROUP', 'GROUP', ARGV[3], ARGV[4], 'COUNT', ARGV[5], 'STREAMS', KEYS[2], '>')
@@ -60,14 +78,20 @@ if #last > 0 then return {0, last[1][1]} end
 return {0, '0-0'}
 """
 
-Entry = tuple[str, dict[bytes, bytes] | None]
+# KEYS: stream. ARGV: group, consumer, ack up to. (Acking needs no lock: it only drops applied entries.)
+_ACK = _ACK_UPTO + """
+ack_upto(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+return 1
+"""
 
 
 @dataclass(frozen=True, slots=True)
 class ReadResult:
-    """Entries read (own pending first, then new), or none and the stream's last id to wait after."""
+    """A batch read (own pending entries first, then new): records in id order and every id read (entries
+    trimmed meanwhile have an id but no record); or nothing, and the stream's last id to wait after."""
 
-    entries: list[Entry]
+    records: list[Record]
+    ids: list[str]
     last_id: str
 
 
@@ -83,6 +107,7 @@ class PartitionLocks:
         self._release = redis.register_script(_RELEASE)
         self._take_over = redis.register_script(_TAKE_OVER)
         self._read = redis.register_script(_READ)
+        self._ack = redis.register_script(_ACK)
 
     async def acquire(self, p: int) -> bool:
         return bool(await self.redis.set(keys.projector_lock(p), self.token, nx=True, px=self.ttl_ms))
@@ -104,17 +129,31 @@ class PartitionLocks:
         )
         return None if int(claimed) < 0 else int(claimed)
 
-    async def read(self, p: int, consumer: str, count: int) -> ReadResult | None:
-        """One batch of ``p``'s log for ``consumer``; None if the lock is not ours (nothing was read)."""
+    async def read(self, p: int, consumer: str, count: int, ack_upto: str = "") -> ReadResult | None:
+        """Ack ``consumer``'s entries up to ``ack_upto``, then read one batch of ``p``'s log; None if the lock
+        is not ours (then nothing was acked or read)."""
         reply = await self._read(
-            keys=[keys.projector_lock(p), keys.log(p)], args=[self.token, self.ttl_ms, self.group, consumer, count]
+            keys=[keys.projector_lock(p), keys.log(p)],
+            args=[self.token, self.ttl_ms, self.group, consumer, count, ack_upto],
         )
         if not isinstance(reply, list):
             return None
         if int(reply[0]) == 0:
-            return ReadResult([], text(reply[1]))
-        entries: list[Entry] = []
-        for entry_id, flat in reply[1]:
-            fields = None if not flat else {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
-            entries.append((text(entry_id), fields))
-        return ReadResult(entries, entries[-1][0])
+            return ReadResult([], [], text(reply[1]))
+        records: list[Record] = []
+        ids: list[str] = []
+        for raw_id, flat in reply[1]:
+            entry_id = raw_id.decode()
+            ids.append(entry_id)
+            if not flat:
+                continue
+            if len(flat) == 4 and flat[0] == b"t" and flat[2] == b"d":  # as shared.commit writes them
+                records.append(Record(entry_id, flat[1].decode(), flat[3]))
+            else:
+                fields = {flat[i]: flat[i + 1] for i in range(0, len(flat) - 1, 2)}
+                records.append(Record(entry_id, text(fields.get(b"t")), fields.get(b"d", b"")))
+        return ReadResult(records, ids, ids[-1])
+
+    async def ack(self, p: int, consumer: str, upto: str) -> None:
+        """Ack ``consumer``'s pending entries of ``p``'s log up to ``upto`` (applied, or skipped as applied)."""
+        await self._ack(keys=[keys.log(p)], args=[self.group, consumer, upto])

@@ -21,27 +21,29 @@ import math
 import os
 import socket
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.projector.locks import Entry, PartitionLocks
+from services.projector.locks import PartitionLocks, ReadResult
 from services.projector.store import Fenced, Store, decode_records
 from shared import keys
 from shared.clock import now_ms, stream_id_parts
 from shared.consumer import Record
 from shared.db import create_engine, create_schema, is_sqlite
 from shared.projection import Projection, needs_of
-from shared.redis import connect, ensure_groups, text
+from shared.redis import connect, ensure_groups
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
 LOCK_TTL_MS = 10_000
 IDLE_BLOCK_MS = 500
+# Rows kept in memory per held partition between batches (saves the SELECTs of rows a batch touches again).
+CACHE_ROWS = 50_000
 ERROR_BACKOFF_S = 1.0
 
 # Called after a batch of partition ``p`` committed (last id applied), before it is acked.
@@ -63,6 +65,25 @@ class HeldPartition:
     p: int
     checkpoint: str | None = None
     last_id: str = "0-0"  # the stream's last id when a read found nothing: wait for entries after it
+    ack_upto: str = ""  # entries up to here are applied: acked by the next read (saves a round trip)
+    # Rows of this partition as committed: only the lock holder writes them, so they stay true while held.
+    cache: Projection = field(default_factory=Projection)
+    # Kept for the partition's life: no pool checkout (and pre-ping round trip) per batch.
+    conn: AsyncConnection | None = None
+
+    async def connection(self, engine: AsyncEngine) -> AsyncConnection:
+        if self.conn is None:
+            self.conn = await engine.connect()
+        return self.conn
+
+    async def close(self) -> None:
+        """Give the database connection back (invalidated, in case it is what broke)."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with suppress(Exception):
+                await conn.invalidate()
+            with suppress(Exception):
+                await conn.close()
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -81,6 +102,7 @@ class Projector:
         lock_ttl_ms: int = LOCK_TTL_MS,
         idle_block_ms: int = IDLE_BLOCK_MS,
         after_commit: AfterCommit | None = None,
+        cache_rows: int = CACHE_ROWS,
     ) -> None:
         self.redis = redis
         self.engine = engine
@@ -90,6 +112,7 @@ class Projector:
         self.lock_ttl_ms = lock_ttl_ms
         self.idle_block_ms = min(idle_block_ms, lock_ttl_ms // 3)
         self.after_commit = after_commit
+        self.cache_rows = cache_rows
         self.locks = PartitionLocks(redis, token=self.consumer, ttl_ms=lock_ttl_ms)
         self.store = Store(engine)
         self.held: dict[int, HeldPartition] = {}
@@ -183,18 +206,23 @@ class Projector:
             log.exception("partition %d: projector loop failed", p)
         finally:
             held.stop.set()
+            await held.close()
+            if held.ack_upto:
+                with suppress(Exception):  # unacked entries are skipped by the checkpoint anyway
+                    await self.locks.ack(p, self.consumer, held.ack_upto)
             await self.locks.release(p)
 
     async def step(self, held: HeldPartition) -> bool:
         """Read and apply one batch of ``held``'s partition; False when there was nothing to read."""
         try:
-            result = await self.locks.read(held.p, self.consumer, self.batch)
+            result = await self.locks.read(held.p, self.consumer, self.batch, held.ack_upto)
             if result is None:
                 raise LostPartition(held.p)
+            held.ack_upto = ""
             held.last_id = result.last_id
-            if not result.entries:
+            if not result.ids:
                 return False
-            await self.apply(held, result.entries)
+            await self.apply(held, result)
             return True
         except LostPartition:
             raise
@@ -206,19 +234,23 @@ class Projector:
             return True
 
     async def _reload_checkpoint(self, held: HeldPartition) -> None:
-        async with self.engine.connect() as conn:
+        conn = await held.connection(self.engine)
+        async with conn.begin():
             held.checkpoint = await self.store.checkpoint(conn, held.p)
+
 
     async def _idle(self, held: HeldPartition) -> None:
         # Wake as soon as an entry after the last one seen arrives (or after a short block, to notice stop).
         await self.redis.xread({keys.log(held.p): held.last_id}, count=1, block=self.idle_block_ms)
 
-    async def apply(self, held: HeldPartition, entries: Sequence[Entry]) -> None:
-        """Apply entries not yet covered by the checkpoint in one transaction, then ack them all."""
+    async def apply(self, held: HeldPartition, batch: ReadResult) -> None:
+        """Apply entries not yet covered by the checkpoint in one transaction; they are acked after that
+        (by the next read, or when the partition is let go)."""
         p = held.p
-        records = [Record(eid, text(f.get(b"t")), f.get(b"d", b"")) for eid, f in entries if f]
+        records = batch.records
         for attempt in range(2):
-            fresh = [r for r in records if _pos(r.id) > _pos(held.checkpoint)]
+            after = _pos(held.checkpoint)
+            fresh = records if records and _pos(records[0].id) > after else [r for r in records if _pos(r.id) > after]
             if not fresh:
                 break
             try:
@@ -228,23 +260,36 @@ class Projector:
                 if attempt or not await self.locks.renew(p):
                     raise LostPartition(p) from None
                 await self._reload_checkpoint(held)
+                held.cache = Projection()  # another projector changed rows behind it
                 log.warning("partition %d: checkpoint moved by another projector; now %s", p, held.checkpoint)
-        await self.redis.xack(keys.log(p), keys.GROUP_PROJECTOR, *[eid for eid, _ in entries])
+        held.ack_upto = batch.ids[-1]
 
     async def _commit(self, held: HeldPartition, records: list[Record]) -> None:
         decoded = decode_records(held.p, records)
         events = [d.event for d in decoded if d.event is not None]
         last_id = records[-1].id
-        projection = Projection()
-        async with self._db_slots, self.engine.begin() as conn:
-            # Checkpoint first: on MySQL it locks the row, so a competing writer of this partition waits here
-            # and then finds the checkpoint moved (Fenced) instead of failing later on a duplicate row.
-            await self.store.move_checkpoint(conn, held.p, held.checkpoint, last_id, now_ms())
-            await self.store.load(conn, projection, needs_of(events))
-            projection.apply_all(events)
-            await self.store.write(conn, projection)
-            await self.store.archive(conn, [d.archive for d in decoded])
+        cache = held.cache
+        try:
+            conn = await held.connection(self.engine)
+            async with self._db_slots, conn.begin():
+                # Checkpoint first: on MySQL it locks the row, so a competing writer of this partition waits
+                # here and then finds the checkpoint moved (Fenced) instead of failing on a duplicate row.
+                await self.store.move_checkpoint(conn, held.p, held.checkpoint, last_id, now_ms())
+                await self.store.load(conn, cache, cache.missing(needs_of(events, never_applied=True)))
+                cache.apply_all(events)
+                await self.store.write(conn, cache)
+                await self.store.archive(conn, [d.archive for d in decoded])
+        except Fenced:
+            held.cache = Projection()  # it holds changes that were rolled back
+            raise
+        except BaseException:
+            held.cache = Projection()
+            await held.close()  # the next batch starts on a fresh connection
+            raise
         held.checkpoint = last_id
+        cache.drop_written()
+        if cache.size() > self.cache_rows:
+            cache.evict()
         self.applied += len(records)
         if self.after_commit is not None:
             self.after_commit(held.p, last_id)

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Insert
 
+from services.projector.mysql_bulk import MysqlBulk
 from shared import schema
 from shared.clock import stream_id_parts
 from shared.consumer import Record
@@ -123,6 +124,7 @@ class Store:
             _repair_aiomysql_bytes()
         self._upserts = {name: self._upsert(table) for name, table in TABLE_OBJECTS.items()}
         self._archive = insert(schema.event_archive)
+        self._bulk = None if self.sqlite else MysqlBulk()
 
     def _upsert(self, table: Table) -> Insert:
         keys = {c.name for c in table.primary_key.columns}
@@ -164,13 +166,18 @@ class Store:
         """Upsert every changed row (one executemany per table) and mark them clean; returns how many."""
         written = 0
         for table, rows in projection.changes().items():
-            await conn.execute(self._upserts[table], rows)
+            if self._bulk is not None:
+                await self._bulk.write(conn, TABLE_OBJECTS[table], rows, upsert=True)
+            else:
+                await conn.execute(self._upserts[table], rows)
             written += len(rows)
         projection.mark_clean()
         return written
 
     async def archive(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-        if rows:
+        if self._bulk is not None:
+            await self._bulk.write(conn, schema.event_archive, rows, upsert=False)
+        elif rows:
             await conn.execute(self._archive, list(rows))
 
     # --- checkpoints ----------------------------------------------------------------------------------------

@@ -118,7 +118,7 @@ async def test_survivor_takes_over_a_dead_instance_partitions(redis: Redis, engi
     dead = PartitionLocks(redis, token="dead", ttl_ms=500)
     for p in range(PARTITIONS):
         assert await dead.acquire(p)
-        assert len((await dead.read(p, "dead", 5) or ReadResult([], "")).entries) == 5
+        assert len((await dead.read(p, "dead", 5) or ReadResult([], [], "")).ids) == 5
     async with running(projector(redis, engine, PARTITIONS)):
         await caught_up(redis, engine, PARTITIONS)
     assert await snapshot(engine) == fold(await stream_events(redis, PARTITIONS))
@@ -169,7 +169,7 @@ async def test_zombie_commit_is_fenced_and_skipped(redis: Redis, engine: AsyncEn
     zombie = projector(redis, engine, PARTITIONS, batch=10, after_commit=no_ack)
     assert await zombie.locks.acquire(p)
     zombie_batch = await zombie.locks.read(p, zombie.consumer, 10)
-    assert zombie_batch is not None and len(zombie_batch.entries) == 10
+    assert zombie_batch is not None and len(zombie_batch.ids) == 10
     await redis.delete(keys.projector_lock(p))  # the zombie's lock expires while it is paused
 
     heir = projector(redis, engine, PARTITIONS, batch=25)
@@ -177,12 +177,16 @@ async def test_zombie_commit_is_fenced_and_skipped(redis: Redis, engine: AsyncEn
     assert await heir.locks.take_over(p, heir.consumer) == 10
     held = HeldPartition(p, checkpoint=None)  # read before the zombie commits
 
+    zombie_held = HeldPartition(p)
     with pytest.raises(RuntimeError, match="paused"):
-        await zombie.apply(HeldPartition(p), zombie_batch.entries)  # commits, never acks
+        await zombie.apply(zombie_held, zombie_batch)  # commits, never acks
+    await zombie_held.close()
     assert await archived(engine) == 10
 
     while await heir.step(held):  # its first commit is fenced, it reloads the checkpoint and skips the 10
         pass
+    await heir.locks.ack(p, heir.consumer, held.ack_upto)
+    await held.close()
     assert heir.applied == len(history) - 10
     assert await archived(engine) == len(history)
     assert await snapshot(engine) == fold(await stream_events(redis, PARTITIONS))

@@ -1,0 +1,88 @@
+"""Throughput of the projector and of replay on real Redis and SQL.
+
+``python -m tests.projector.bench --db mysql --events 60000`` (or ``--db sqlite``). Uses Redis DB 10 and
+the MariaDB database ``orq_projector_bench`` (created if missing); both are wiped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import tempfile
+import time
+
+from sqlalchemy import text
+
+from services.projector.projector import Projector
+from services.projector.replay import Replayer
+from shared.db import create_engine, create_schema
+from shared.redis import connect
+from shared.schema import metadata
+from tests.projector.factories import append, random_history
+from tests.projector.helpers import caught_up
+
+REDIS_URL = "redis://127.0.0.1:6379/10"
+MYSQL_SERVER = "mysql+aiomysql://root@127.0.0.1:3306"
+MYSQL_DB = "orq_projector_bench"
+
+
+async def _database_url(kind: str) -> str:
+    if kind == "sqlite":
+        return f"sqlite+aiosqlite:///{tempfile.mkdtemp()}/bench.db"
+    server = create_engine(f"{MYSQL_SERVER}/mysql")
+    async with server.begin() as conn:
+        await conn.execute(text(f"CREATE DATABASE IF NOT EXISTS {MYSQL_DB} CHARACTER SET utf8mb4"))
+    await server.dispose()
+    return f"{MYSQL_SERVER}/{MYSQL_DB}"
+
+
+async def main(kind: str, events: int, partitions: int, batch: int) -> None:
+    url = await _database_url(kind)
+    engine = create_engine(url)
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.drop_all)
+    await create_schema(engine)
+    redis = connect(REDIS_URL)
+    await redis.flushdb()
+
+    history = []
+    seed = 0
+    while len(history) < events:
+        history += random_history(seed, tenants=4, executions=100, prefix=f"b{seed}-")
+        seed += 1
+    t0 = time.perf_counter()
+    await append(redis, history, partitions)
+    print(f"appended {len(history)} events in {time.perf_counter() - t0:.1f}s")
+
+    projector = Projector(redis, engine, partitions=partitions, batch=batch)
+    stop = asyncio.Event()
+    t0 = time.perf_counter()
+    task = asyncio.create_task(projector.run(stop))
+    while projector.applied < len(history):
+        await asyncio.sleep(0.01)
+    elapsed = time.perf_counter() - t0
+    stop.set()
+    await task
+    await caught_up(redis, engine, partitions, timeout=60)
+    print(f"{kind} projector: {len(history)} events in {elapsed:.2f}s = {len(history) / elapsed:,.0f} events/s "
+          f"(batch {batch}, {partitions} partitions)")
+
+    t0 = time.perf_counter()
+    count = await Replayer(redis, engine, partitions=partitions).run()
+    elapsed = time.perf_counter() - t0
+    print(f"{kind} replay: {count} events in {elapsed:.2f}s = {count / elapsed:,.0f} events/s")
+    await redis.flushdb()
+    await redis.aclose()
+    await engine.dispose()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--db", choices=["sqlite", "mysql"], default="mysql")
+    parser.add_argument("--events", type=int, default=60_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=500)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(main(args.db, args.events, args.partitions, args.batch))
