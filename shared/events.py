@@ -163,6 +163,69 @@ class QuotaExceeded(EventBase, tag="quota.exceeded", kw_only=True, frozen=True):
     month: str
 
 
+# --- notifications (services/notifier) --------------------------------------------------------------------
+# Every notification event carries the whole identity of its notification (execution, trigger, channel,
+# target), so its projection row is a function of the event alone: no row has to be read to fold one.
+NotifyOn = Literal["completed", "failed", "dead_lettered"]
+NotifyChannel = Literal["webhook", "email"]
+
+
+class NotificationQueued(EventBase, tag="notification.queued", kw_only=True, frozen=True):
+    """An execution ended in a way a workflow's ``notify`` entry asked to hear about; delivery follows."""
+
+    execution_id: str
+    workflow_id: str
+    trigger: NotifyOn
+    channel: NotifyChannel
+    target: str
+    created_at: int
+
+
+class NotificationSent(EventBase, tag="notification.sent", kw_only=True, frozen=True):
+    """One delivery attempt succeeded (a 2xx reply, or the SMTP server accepted the mail)."""
+
+    execution_id: str
+    workflow_id: str
+    trigger: NotifyOn
+    channel: NotifyChannel
+    target: str
+    created_at: int
+    attempt: int
+    status_code: int | None = None
+    duration_ms: int = 0
+
+
+class NotificationFailed(EventBase, tag="notification.failed", kw_only=True, frozen=True):
+    """One delivery attempt failed; ``final`` when no attempt follows (else one comes after ``retry_in_ms``)."""
+
+    execution_id: str
+    workflow_id: str
+    trigger: NotifyOn
+    channel: NotifyChannel
+    target: str
+    created_at: int
+    attempt: int
+    error: str
+    status_code: int | None = None
+    duration_ms: int = 0
+    final: bool = False
+    retry_in_ms: int | None = None
+    delivered_at: int | None = None
+
+
+class NotificationResendRequested(EventBase, tag="notification.resend_requested", kw_only=True, frozen=True):
+    """Someone asked (``POST /api/notifications/{id}/resend``) for a new series of delivery attempts."""
+
+    execution_id: str
+    workflow_id: str
+    trigger: NotifyOn
+    channel: NotifyChannel
+    target: str
+    created_at: int
+    attempts: int = 0
+    delivered_at: int | None = None
+
+
 Event = (
     TenantCreated
     | TenantPlanChanged
@@ -185,6 +248,10 @@ Event = (
     | ExecutionRecovered
     | ExecutionDlqPurged
     | QuotaExceeded
+    | NotificationQueued
+    | NotificationSent
+    | NotificationFailed
+    | NotificationResendRequested
 )
 
 EVENT_TYPES: dict[str, type[EventBase]] = {

@@ -15,6 +15,7 @@ PRIORITIES = range(1, 11)
 GROUP_EXECUTOR = "executor"
 GROUP_PROJECTOR = "projector"
 GROUP_TRIGGER = "trigger"
+GROUP_NOTIFIER = "notifier"
 
 # Pseudo-consumers of the executor group: entries parked there are not owned by a live executor.
 CONSUMER_BACKOFF = "backoff"
@@ -84,6 +85,11 @@ def rate(p: int, tenant_id: str, minute: int) -> str:
     return f"{tag(p)}:rate:{tenant_id}:{minute}"
 
 
+def parked(p: int, workflow_id: str) -> str:
+    """Executions of a paused workflow set aside by the dispatcher, waiting for the workflow to resume."""
+    return f"{tag(p)}:parked:{workflow_id}"
+
+
 def dlq(p: int) -> str:
     return f"{tag(p)}:dlq"
 
@@ -124,6 +130,11 @@ def projector_lock(p: int) -> str:
     return f"{tag(p)}:lock:projector"
 
 
+def global_rate(window: int) -> str:
+    """Executions started in one window across the deployment (``ORQ_GLOBAL_RATE``); not partitioned."""
+    return f"{PREFIX}:global:rate:{window}"
+
+
 def tenant_index() -> str:
     """Set of every tenant id (admin listing); not partitioned on purpose: admin-only and tiny."""
     return f"{PREFIX}:tenants"
@@ -132,3 +143,24 @@ def tenant_index() -> str:
 def projector_members() -> str:
     """Sorted set of live projector instances (score = last heartbeat, ms): they share partitions fairly."""
     return f"{PREFIX}:projectors"
+
+
+@cache
+def notify(p: int) -> str:
+    """Notification deliveries waiting to be attempted (group ``notifier``; retries wait on ``backoff``)."""
+    return f"{tag(p)}:notify"
+
+
+def notification(p: int, notification_id: str) -> str:
+    """Hash of one notification: what the notifier and ``POST /api/notifications/{id}/resend`` check."""
+    return f"{tag(p)}:notif:{notification_id}"
+
+
+def maintenance_lock() -> str:
+    """Held for one interval by the instance that ran the scheduled maintenance (once across instances)."""
+    return f"{PREFIX}:maintenance:lock"
+
+
+def maintenance_report() -> str:
+    """JSON report of the last maintenance run (shown by ``orq status``)."""
+    return f"{PREFIX}:maintenance:last"

@@ -48,6 +48,10 @@ from shared.events import (
     ExecutionRequeued,
     ExecutionRetrying,
     ExecutionStarted,
+    NotificationFailed,
+    NotificationQueued,
+    NotificationResendRequested,
+    NotificationSent,
     StepCompleted,
     StepFailed,
     StepStarted,
@@ -67,7 +71,8 @@ EXECUTIONS = "executions"
 STEPS = "execution_steps"
 LOGS = "execution_logs"
 USAGE = "usage_monthly"
-TABLES = (TENANTS, API_KEYS, WORKFLOWS, EXECUTIONS, STEPS, LOGS, USAGE)
+NOTIFICATIONS = "notifications"
+TABLES = (TENANTS, API_KEYS, WORKFLOWS, EXECUTIONS, STEPS, LOGS, USAGE, NOTIFICATIONS)
 
 # Primary key columns per table, in order (mirrors shared.schema).
 PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
@@ -78,6 +83,7 @@ PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
     STEPS: ("execution_id", "step_index"),
     LOGS: ("execution_id", "event_id"),
     USAGE: ("tenant_id", "month"),
+    NOTIFICATIONS: ("id",),
 }
 
 # Status values of execution rows and step rows.
@@ -220,7 +226,7 @@ class Projection:
 
     def drop_written(self) -> None:
         """Forget rows the fold only ever writes (logs, API keys) once they are clean: a cache keeps the rest."""
-        for table in (LOGS, API_KEYS):
+        for table in (LOGS, API_KEYS, NOTIFICATIONS):
             if not self.dirty[table]:
                 self.rows[table].clear()
 
@@ -257,6 +263,8 @@ class Projection:
                 self._tenant(event)
             case WorkflowSaved() | WorkflowDeleted():
                 self._workflow(event)
+            case NotificationQueued() | NotificationSent() | NotificationFailed() | NotificationResendRequested():
+                self._notification(event)
             case _:
                 pass
         return True
@@ -319,6 +327,42 @@ class Projection:
                 row["deleted"] = True
                 row["updated_at"] = event.ts
         self._touch(WORKFLOWS, event.aggregate_id)
+
+    # --- notifications --------------------------------------------------------------------------------------
+    def _notification(
+        self, event: NotificationQueued | NotificationSent | NotificationFailed | NotificationResendRequested
+    ) -> None:
+        """The whole row from the event alone (each carries its notification's identity): nothing is read."""
+        row: Row = {
+            "id": event.aggregate_id,
+            "tenant_id": event.tenant_id,
+            "execution_id": event.execution_id,
+            "workflow_id": event.workflow_id,
+            "trigger": event.trigger,
+            "channel": event.channel,
+            "target": _clip(event.target, 2000),
+            "status": "pending",
+            "attempts": 0,
+            "last_status_code": None,
+            "last_error": None,
+            "created_at": event.created_at,
+            "updated_at": event.ts,
+            "delivered_at": None,
+        }
+        match event:
+            case NotificationSent():
+                row.update(status="sent", attempts=event.attempt, last_status_code=event.status_code,
+                           delivered_at=event.ts)
+            case NotificationFailed():
+                row.update(status="failed" if event.final else "retrying", attempts=event.attempt,
+                           last_status_code=event.status_code, last_error=event.error,
+                           delivered_at=event.delivered_at)
+            case NotificationResendRequested():
+                row.update(attempts=event.attempts, delivered_at=event.delivered_at)
+            case _:
+                pass
+        self.rows[NOTIFICATIONS][event.aggregate_id] = row
+        self._touch(NOTIFICATIONS, event.aggregate_id)
 
     # --- executions -----------------------------------------------------------------------------------------
     def _queued(self, event: ExecutionQueued) -> None:

@@ -159,5 +159,28 @@ projection_checkpoints = Table(
     Column("updated_at", BigInteger, nullable=False),
 )
 
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("tenant_id", ID, nullable=False),
+    Column("execution_id", ID, nullable=False),
+    Column("workflow_id", ID, nullable=False),
+    Column("trigger", String(20), nullable=False),
+    Column("channel", String(10), nullable=False),
+    Column("target", String(2000), nullable=False),
+    Column("status", String(10), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_status_code", Integer, nullable=True),
+    Column("last_error", LongText, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("delivered_at", BigInteger, nullable=True),
+    Index("ix_notifications_tenant_execution", "tenant_id", "execution_id", "created_at"),
+    Index("ix_notifications_tenant_status", "tenant_id", "status", "created_at"),
+    Index("ix_notifications_tenant_created", "tenant_id", "created_at", "id"),
+)
+
 # Tables a replay rebuilds (everything but the archive it replays from).
-PROJECTION_TABLES = [tenants, api_keys, workflows, executions, execution_steps, execution_logs, usage_monthly]
+PROJECTION_TABLES = [tenants, api_keys, workflows, executions, execution_steps, execution_logs, usage_monthly,
+                     notifications]

@@ -25,7 +25,23 @@ class Settings:
     max_body_bytes: int = 4 * 1024 * 1024
     idempotency_ttl_s: int = 24 * 3600
     projector_batch: int = 500
+    rate_window_s: float = 60.0
+    global_rate: int = 0
     plans: Mapping[str, Plan] = field(default_factory=default_plans)
+    # Operations (services/notifier, services/admin, shared/durability.py; see docs/operations.md).
+    allow_eviction: bool = False
+    accept_rewound_redis: bool = False
+    metrics_port: int = 0
+    otel_endpoint: str = ""
+    allow_private_webhooks: bool = False
+    smtp_url: str = ""
+    notify_attempts: int = 5
+    notify_backoff_ms: int = 1000
+    webhook_timeout_s: float = 10.0
+    maintenance_interval_s: int = 3600
+    log_min_retention_s: int = 3600
+    dlq_max_entries: int = 10_000
+    dlq_max_age_s: int = 30 * 24 * 3600
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -57,6 +73,15 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in {"", "0", "false", "no", "off"}:
+        return False
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    raise ConfigError(f"{name} must be 1/true/yes or 0/false/no, got {raw!r}")
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from the environment (``os.environ`` unless given)."""
     env = os.environ if env is None else env
@@ -72,5 +97,20 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_crashes=_int(env, "ORQ_MAX_CRASHES", defaults.max_crashes),
         max_body_bytes=_int(env, "ORQ_MAX_BODY_BYTES", defaults.max_body_bytes),
         projector_batch=_int(env, "ORQ_PROJECTOR_BATCH", defaults.projector_batch),
+        rate_window_s=_float(env, "ORQ_RATE_WINDOW_SECONDS", defaults.rate_window_s),
+        global_rate=_int(env, "ORQ_GLOBAL_RATE", defaults.global_rate, minimum=0),
         plans=load_plans(plans_file) if plans_file else default_plans(),
+        allow_eviction=_flag(env, "ORQ_ALLOW_EVICTION"),
+        accept_rewound_redis=_flag(env, "ORQ_ACCEPT_REWOUND_REDIS"),
+        metrics_port=_int(env, "ORQ_METRICS_PORT", defaults.metrics_port, minimum=0),
+        otel_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
+        allow_private_webhooks=_flag(env, "ORQ_ALLOW_PRIVATE_WEBHOOKS"),
+        smtp_url=env.get("ORQ_SMTP_URL", ""),
+        notify_attempts=_int(env, "ORQ_NOTIFY_ATTEMPTS", defaults.notify_attempts),
+        notify_backoff_ms=_int(env, "ORQ_NOTIFY_BACKOFF_MS", defaults.notify_backoff_ms, minimum=0),
+        webhook_timeout_s=_float(env, "ORQ_WEBHOOK_TIMEOUT_S", defaults.webhook_timeout_s),
+        maintenance_interval_s=_int(env, "ORQ_MAINTENANCE_INTERVAL_S", defaults.maintenance_interval_s, minimum=0),
+        log_min_retention_s=_int(env, "ORQ_LOG_MIN_RETENTION_S", defaults.log_min_retention_s, minimum=0),
+        dlq_max_entries=_int(env, "ORQ_DLQ_MAX_ENTRIES", defaults.dlq_max_entries, minimum=0),
+        dlq_max_age_s=_int(env, "ORQ_DLQ_MAX_AGE_S", defaults.dlq_max_age_s, minimum=0),
     )

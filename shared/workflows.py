@@ -34,16 +34,27 @@ class StepDef(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     on_error: Literal["fail", "continue"] = "fail"
 
 
+class NotifyDef(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Tell someone when an execution ends: a webhook POST (signed when ``secret`` is set) or an email."""
+
+    on: list[Literal["completed", "failed", "dead_lettered"]]
+    webhook: str | None = None
+    secret: str | None = None
+    email: str | None = None
+
+
 class WorkflowDef(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A workflow as saved: ordered steps plus its retry policy."""
+    """A workflow as saved: ordered steps plus its retry policy and who to notify when a run ends."""
 
     name: str
     steps: list[StepDef]
     retry: RetryPolicy = RetryPolicy()
     retry_from: Literal["failed_step", "start"] = "failed_step"
     description: str | None = None
+    notify: list[NotifyDef] = []
 
 
 MAX_STEPS = 200
 MAX_ATTEMPTS = 100
 MAX_DELAY_MS = 24 * 3600 * 1000
+MAX_NOTIFY = 20
