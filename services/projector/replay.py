@@ -121,7 +121,7 @@ class Replayer:
     async def _replay_archive(self, p: int, bar: tqdm[Any]) -> tuple[int, int]:
         """Fold partition ``p``'s archive; returns the last archived (ms, seq)."""
         last = (-1, -1)
-        async for rows in self._archive_pages(p):
+        async for rows in self.archive_pages(p):
             self._check_locks()
             records = [Record(f"{ms}-{seq}", "", body) for ms, seq, body in rows]
             async with self.engine.begin() as conn:
@@ -132,7 +132,7 @@ class Replayer:
             self._trim_cache()
         return last
 
-    async def _archive_pages(self, p: int) -> AsyncIterator[list[tuple[int, int, bytes]]]:
+    async def archive_pages(self, p: int) -> AsyncIterator[list[tuple[int, int, bytes]]]:
         """Pages of ``p``'s archive in (ms, seq) order; the next page is read while the caller folds this one."""
         pages: asyncio.Queue[list[tuple[int, int, bytes]]] = asyncio.Queue(maxsize=2)
         table = schema.event_archive
@@ -208,7 +208,7 @@ class Replayer:
 # One row per page instead of one per event: aiomysql parses every row packet in Python (with two awaits),
 # which made reading the archive most of a replay's CPU. Bodies travel as base64 inside the JSON text.
 _MYSQL_PAGE = (
-    "SELECT JSON_ARRAYAGG(JSON_ARRAY(ms, seq, TO_BASE64(body))) FROM ("
+    "SELECT COUNT(*), JSON_ARRAYAGG(JSON_ARRAY(ms, seq, TO_BASE64(body))) FROM ("
     "SELECT ms, seq, body FROM event_archive WHERE `partition` = %s AND (ms > %s OR (ms = %s AND seq > %s)) "
     "ORDER BY ms, seq LIMIT %s) AS page"
 )
@@ -218,17 +218,19 @@ _page_decoder = msgspec.json.Decoder(list[tuple[int, int, str]])
 async def _mysql_page(
     conn: AsyncConnection, p: int, ms: int, seq: int, limit: int
 ) -> list[tuple[int, int, bytes]] | None:
-    """A page of the archive as one JSON document; None when the server could not build it (too large)."""
-    raw = (await conn.exec_driver_sql(_MYSQL_PAGE, (p, ms, ms, seq, limit))).scalar()
-    if raw is None:
-        has_rows = (
-            await conn.exec_driver_sql(
-                "SELECT 1 FROM event_archive WHERE `partition` = %s AND (ms > %s OR (ms = %s AND seq > %s)) LIMIT 1",
-                (p, ms, ms, seq),
-            )
-        ).first()
-        return [] if has_rows is None else None
-    page = _page_decoder.decode(raw.encode() if isinstance(raw, str) else raw)
+    """A page of the archive as one JSON document; None when the server could not build it whole (past
+    ``max_allowed_packet`` it truncates the document, with a warning)."""
+    row = (await conn.exec_driver_sql(_MYSQL_PAGE, (p, ms, ms, seq, limit))).one()
+    count, raw = list(row)
+    count = int(count)
+    if count == 0:
+        return []
+    try:
+        page = _page_decoder.decode(raw.encode() if isinstance(raw, str) else raw or b"")
+    except msgspec.DecodeError:
+        return None
+    if len(page) != count:
+        return None
     page.sort()  # JSON_ARRAYAGG keeps the subquery's order in practice; sorting makes it certain
     return [(m, s, binascii.a2b_base64(body)) for m, s, body in page]
 
