@@ -145,6 +145,16 @@ class Unit:
                          keys.virtual_time(p, priority), keys.bell(p), tenant_id, execution_id])
         return self
 
+    def unpark(self, p: int, workflow_id: str) -> Unit:
+        """Put a resumed workflow's set-aside executions back in front of their backlogs."""
+        self.ops.append(["unpark", keys.parked(p, workflow_id), keys.tag(p) + ":"])
+        return self
+
+    def ring(self, p: int) -> Unit:
+        """Wake idle executors: work may have become available (a tenant resumed, a limit raised)."""
+        self.ops.append(["ring", keys.bell(p)])
+        return self
+
     def release(self, p: int, tenant_id: str) -> Unit:
         """An execution of ``tenant_id`` stopped running on this executor: free its concurrency slot."""
         self.ops.append(["release", keys.running(p), keys.queued(p), keys.bell(p), tenant_id])
@@ -199,6 +209,24 @@ class Unit:
 
     def publish(self, channel: str, message: str) -> Unit:
         self.ops.append(["publish", channel, message])
+        return self
+
+    def zadd(self, key: str, score: int | float, member: str) -> Unit:
+        self.ops.append(["zadd", key, score, member])
+        return self
+
+    def zrem(self, key: str, *members: str) -> Unit:
+        self.ops.append(["zrem", key, *members])
+        return self
+
+    def queue_claim(
+        self, *, ready: str, deferred: str, item_prefix: str, due: str, now_ms: int, abandon_after_ms: int,
+        event_type: str, template: bytes, claimer: str,
+    ) -> Unit:
+        """Claim the first ready item of a work queue (see ``shared/queues_claims.py``); when one was, the
+        outcome's ids are the ``queue_item.started`` log id, then the item id."""
+        self.ops.append(["qclaim", ready, deferred, now_ms, item_prefix, due, abandon_after_ms, keys.log(self.p),
+                         event_type, self._arg(template), claimer])
         return self
 
 

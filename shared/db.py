@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import event
+from sqlalchemy import Connection, event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -30,6 +30,22 @@ def is_sqlite(engine: AsyncEngine | Engine) -> bool:
 
 
 async def create_schema(engine: AsyncEngine) -> None:
-    """Create missing tables and indexes (idempotent; safe for several services starting at once)."""
+    """Create missing tables and indexes, and add columns a newer version declares (idempotent)."""
     async with engine.begin() as conn:
         await conn.run_sync(metadata.create_all, checkfirst=True)
+        await conn.run_sync(_add_missing_columns)
+
+
+def _add_missing_columns(conn: Connection) -> None:
+    """The upgrade path for additive schema changes: a new column gets its declared default on old rows."""
+    inspector = inspect(conn)
+    for table in metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(conn.dialect)}"
+            default = getattr(column.default, "arg", None)
+            if default is not None and not callable(default):
+                ddl += f" NOT NULL DEFAULT {int(default) if isinstance(default, bool) else repr(default)}"
+            conn.execute(text(ddl))

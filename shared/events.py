@@ -41,6 +41,14 @@ class TenantPlanChanged(EventBase, tag="tenant.plan_changed", kw_only=True, froz
     plan: str
 
 
+class TenantPaused(EventBase, tag="tenant.paused", kw_only=True, frozen=True):
+    """Its queued work waits (nothing is dropped) until ``tenant.resumed``."""
+
+
+class TenantResumed(EventBase, tag="tenant.resumed", kw_only=True, frozen=True):
+    pass
+
+
 # --- workflows -----------------------------------------------------------------------------------------------
 
 
@@ -50,6 +58,14 @@ class WorkflowSaved(EventBase, tag="workflow.saved", kw_only=True, frozen=True):
 
 
 class WorkflowDeleted(EventBase, tag="workflow.deleted", kw_only=True, frozen=True):
+    pass
+
+
+class WorkflowPaused(EventBase, tag="workflow.paused", kw_only=True, frozen=True):
+    """Its queued executions are set aside (not dropped) until ``workflow.resumed``."""
+
+
+class WorkflowResumed(EventBase, tag="workflow.resumed", kw_only=True, frozen=True):
     pass
 
 
@@ -226,9 +242,163 @@ class NotificationResendRequested(EventBase, tag="notification.resend_requested"
     delivered_at: int | None = None
 
 
+# --- triggers (services/trigger, services/api/routes/triggers.py) ------------------------------------------
+# Every trigger event carries the trigger's whole state after it (``trigger``), so its projection row is a
+# function of the latest event alone: no row has to be read to fold one.
+TriggerSkipReason = Literal["quota", "backlog_full", "overlap", "missed", "workflow_deleted", "max_concurrent"]
+
+
+class TriggerSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """A trigger as of one ``revision`` (which grows by one with every save and every firing)."""
+
+    workflow_id: str
+    trigger_type: str
+    config: dict[str, Any]
+    enabled: bool
+    revision: int
+    trigger_count: int = 0
+    last_triggered_at: int | None = None
+    created_at: int
+
+
+class TriggerSaved(EventBase, tag="trigger.saved", kw_only=True, frozen=True):
+    """A trigger was created or replaced (``PUT``), enabled or disabled."""
+
+    trigger: TriggerSnapshot
+
+
+class TriggerDeleted(EventBase, tag="trigger.deleted", kw_only=True, frozen=True):
+    trigger: TriggerSnapshot
+
+
+class TriggerFired(EventBase, tag="trigger.fired", kw_only=True, frozen=True):
+    """The trigger requested ``execution_id`` (admitted in the same atomic unit); ``source`` says what fired it."""
+
+    trigger: TriggerSnapshot
+    execution_id: str
+    source: dict[str, Any] = {}
+
+
+class TriggerSkipped(EventBase, tag="trigger.skipped", kw_only=True, frozen=True):
+    """A firing was due but no execution was requested (``reason``); ``ticks`` counts skipped schedule ticks."""
+
+    workflow_id: str
+    trigger_type: str
+    reason: TriggerSkipReason
+    ticks: int = 1
+    source: dict[str, Any] = {}
+
+
+# --- work queues (shared/queues*.py, services/api/routes/queue*.py) ------------------------------------------
+# Every queue and item event carries its aggregate's whole state after it (``queue`` / ``item``), so its
+# projection row is a function of the latest event alone; ``queue_item.added`` also carries the item's data.
+QueueItemStatus = Literal["new", "in_progress", "completed", "failed", "abandoned", "retried"]
+
+
+class QueueSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """A work queue's settings as of one event."""
+
+    name: str
+    description: str | None = None
+    max_retries: int = 3
+    sla_minutes: int = 60
+    abandon_after_minutes: int = 1440
+    unique_reference: bool = False
+    created_at: int
+    updated_at: int
+
+
+class QueueItemError(msgspec.Struct, frozen=True, kw_only=True):
+    message: str
+    kind: Literal["business", "application"] = "application"
+
+
+class QueueItemSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """A queue item as of one event (its ``data`` only travels in ``queue_item.added``).
+
+    Optional fields default to None: the claim op of ``commit.lua`` rewrites this msgpack map and drops nils.
+    """
+
+    queue_id: str
+    status: QueueItemStatus
+    priority: int
+    reference: str | None = None
+    deadline: int | None = None
+    defer_until: int | None = None
+    retry_count: int = 0
+    retry_of: str | None = None
+    retry_id: str | None = None
+    origin_at: int
+    created_at: int
+    started_at: int | None = None
+    finished_at: int | None = None
+    processing_ms: int | None = None
+    processed_by: str | None = None
+    execution_id: str | None = None
+    progress: str | None = None
+    error: QueueItemError | None = None
+
+
+class QueueCreated(EventBase, tag="queue.created", kw_only=True, frozen=True):
+    queue: QueueSnapshot
+
+
+class QueueUpdated(EventBase, tag="queue.updated", kw_only=True, frozen=True):
+    queue: QueueSnapshot
+
+
+class QueueDeleted(EventBase, tag="queue.deleted", kw_only=True, frozen=True):
+    queue: QueueSnapshot
+
+
+class QueueItemAdded(EventBase, tag="queue_item.added", kw_only=True, frozen=True):
+    """A new item (``item.retry_of`` set when it retries another one)."""
+
+    item: QueueItemSnapshot
+    data: dict[str, Any] = {}
+
+
+class QueueItemStarted(EventBase, tag="queue_item.started", kw_only=True, frozen=True):
+    """Claimed by a robot (``item.processed_by``) or by the ``queue_item`` trigger for an execution."""
+
+    item: QueueItemSnapshot
+
+
+class QueueItemProgressed(EventBase, tag="queue_item.progress", kw_only=True, frozen=True):
+    item: QueueItemSnapshot
+
+
+class QueueItemCompleted(EventBase, tag="queue_item.completed", kw_only=True, frozen=True):
+    item: QueueItemSnapshot
+    result: Any = None
+
+
+class QueueItemFailed(EventBase, tag="queue_item.failed", kw_only=True, frozen=True):
+    """``item.error.kind``: a business failure is final; an application one is retried while retries are left."""
+
+    item: QueueItemSnapshot
+
+
+class QueueItemAbandoned(EventBase, tag="queue_item.abandoned", kw_only=True, frozen=True):
+    """In progress longer than its queue's ``abandon_after_minutes``."""
+
+    item: QueueItemSnapshot
+
+
+class QueueItemRetried(EventBase, tag="queue_item.retried", kw_only=True, frozen=True):
+    """A new item (``item.retry_id``) retries this one, after an application failure or an abandonment."""
+
+    item: QueueItemSnapshot
+    reason: Literal["failed", "abandoned"] = "failed"
+
+
 Event = (
     TenantCreated
     | TenantPlanChanged
+    | TenantPaused
+    | TenantResumed
+    | WorkflowPaused
+    | WorkflowResumed
     | WorkflowSaved
     | WorkflowDeleted
     | ExecutionQueued
@@ -252,6 +422,20 @@ Event = (
     | NotificationSent
     | NotificationFailed
     | NotificationResendRequested
+    | TriggerSaved
+    | TriggerDeleted
+    | TriggerFired
+    | TriggerSkipped
+    | QueueCreated
+    | QueueUpdated
+    | QueueDeleted
+    | QueueItemAdded
+    | QueueItemStarted
+    | QueueItemProgressed
+    | QueueItemCompleted
+    | QueueItemFailed
+    | QueueItemAbandoned
+    | QueueItemRetried
 )
 
 EVENT_TYPES: dict[str, type[EventBase]] = {

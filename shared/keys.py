@@ -164,3 +164,79 @@ def maintenance_lock() -> str:
 def maintenance_report() -> str:
     """JSON report of the last maintenance run (shown by ``orq status``)."""
     return f"{PREFIX}:maintenance:last"
+
+
+# --- triggers (shared/triggers.py, services/trigger) ---------------------------------------------------------
+
+
+def trigger(p: int, trigger_id: str) -> str:
+    """Hash of one trigger: what firing and ``PUT|DELETE /api/triggers/{id}`` check (see shared/triggers.py)."""
+    return f"{tag(p)}:trigger:{trigger_id}"
+
+
+def triggers_of_type(p: int, trigger_type: str) -> str:
+    """Hash trigger id → tenant id of the partition's live triggers of one type (what the services watch)."""
+    return f"{tag(p)}:triggers:{trigger_type}"
+
+
+def trigger_token(p: int, token_sha256: str) -> str:
+    """Webhook or mailbox token (by its SHA-256) → trigger id; looked up in every partition."""
+    return f"{tag(p)}:trigtoken:{token_sha256}"
+
+
+def trigger_claim(p: int, trigger_id: str, what: str) -> str:
+    """Set once by the unit that handled ``what`` (a schedule tick, a signature, a mail, a source event)."""
+    return f"{tag(p)}:trigger:{trigger_id}:claim:{what}"
+
+
+def trigger_files(p: int, trigger_id: str) -> str:
+    """Hash file name → "<mtime_ns>:<size>" of the files a file watcher has fired for (survives restarts)."""
+    return f"{tag(p)}:trigger:{trigger_id}:files"
+
+
+def trigger_rate(p: int, trigger_id: str, minute: int) -> str:
+    """Webhook calls to one trigger in one minute (``minute`` = epoch ms // 60000)."""
+    return f"{tag(p)}:trigger:{trigger_id}:rate:{minute}"
+
+
+def trigger_chains(p: int, tenant_id: str) -> str:
+    """Hash trigger id → watched workflow id of a tenant's ``workflow_completed`` triggers (``rev``: its version)."""
+    return f"{tag(p)}:chains:{tenant_id}"
+
+
+# --- work queues (shared/queues*.py) ------------------------------------------------------------------------
+
+
+def queue(p: int, queue_id: str) -> str:
+    """Hash of one work queue: ``tenant``, ``name``, ``deleted``, ``snap`` (msgpack QueueSnapshot), settings."""
+    return f"{tag(p)}:queue:{queue_id}"
+
+
+def queue_names(p: int, tenant_id: str) -> str:
+    """Hash casefolded queue name → queue id of a tenant's live queues (names are unique per tenant)."""
+    return f"{tag(p)}:qnames:{tenant_id}"
+
+
+def queue_refs(p: int, queue_id: str) -> str:
+    """Hash reference → first item id that carried it (never forgotten: unique references stay unique)."""
+    return f"{tag(p)}:qrefs:{queue_id}"
+
+
+def queue_ready(p: int, queue_id: str) -> str:
+    """Sorted set of claimable items, all scored 0 so members sort by their claim-order rank (lex)."""
+    return f"{tag(p)}:qready:{queue_id}"
+
+
+def queue_deferred(p: int, queue_id: str) -> str:
+    """Sorted set of items waiting for their ``defer_until`` (score, ms); members are ranks as in the ready set."""
+    return f"{tag(p)}:qdeferred:{queue_id}"
+
+
+def queue_item(p: int, item_id: str) -> str:
+    """Hash of one queue item (``queue_item(p, "")`` is the prefix the claim op in commit.lua appends ids to)."""
+    return f"{tag(p)}:qitem:{item_id}"
+
+
+def queue_due(p: int) -> str:
+    """Sorted set of in-progress items of the partition, scored by when they count as abandoned (ms)."""
+    return f"{tag(p)}:qdue"

@@ -56,10 +56,18 @@ from shared.events import (
     StepFailed,
     StepStarted,
     TenantCreated,
+    TenantPaused,
     TenantPlanChanged,
+    TenantResumed,
+    TriggerDeleted,
+    TriggerFired,
+    TriggerSaved,
     WorkflowDeleted,
+    WorkflowPaused,
+    WorkflowResumed,
     WorkflowSaved,
 )
+from shared.queues_fold import QUEUE_EVENTS, QUEUE_PRIMARY_KEYS, QUEUE_TABLES, fold_queue_event
 
 Row = dict[str, Any]
 Key = Any  # a primary key: a str, or a tuple for composite keys
@@ -72,7 +80,8 @@ STEPS = "execution_steps"
 LOGS = "execution_logs"
 USAGE = "usage_monthly"
 NOTIFICATIONS = "notifications"
-TABLES = (TENANTS, API_KEYS, WORKFLOWS, EXECUTIONS, STEPS, LOGS, USAGE, NOTIFICATIONS)
+TRIGGERS = "workflow_triggers"
+TABLES = (TENANTS, API_KEYS, WORKFLOWS, EXECUTIONS, STEPS, LOGS, USAGE, NOTIFICATIONS, TRIGGERS, *QUEUE_TABLES)
 
 # Primary key columns per table, in order (mirrors shared.schema).
 PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
@@ -84,6 +93,8 @@ PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
     LOGS: ("execution_id", "event_id"),
     USAGE: ("tenant_id", "month"),
     NOTIFICATIONS: ("id",),
+    TRIGGERS: ("id",),
+    **QUEUE_PRIMARY_KEYS,
 }
 
 # Status values of execution rows and step rows.
@@ -167,9 +178,9 @@ def needs_of(events: Iterable[EventBase], *, never_applied: bool = False) -> Nee
                 needs.usage.add((event.tenant_id, month_of(event.ts)))
             case _ if isinstance(event, _EXECUTION_EVENTS):
                 needs.executions.add(event.aggregate_id)
-            case TenantCreated() | TenantPlanChanged():
+            case TenantCreated() | TenantPlanChanged() | TenantPaused() | TenantResumed():
                 needs.tenants.add(event.tenant_id)
-            case WorkflowSaved() | WorkflowDeleted():
+            case WorkflowSaved() | WorkflowDeleted() | WorkflowPaused() | WorkflowResumed():
                 needs.workflows.add(event.aggregate_id)
             case _:
                 pass
@@ -226,7 +237,7 @@ class Projection:
 
     def drop_written(self) -> None:
         """Forget rows the fold only ever writes (logs, API keys) once they are clean: a cache keeps the rest."""
-        for table in (LOGS, API_KEYS, NOTIFICATIONS):
+        for table in (LOGS, API_KEYS, NOTIFICATIONS, TRIGGERS, *QUEUE_TABLES):
             if not self.dirty[table]:
                 self.rows[table].clear()
 
@@ -259,12 +270,16 @@ class Projection:
                 self._queued(event)
             case _ if isinstance(event, _EXECUTION_EVENTS):
                 self._execution(event)
-            case TenantCreated() | TenantPlanChanged():
+            case TenantCreated() | TenantPlanChanged() | TenantPaused() | TenantResumed():
                 self._tenant(event)
-            case WorkflowSaved() | WorkflowDeleted():
+            case WorkflowSaved() | WorkflowDeleted() | WorkflowPaused() | WorkflowResumed():
                 self._workflow(event)
             case NotificationQueued() | NotificationSent() | NotificationFailed() | NotificationResendRequested():
                 self._notification(event)
+            case TriggerSaved() | TriggerDeleted() | TriggerFired():
+                self._trigger(event)
+            case _ if isinstance(event, QUEUE_EVENTS):
+                fold_queue_event(self.rows, self._touch, event)
             case _:
                 pass
         return True
@@ -273,7 +288,7 @@ class Projection:
         self.dirty[table].add(key)
 
     # --- tenants and workflows ------------------------------------------------------------------------------
-    def _tenant(self, event: TenantCreated | TenantPlanChanged) -> None:
+    def _tenant(self, event: TenantCreated | TenantPlanChanged | TenantPaused | TenantResumed) -> None:
         tenants = self.rows[TENANTS]
         row = tenants.get(event.tenant_id)
         match event:
@@ -284,6 +299,7 @@ class Projection:
                     "id": event.tenant_id,
                     "name": _clip(event.name, 200),
                     "plan": _clip(event.plan, 50),
+                    "paused": False,
                     "created_at": event.ts,
                     "updated_at": event.ts,
                 }
@@ -301,9 +317,14 @@ class Projection:
                     return
                 row["plan"] = _clip(event.plan, 50)
                 row["updated_at"] = event.ts
+            case TenantPaused() | TenantResumed():
+                if row is None:
+                    return
+                row["paused"] = isinstance(event, TenantPaused)
+                row["updated_at"] = event.ts
         self._touch(TENANTS, event.tenant_id)
 
-    def _workflow(self, event: WorkflowSaved | WorkflowDeleted) -> None:
+    def _workflow(self, event: WorkflowSaved | WorkflowDeleted | WorkflowPaused | WorkflowResumed) -> None:
         workflows = self.rows[WORKFLOWS]
         row = workflows.get(event.aggregate_id)
         match event:
@@ -315,6 +336,7 @@ class Projection:
                         "id": event.aggregate_id,
                         "tenant_id": event.tenant_id,
                         "deleted": False,
+                        "paused": False,
                         "created_at": event.ts,
                     }
                 row["name"] = _clip(event.definition.name, 200)
@@ -325,6 +347,11 @@ class Projection:
                 if row is None:
                     return
                 row["deleted"] = True
+                row["updated_at"] = event.ts
+            case WorkflowPaused() | WorkflowResumed():
+                if row is None:
+                    return
+                row["paused"] = isinstance(event, WorkflowPaused)
                 row["updated_at"] = event.ts
         self._touch(WORKFLOWS, event.aggregate_id)
 
@@ -363,6 +390,27 @@ class Projection:
                 pass
         self.rows[NOTIFICATIONS][event.aggregate_id] = row
         self._touch(NOTIFICATIONS, event.aggregate_id)
+
+    # --- triggers -------------------------------------------------------------------------------------------
+    def _trigger(self, event: TriggerSaved | TriggerDeleted | TriggerFired) -> None:
+        """The whole row from the event's snapshot of its trigger: nothing is read (``trigger.skipped`` changes
+        no row)."""
+        t = event.trigger
+        self.rows[TRIGGERS][event.aggregate_id] = {
+            "id": event.aggregate_id,
+            "tenant_id": event.tenant_id,
+            "workflow_id": t.workflow_id,
+            "trigger_type": _clip(t.trigger_type, 30),
+            "config": json_value(t.config),
+            "enabled": t.enabled,
+            "deleted": isinstance(event, TriggerDeleted),
+            "revision": t.revision,
+            "trigger_count": t.trigger_count,
+            "last_triggered_at": t.last_triggered_at,
+            "created_at": t.created_at,
+            "updated_at": event.ts,
+        }
+        self._touch(TRIGGERS, event.aggregate_id)
 
     # --- executions -----------------------------------------------------------------------------------------
     def _queued(self, event: ExecutionQueued) -> None:

@@ -35,6 +35,7 @@ tenants = Table(
     Column("id", ID, primary_key=True),
     Column("name", String(200), nullable=False),
     Column("plan", String(50), nullable=False),
+    Column("paused", Boolean, nullable=False, default=False),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
 )
@@ -59,6 +60,7 @@ workflows = Table(
     Column("version", Integer, nullable=False),
     Column("definition", Json, nullable=False),
     Column("deleted", Boolean, nullable=False, default=False),
+    Column("paused", Boolean, nullable=False, default=False),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
     Index("ix_workflows_tenant", "tenant_id", "deleted", "id"),
@@ -181,6 +183,97 @@ notifications = Table(
     Index("ix_notifications_tenant_created", "tenant_id", "created_at", "id"),
 )
 
+workflow_triggers = Table(
+    "workflow_triggers",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("tenant_id", ID, nullable=False),
+    Column("workflow_id", ID, nullable=False),
+    Column("trigger_type", String(30), nullable=False),
+    Column("config", Json, nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("revision", Integer, nullable=False),
+    Column("trigger_count", BigInteger, nullable=False, default=0),
+    Column("last_triggered_at", BigInteger, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Index("ix_workflow_triggers_tenant", "tenant_id", "deleted", "created_at", "id"),
+)
+
+# Work queues (shared/queues_fold.py): every row is a function of one event, so the fold reads none.
+work_queues = Table(
+    "work_queues",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("tenant_id", ID, nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("description", LongText, nullable=True),
+    Column("max_retries", Integer, nullable=False),
+    Column("sla_minutes", Integer, nullable=False),
+    Column("abandon_after_minutes", Integer, nullable=False),
+    Column("unique_reference", Boolean, nullable=False, default=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Index("ix_work_queues_tenant", "tenant_id", "deleted", "created_at", "id"),
+)
+
+queue_items = Table(
+    "queue_items",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("tenant_id", ID, nullable=False),
+    Column("queue_id", ID, nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("reference", String(200), nullable=True),
+    Column("deadline", BigInteger, nullable=True),
+    Column("defer_until", BigInteger, nullable=True),
+    Column("retry_count", Integer, nullable=False, default=0),
+    Column("retry_of", ID, nullable=True),
+    Column("retry_id", ID, nullable=True),
+    Column("origin_at", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("started_at", BigInteger, nullable=True),
+    Column("finished_at", BigInteger, nullable=True),
+    Column("processing_ms", BigInteger, nullable=True),
+    Column("processed_by", String(200), nullable=True),
+    Column("execution_id", ID, nullable=True),
+    Column("progress", Text, nullable=True),
+    Column("result", Json, nullable=True),
+    Column("error_message", LongText, nullable=True),
+    Column("error_kind", String(20), nullable=True),
+    Column("updated_at", BigInteger, nullable=False),
+    Index("ix_queue_items_queue_created", "queue_id", "created_at", "id"),
+    Index("ix_queue_items_queue_status", "queue_id", "status", "created_at", "id"),
+    Index("ix_queue_items_queue_reference", "queue_id", "reference"),
+)
+
+queue_item_data = Table(
+    "queue_item_data",
+    metadata,
+    Column("item_id", ID, primary_key=True),
+    Column("tenant_id", ID, nullable=False),
+    Column("queue_id", ID, nullable=False),
+    Column("data", Json, nullable=False),
+)
+
+queue_item_history = Table(
+    "queue_item_history",
+    metadata,
+    # An event's stream id is unique within its partition's log only: the item is part of the key.
+    Column("item_id", ID, primary_key=True),
+    Column("event_id", String(40), primary_key=True),
+    Column("tenant_id", ID, nullable=False),
+    Column("queue_id", ID, nullable=False),
+    Column("type", String(40), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("ts", BigInteger, nullable=False),
+    Column("processed_by", String(200), nullable=True),
+    Column("detail", LongText, nullable=True),
+)
+
 # Tables a replay rebuilds (everything but the archive it replays from).
 PROJECTION_TABLES = [tenants, api_keys, workflows, executions, execution_steps, execution_logs, usage_monthly,
-                     notifications]
+                     notifications, workflow_triggers, work_queues, queue_items, queue_item_data, queue_item_history]

@@ -42,6 +42,15 @@ class Settings:
     log_min_retention_s: int = 3600
     dlq_max_entries: int = 10_000
     dlq_max_age_s: int = 30 * 24 * 3600
+    # Triggers (services/trigger, see docs/triggers.md).
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 2525
+    email_domain: str = "orquesta.localhost"
+    smtp_max_bytes: int = 10 * 1024 * 1024
+    public_url: str = ""
+    hook_rate_per_minute: int = 60
+    watch_root: str = ""
+    trigger_poll_s: float = 0.5
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -113,4 +122,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_min_retention_s=_int(env, "ORQ_LOG_MIN_RETENTION_S", defaults.log_min_retention_s, minimum=0),
         dlq_max_entries=_int(env, "ORQ_DLQ_MAX_ENTRIES", defaults.dlq_max_entries, minimum=0),
         dlq_max_age_s=_int(env, "ORQ_DLQ_MAX_AGE_S", defaults.dlq_max_age_s, minimum=0),
+        smtp_host=env.get("ORQ_SMTP_HOST") or defaults.smtp_host,
+        smtp_port=_int(env, "ORQ_SMTP_PORT", defaults.smtp_port, minimum=0),
+        email_domain=(env.get("ORQ_EMAIL_DOMAIN") or defaults.email_domain).lower(),
+        smtp_max_bytes=_int(env, "ORQ_SMTP_MAX_BYTES", defaults.smtp_max_bytes),
+        public_url=(env.get("ORQ_PUBLIC_URL") or "").rstrip("/"),
+        hook_rate_per_minute=_int(env, "ORQ_HOOK_RATE_PER_MINUTE", defaults.hook_rate_per_minute),
+        watch_root=env.get("ORQ_WATCH_ROOT", ""),
+        trigger_poll_s=_float(env, "ORQ_TRIGGER_POLL_SECONDS", defaults.trigger_poll_s),
     )

@@ -18,8 +18,10 @@ from starlette.routing import BaseRoute
 from services.api import openapi
 from services.api.context import ApiContext
 from services.api.errors import exception_handlers
+from services.api.feed import FeedHub
 from services.api.limits import BodySizeLimit
-from services.api.routes import dlq, execute, executions, health, home, tenants, workflows
+from services.api.routes import control, dlq, execute, executions, health, home, tenants, workflows
+from services.api.routes import stats, ws
 from shared.actions import load_plugins, param_types
 from shared.commit import Committer
 from shared.settings import Settings
@@ -28,6 +30,7 @@ from shared.settings import Settings
 def all_routes() -> list[BaseRoute]:
     return [
         *tenants.routes,
+        *control.routes,
         *workflows.routes,
         *execute.routes,
         *executions.routes,
@@ -35,6 +38,8 @@ def all_routes() -> list[BaseRoute]:
         *health.routes,
         *openapi.routes,
         *home.routes,
+        *stats.routes,
+        *ws.routes,
     ]
 
 
@@ -49,11 +54,14 @@ def create_app(
         engine=engine,
         committer=committer or Committer(redis),
         action_types=param_types(load_plugins()),
+        feed=FeedHub(redis, settings.partitions),
     )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        ctx.feed.start()
         yield
+        await ctx.feed.stop()
         if own_committer:
             await ctx.committer.close()
 

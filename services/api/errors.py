@@ -53,6 +53,12 @@ class QuotaRefused(QuotaExceeded):
         self.headers = {"Retry-After": str(retry_after_s)}
 
 
+class BacklogFull(QuotaRefused):
+    """Too many executions already waiting for this tenant (its plan's ``max_backlog``)."""
+
+    code = "backlog_full"
+
+
 def error_body(code: str, message: str, **details: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **details}}
 

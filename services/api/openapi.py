@@ -18,12 +18,17 @@ from starlette.routing import Route
 from services.api import responses, schemas
 from services.api.context import context
 from services.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from services.api.routes import ws
 from shared.actions import MAX_DELAY_MS
 from shared.settings import Settings
 from shared.state import Status
 
 REF = "#/components/schemas/{name}"
 Auth = Literal["tenant", "admin", "none"]
+
+
+class PlainText:
+    """Marker for a ``text/plain`` response (the Prometheus exposition format)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +81,20 @@ OPS: tuple[Op, ...] = (
         "tenants",
         {200: schemas.TenantProfile},
     ),
+    Op(
+        "patch",
+        "/api/tenants/{id}",
+        "Change a tenant's plan, or pause/resume it (its queued work waits)",
+        "tenants",
+        {200: schemas.TenantAdmin},
+        auth="admin",
+        body=schemas.TenantUpdate,
+        errors=(404,),
+    ),
+    Op("post", "/api/workflows/{id}/pause", "Pause a workflow: its queued executions wait", "workflows",
+       {200: schemas.WorkflowPause}, body=None, errors=(404,)),
+    Op("post", "/api/workflows/{id}/resume", "Resume a workflow: its waiting executions run", "workflows",
+       {200: schemas.WorkflowPause}, body=None, errors=(404,)),
     Op("post", "/api/workflows", "Save a new workflow", "workflows", {201: schemas.Workflow}, body=schemas.WorkflowIn),
     Op("get", "/api/workflows", "List workflows", "workflows", {200: schemas.WorkflowPage}, query=PAGE, errors=(422,)),
     Op("get", "/api/workflows/{id}", "Get a workflow", "workflows", {200: schemas.Workflow}),
@@ -170,7 +189,11 @@ OPS: tuple[Op, ...] = (
         errors=(503,),
     ),
     Op("get", "/openapi.json", "This document", "meta", {200: dict}, auth="none"),
-    Op("get", "/", "Dashboard (placeholder)", "meta", {200: str}, auth="none"),
+    Op("get", "/", "The dashboard (static page; it asks for a tenant key)", "meta", {200: str}, auth="none"),
+    Op("get", "/api/stats", "Execution statistics: counts, depth, throughput, durations, error rate", "stats",
+       {200: schemas.Stats}),
+    Op("get", "/metrics", "Prometheus metrics (orq_*), every tenant together", "stats", {200: PlainText},
+       auth="none", errors=(503,)),
 )
 
 _STATUS_TEXT = {
@@ -210,6 +233,8 @@ def _content(kind: type | None) -> dict[str, Any] | None:
         return {"text/html": {"schema": {"type": "string"}}}
     if kind is dict:
         return {"application/json": {"schema": {"type": "object"}}}
+    if kind is PlainText:
+        return {"text/plain": {"schema": {"type": "string"}}}
     return {"application/json": {"schema": {"$ref": REF.format(name=kind.__name__)}}}
 
 
@@ -314,6 +339,7 @@ def build(settings: Settings, action_types: Mapping[str, type[msgspec.Struct]]) 
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
+        "x-websockets": ws.OPENAPI,
     }
 
 

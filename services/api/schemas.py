@@ -39,6 +39,11 @@ class TenantCreate(_In):
     plan: str
 
 
+class TenantUpdate(_In):
+    plan: str | None = None
+    paused: bool | None = None
+
+
 class BackoffIn(_In):
     type: Literal["exponential", "fixed"] = "exponential"
     delay_ms: Annotated[int, Meta(ge=0, le=MAX_DELAY_MS)] = 5000
@@ -71,11 +76,14 @@ class RunIn(_In):
 
 
 class ExecuteIn(RunIn):
-    pass
+    trigger_type: Annotated[
+        Literal["api", "manual"], Meta(description="`manual`: started by a person (a button); `api`: by a program")
+    ] = "api"
 
 
 class BulkExecuteIn(_In):
     runs: Annotated[list[RunIn], Meta(min_length=1, max_length=MAX_BULK_RUNS)]
+    trigger_type: Literal["api", "manual"] = "api"
 
 
 class PriorityIn(_In):
@@ -104,12 +112,25 @@ class Tenant(_Out):
     api_key: Annotated[str, Meta(description="Shown once; only its hash is kept.")]
 
 
+class TenantAdmin(_Out):
+    id: str
+    name: str
+    plan: str
+    paused: bool
+
+
+class WorkflowPause(_Out):
+    id: str
+    paused: bool
+
+
 class PlanLimits(_Out):
     monthly_quota: Annotated[int, Meta(description="0 means unlimited")]
     rate_per_minute: int
     max_concurrent: int
     default_priority: int
     min_priority: int
+    max_backlog: Annotated[int, Meta(description="0 means unlimited")]
 
 
 class Usage(_Out):
@@ -123,8 +144,11 @@ class TenantProfile(_Out):
     id: str
     name: str
     plan: str
+    paused: bool
     limits: PlanLimits
     usage: Usage
+    queued: Annotated[int, Meta(description="executions waiting to be dispatched")]
+    running: Annotated[int, Meta(description="executions running now")]
 
 
 class Workflow(_Out):
@@ -215,6 +239,41 @@ class DlqPage(_Out):
     next_cursor: Cursor
 
 
+class StatusCounts(_Out):
+    queued: int
+    running: int
+    retrying: int
+    completed: int
+    failed: int
+    cancelled: int
+    dead_lettered: Annotated[int, Meta(description="executions in the dead-letter queue now")]
+
+
+class MinuteThroughput(_Out):
+    minute: Annotated[Timestamp, Meta(description="start of the minute (UTC)")]
+    completed: int
+    failed: int
+
+
+class Stats(_Out):
+    """The tenant's execution statistics, from the SQL projection; windowed figures over ``window_minutes``."""
+
+    counts: StatusCounts
+    depth_by_priority: Annotated[dict[str, int], Meta(description="queued executions per priority level 1..10")]
+    throughput_per_minute: Annotated[float, Meta(description="executions finished (completed or failed) per minute")]
+    throughput: Annotated[list[MinuteThroughput], Meta(description="per minute, oldest first, current minute last")]
+    avg_duration_ms: Annotated[float | None, Meta(description="of completed executions; null when none")]
+    p95_duration_ms: float | None
+    error_rate: Annotated[float | None, Meta(description="failed / (completed + failed); null when none finished")]
+    window_minutes: int
+    generated_at: Timestamp
+    as_of: Annotated[
+        str | None,
+        Meta(description="log position (stream id) the figures include; open /ws/events with since=as_of to "
+             "apply every later event once"),
+    ]
+
+
 class Health(_Out):
     status: Literal["ok"]
 
@@ -227,3 +286,41 @@ class Check(_Out):
 class Readiness(_Out):
     status: Literal["ok", "unavailable"]
     checks: dict[str, Check]
+
+
+# --- triggers --------------------------------------------------------------------------------------------------
+
+TriggerTypeName = Literal["schedule", "webhook", "email", "file_watcher", "queue_item", "workflow_completed", "api",
+                          "manual"]
+
+
+class TriggerIn(_In):
+    """A trigger: which workflow it starts, when (``trigger_type`` and its ``config``), and whether it is on."""
+
+    workflow_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    trigger_type: TriggerTypeName
+    config: Annotated[dict[str, Any], Meta(description="Per type, see docs/triggers.md")] = {}
+    enabled: bool = True
+
+
+class Trigger(_Out):
+    id: str
+    workflow_id: str
+    trigger_type: TriggerTypeName
+    config: dict[str, Any]
+    enabled: bool
+    trigger_count: int
+    last_triggered_at: Timestamp | None
+    created_at: Timestamp | None
+    updated_at: Timestamp | None
+    webhook_url: Annotated[str | None, Meta(description="webhook triggers: where to POST")] = None
+    email_address: Annotated[str | None, Meta(description="email triggers: where to send mail")] = None
+
+
+class TriggerPage(_Out):
+    items: list[Trigger]
+    next_cursor: Cursor
+
+
+class WebhookAccepted(_Out):
+    execution_id: str

@@ -24,17 +24,21 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
 from services.executor.actions import Actions
+from services.executor.global_rate import GlobalRate
 from services.executor.job import DefinitionCache, Job, jobs_from_reply
 from services.executor.run import ExecutionRun, RunEnv
 from shared import keys
 from shared.clock import now_ms
 from shared.commit import Committer, load_lua
+from shared.durability import ensure_durable
+from shared.metrics_server import gauge, start_metrics_server
 from shared.redis import BLOCK_MS, connect, ensure_groups, text
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 BACKOFF_POLL_S = 0.2
 REFILL_WAIT_S = 0.002
+GLOBAL_WAIT_S = 0.25
 
 
 def dispatch_limits(settings: Settings) -> dict[str, list[int]]:
@@ -71,6 +75,8 @@ class Executor:
         self.lease_ms = int(settings.lease_s * 1000)
         self._refill_at = max(1, self.slots // 8)
         self._plans = msgspec.msgpack.encode(dispatch_limits(settings))
+        self._rate_window_ms = int(settings.rate_window_s * 1000)
+        self._global = GlobalRate(redis, settings.global_rate, self._rate_window_ms)
         self._bells: dict[str, str] = {keys.bell(p): "0-0" for p in self.partitions}
         self._bell_partition = {keys.bell(p): p for p in self.partitions}
         self._may_have_work: set[int] = set(self.partitions)
@@ -135,7 +141,7 @@ class Executor:
             for p, n in calls:
                 prefix = keys.tag(p) + ":"
                 args: list[str | int | bytes] = [mode, keys.GROUP_EXECUTOR, self.name, n, prefix, min_idle, now,
-                                                 self._plans]
+                                                 self._plans, self._rate_window_ms]
                 await self._dispatch(keys=self.streams[p], args=args, client=pipe)
             replies = await pipe.execute()
         jobs: list[Job] = []
@@ -171,8 +177,14 @@ class Executor:
                 if not self._may_have_work:
                     await self._wait_for_bell()
                     continue
-                counts = self._split(self.free, sorted(self._may_have_work))
+                now = now_ms()
+                allowed = await self._global.reserve(self.free, now)
+                if allowed <= 0:
+                    await asyncio.sleep(GLOBAL_WAIT_S)  # the deployment's budget for this window is spent
+                    continue
+                counts = self._split(allowed, sorted(self._may_have_work))
                 jobs = await self._call("next", counts)
+                await self._global.give_back(allowed - len(jobs), now)
                 for p, asked in counts.items():
                     if asked and sum(job.p == p for job in jobs) < asked:
                         self._may_have_work.discard(p)  # drained (or its tenants are at their limits)
@@ -199,8 +211,12 @@ class Executor:
             self._may_have_work.add(self._bell_partition[name])
 
     async def _take_due(self) -> None:
-        if self.free > 0:
-            self._admit(await self._call("due", self._split(self.free)))
+        now = now_ms()
+        allowed = await self._global.reserve(self.free, now)
+        if allowed > 0:
+            jobs = await self._call("due", self._split(allowed))
+            await self._global.give_back(allowed - len(jobs), now)
+            self._admit(jobs)
 
     async def _take_expired(self) -> None:
         if self.free > 0:
@@ -276,6 +292,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     async with httpx.AsyncClient(follow_redirects=False) as client:
         executor = Executor(settings, redis, committer, Actions(client))
         try:
+            await ensure_durable(redis, settings)
+            await start_metrics_server(settings, stop, redis, extra=lambda: [gauge("orq_executor_slots_busy", "execution slots in use", executor.slots - executor.free), gauge("orq_executor_slots", "execution slots", executor.slots)])  # noqa: E501
             await executor.run(stop)
         finally:
             await committer.close()

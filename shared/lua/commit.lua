@@ -66,6 +66,24 @@ local function apply(op, ids, base)
       redis.call('ZADD', op[2], 'NX', tonumber(redis.call('GET', op[4]) or '0'), op[6])
     end
     redis.call('XADD', op[5], 'MAXLEN', '1', '*', 'n', '1')
+  elseif kind == 'unpark' then
+    -- {unpark, parked list, partition prefix}: a resumed workflow's set-aside executions go back to the front
+    -- of their tenants' backlogs (they were queued before anything behind them), and executors are woken.
+    local ids = redis.call('LRANGE', op[2], 0, -1)
+    redis.call('DEL', op[2])
+    for i = #ids, 1, -1 do
+      local st = redis.call('HMGET', op[3] .. 'exec:' .. ids[i], 'status', 'priority', 'tenant')
+      if st[1] == 'queued' then
+        local level = st[2]
+        if redis.call('LPUSH', op[3] .. 'backlog:' .. level .. ':' .. st[3], ids[i]) == 1 then
+          local vt = tonumber(redis.call('GET', op[3] .. 'vt:' .. level) or '0')
+          redis.call('ZADD', op[3] .. 'ready:' .. level, 'NX', vt, st[3])
+        end
+      end
+    end
+    redis.call('XADD', op[3] .. 'bell', 'MAXLEN', '1', '*', 'n', '1')
+  elseif kind == 'ring' then
+    redis.call('XADD', op[2], 'MAXLEN', '1', '*', 'n', '1')
   elseif kind == 'release' then
     -- {release, running hash, queued hash, bell stream, tenant}: an execution stopped running here; if the
     -- tenant has work waiting (perhaps held back by its concurrency limit), wake the executors.
@@ -112,6 +130,40 @@ local function apply(op, ids, base)
     redis.call('DEL', op[2])
   elseif kind == 'publish' then
     redis.call('PUBLISH', op[2], op[3])
+  elseif kind == 'zadd' then
+    redis.call('ZADD', op[2], op[3], op[4])
+  elseif kind == 'zrem' then
+    redis.call('ZREM', op[2], unpack(op, 3))
+  elseif kind == 'qclaim' then
+    -- {qclaim, ready zset, deferred zset, now, item key prefix, due zset, abandon after ms, log, type, template,
+    --  claimer}: claim the first item of a work queue (see shared/queues_claims.py). Deferred ranks due by now
+    -- join the ready set first; the ready set's scores are all 0, so its first member is the lowest rank, and a
+    -- rank ends with ':<item id>'. The item's msgpack snapshot ('snap') becomes in_progress, the template event
+    -- gets it as 'item' and the id as 'aggregate_id'. ids gets the event's log id, then the item id; with
+    -- nothing ready, nothing changes.
+    local now = op[4]
+    local due = redis.call('ZRANGEBYSCORE', op[3], '-inf', now, 'LIMIT', 0, 1000)
+    for _, rank in ipairs(due) do
+      redis.call('ZADD', op[2], 0, rank)
+      redis.call('ZREM', op[3], rank)
+    end
+    local first = redis.call('ZRANGE', op[2], 0, 0)[1]
+    if first then
+      redis.call('ZREM', op[2], first)
+      local id = string.match(first, ':([^:]+)$')
+      local key = op[5] .. id
+      local snap = cmsgpack.unpack(redis.call('HGET', key, 'snap'))
+      snap['status'] = 'in_progress'
+      snap['started_at'] = now
+      snap['processed_by'] = op[11]
+      redis.call('HSET', key, 'status', 'in_progress', 'started_at', now, 'snap', cmsgpack.pack(snap))
+      redis.call('ZADD', op[6], now + op[7], id)
+      local event = cmsgpack.unpack(op[10])
+      event['aggregate_id'] = id
+      event['item'] = snap
+      ids[#ids + 1] = redis.call('XADD', op[8], '*', 't', op[9], 'd', cmsgpack.pack(event))
+      ids[#ids + 1] = id
+    end
   else
     error('unknown op ' .. tostring(kind))
   end

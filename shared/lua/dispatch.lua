@@ -1,7 +1,8 @@
 -- Hand executions of one partition to an executor and load what it needs to run them, in one call.
 -- KEYS[1..10]: the partition's work streams, priority 1 (highest) first.
 -- ARGV: mode, group, consumer, count, partition key prefix ('orq:{p}:'), min idle ms (mode 'expired'),
---       now ms, plans (msgpack map: plan name -> {max concurrent, rate per minute, weight}; 0 = no limit).
+--       now ms, plans (msgpack map: plan name -> {max concurrent, rate per window, weight}; 0 = no limit),
+--       rate window ms (60000: rates are per minute).
 -- Modes:
 --   next    - from the backlogs, lowest-numbered level first; within a level, tenants are served by
 --             weighted fair share (stride scheduling on the level's 'ready' sorted set: the tenant with the
@@ -9,6 +10,7 @@
 --             paused, at its concurrency limit or at its rate per minute is skipped (its work waits, it is
 --             never dropped). Each execution taken gets a work entry, delivered to this consumer at once.
 --             (The tenant's 'queued' count drops when the executor's start commit moves it to running.)
+--             An execution of a paused workflow is set aside on the workflow's 'parked' list until resumed.
 --   due     - entries parked on the 'backoff' consumer whose idle time reached their retry delay (and whose
 --             tenant has room).
 --   expired - entries of other consumers idle past the lease (their executor died).
@@ -18,7 +20,7 @@ local mode, group, consumer = ARGV[1], ARGV[2], ARGV[3]
 local want = tonumber(ARGV[4])
 local prefix = ARGV[5]
 local min_idle = tonumber(ARGV[6])
-local minute = math.floor(tonumber(ARGV[7]) / 60000)
+local minute = math.floor(tonumber(ARGV[7]) / tonumber(ARGV[9]))
 local plans = cmsgpack.unpack(ARGV[8])
 local exec_prefix = prefix .. 'exec:'
 local running_key = prefix .. 'running'
@@ -105,9 +107,14 @@ if mode == 'next' then
       local backlog = prefix .. 'backlog:' .. k .. ':' .. tenant
       local id = redis.call('LPOP', backlog)
       if id then
-        local st = redis.call('HMGET', exec_prefix .. id, 'status', 'priority')
+        local st = redis.call('HMGET', exec_prefix .. id, 'status', 'priority', 'workflow_id')
         -- Entries left behind by a cancel or a priority change are skipped here (lazy removal).
-        if st[1] == 'queued' and tonumber(st[2]) == k then
+        local live = st[1] == 'queued' and tonumber(st[2]) == k
+        if live and redis.call('HGET', prefix .. 'wf:' .. st[3], 'paused') == '1' then
+          redis.call('RPUSH', prefix .. 'parked:' .. st[3], id)
+          live = false
+        end
+        if live then
           local entry_id = redis.call('XADD', KEYS[k], '*', 'e', id, 't', tenant)
           redis.call('HSET', exec_prefix .. id, 'work_stream', KEYS[k], 'work_id', entry_id)
           taken[#taken + 1] = {entry_id, id}

@@ -56,10 +56,12 @@ async def test_missing_or_wrong_key_is_401(
     assert await log_lengths(redis, settings) == before
 
 
-async def test_paused_tenant_is_refused(client: httpx.AsyncClient, redis: Redis, tenant: TenantHandle) -> None:
+async def test_paused_tenant_keeps_its_api(client: httpx.AsyncClient, redis: Redis, tenant: TenantHandle) -> None:
+    """Pausing stops dispatch, not the API: the tenant can still read and queue (the work waits)."""
     await redis.hset(keys.tenant(tenant.partition, tenant.id), "paused", "1")
     r = await client.get("/api/tenants/me", headers=tenant.headers)
-    assert r.status_code == 403
+    assert r.status_code == 200
+    assert r.json()["paused"] is True
 
 
 async def test_bearer_scheme_is_case_insensitive(client: httpx.AsyncClient, tenant: TenantHandle) -> None:

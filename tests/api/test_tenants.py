@@ -47,7 +47,9 @@ async def test_me_shows_plan_limits_and_usage(client: httpx.AsyncClient, tenant:
         "max_concurrent": 10,
         "default_priority": 5,
         "min_priority": 3,
+        "max_backlog": 100_000,
     }
+    assert body["queued"] == 0 and body["running"] == 0 and body["paused"] is False
     assert body["usage"]["executions"] == 0
     assert body["usage"]["quota"] == 10_000 and body["usage"]["remaining"] == 10_000
     assert len(body["usage"]["month"]) == 6

@@ -18,13 +18,13 @@ from services.api import responses
 from services.api.auth import require_tenant
 from services.api.bodies import check_json_value, read_json
 from services.api.context import ApiContext, context
-from services.api.errors import QuotaRefused
+from services.api.errors import BacklogFull, QuotaRefused
 from services.api.priority import check_priority
 from services.api.responses import as_bytes
 from services.api.routes.workflows import owned_workflow
 from services.api.schemas import BulkExecuteIn, BulkQueued, ExecuteIn, Queued, RunIn
 from shared import keys
-from shared.admission import QUOTA_GUARD, WORKFLOW_CHANGED_GUARD, Run, admission_unit
+from shared.admission import BACKLOG_GUARD, QUOTA_GUARD, WORKFLOW_CHANGED_GUARD, Run, admission_unit
 from shared.clock import iso, month_end_ms, month_of, new_id, now_ms
 from shared.commit import Applied, Duplicate, Refused, Unit
 from shared.errors import Conflict, NotFound, ValidationFailed
@@ -36,6 +36,8 @@ IDEMPOTENCY_HEADER = "idempotency-key"
 MAX_IDEMPOTENCY_KEY = 200
 # A concurrent save changes the version between our read and the commit: read again, once.
 ADMIT_ATTEMPTS = 2
+
+BACKLOG_RETRY_AFTER_S = 30  # a full backlog drains at the tenant's own pace: come back in a while
 
 
 def _run(body: RunIn, plan: Plan, where: str) -> Run:
@@ -60,7 +62,8 @@ def _idempotency_key(request: Request, tenant: TenantState) -> str | None:
     return keys.idempotency(tenant.partition, tenant.id, f"{request.method} {request.url.path} {raw}")
 
 
-async def _admit(request: Request, ctx: ApiContext, tenant: TenantState, runs: Sequence[Run], body: bytes) -> Response:
+async def _admit(request: Request, ctx: ApiContext, tenant: TenantState, runs: Sequence[Run], body: bytes,
+                 trigger_type: str = "api") -> Response:
     """Queue ``runs`` and answer 202 with ``body`` (or with the first reply to the same idempotency key)."""
     workflow_id = request.path_params["id"]
     idem_key = _idempotency_key(request, tenant)
@@ -81,6 +84,7 @@ async def _admit(request: Request, ctx: ApiContext, tenant: TenantState, runs: S
             definition=decode_definition(as_bytes(raw)),
             runs=runs,
             now_ms=now,
+            trigger_type=trigger_type,
             idempotency=(idem_key, body) if idem_key is not None else None,
         )
         match await ctx.committer.commit(unit):
@@ -90,6 +94,11 @@ async def _admit(request: Request, ctx: ApiContext, tenant: TenantState, runs: S
                 return responses.raw_json(stored, 202)
             case Refused(label=label, actual=actual) if label == QUOTA_GUARD:
                 raise await _quota_exceeded(ctx, tenant, plan, int(actual or 0), len(runs), now)
+            case Refused(label=label, actual=actual) if label == BACKLOG_GUARD:
+                raise BacklogFull(
+                    f"{actual} executions already waiting; the {tenant.plan} plan allows {plan.max_backlog}",
+                    retry_after_s=BACKLOG_RETRY_AFTER_S, limit=plan.max_backlog, queued=int(actual or 0),
+                )
             case Refused(label=label) if label == WORKFLOW_CHANGED_GUARD:
                 continue
             case Refused():
@@ -130,7 +139,7 @@ async def execute(request: Request) -> Response:
     body = await read_json(request, ExecuteIn, empty=ExecuteIn())
     run = _run(body, ctx.plan(tenant.plan), "")
     reply = Queued(execution_id=run.execution_id, status="queued", priority=run.priority)
-    return await _admit(request, ctx, tenant, [run], responses.encode(reply))
+    return await _admit(request, ctx, tenant, [run], responses.encode(reply), body.trigger_type)
 
 
 async def execute_bulk(request: Request) -> Response:
@@ -141,7 +150,7 @@ async def execute_bulk(request: Request) -> Response:
     plan = ctx.plan(tenant.plan)
     runs = [_run(run, plan, f"runs[{i}].") for i, run in enumerate(body.runs)]
     reply = BulkQueued(execution_ids=[r.execution_id for r in runs])
-    return await _admit(request, ctx, tenant, runs, responses.encode(reply))
+    return await _admit(request, ctx, tenant, runs, responses.encode(reply), body.trigger_type)
 
 
 routes = [

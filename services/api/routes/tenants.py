@@ -70,16 +70,22 @@ async def me(request: Request) -> Response:
     month = month_of(now_ms())
     used = int(text(await ctx.redis.get(keys.usage(tenant.partition, tenant.id, month))) or 0)
     quota = None if plan.unlimited else plan.monthly_quota
+    queued = await ctx.redis.hmget(keys.queued(tenant.partition), tenant.id)
+    running = await ctx.redis.hmget(keys.running(tenant.partition), tenant.id)
     profile = TenantProfile(
         id=tenant.id,
         name=tenant.name,
         plan=tenant.plan,
+        paused=tenant.paused,
+        queued=max(0, int(text(queued[0]) or 0)),
+        running=max(0, int(text(running[0]) or 0)),
         limits=PlanLimits(
             monthly_quota=plan.monthly_quota,
             rate_per_minute=plan.rate_per_minute,
             max_concurrent=plan.max_concurrent,
             default_priority=plan.default_priority,
             min_priority=plan.min_priority,
+            max_backlog=plan.max_backlog,
         ),
         usage=Usage(
             month=month,
