@@ -23,6 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("executor", help="run workflow executions")
     sub.add_parser("projector", help="project events into SQL tables")
     sub.add_parser("trigger", help="fire triggers")
+    sub.add_parser("notifier", help="send notifications (webhooks, email) and run the scheduled maintenance")
     dev = sub.add_parser("dev", help="everything in one process on an embedded Redis and SQLite")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8000)
@@ -61,6 +62,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> None:
             from services.trigger.service import serve as serve_trigger
 
             run_until_signalled(lambda stop: serve_trigger(settings, stop))
+        case "notifier":
+            from services.notifier.service import serve as serve_notifier
+
+            run_until_signalled(lambda stop: serve_notifier(settings, stop))
         case "dev":
             from shared.dev import serve_dev
 

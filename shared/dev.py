@@ -18,9 +18,10 @@ log = logging.getLogger(__name__)
 
 
 async def serve_dev(settings: Settings, stop: asyncio.Event, *, host: str, port: int, data_dir: str) -> None:
-    """Start Redis, then api, executor, projector and trigger; print how to reach them; run until ``stop``."""
+    """Start Redis, then api, executor, projector, trigger and notifier; print how to reach them; run until ``stop``."""
     from services.api.server import serve as serve_api
     from services.executor.worker import serve as serve_executor
+    from services.notifier.service import serve as serve_notifier
     from services.projector.projector import serve as serve_projector
     from services.trigger.service import serve as serve_trigger
 
@@ -38,6 +39,7 @@ async def serve_dev(settings: Settings, stop: asyncio.Event, *, host: str, port:
         asyncio.create_task(serve_executor(settings, stop), name="executor"),
         asyncio.create_task(serve_projector(settings, stop), name="projector"),
         asyncio.create_task(serve_trigger(settings, stop), name="trigger"),
+        asyncio.create_task(serve_notifier(settings, stop), name="notifier"),
     ]
     try:
         base = f"http://{host}:{port}"

@@ -12,6 +12,7 @@ import uvicorn
 from services.api.app import create_app
 from shared.commit import Committer
 from shared.db import create_engine, create_schema
+from shared.durability import ensure_durable
 from shared.redis import connect
 from shared.settings import Settings
 
@@ -33,6 +34,7 @@ async def serve(settings: Settings, stop: asyncio.Event, host: str, port: int) -
     engine = create_engine(settings.database_url)
     committer = Committer(redis)
     try:
+        await ensure_durable(redis, settings)
         await create_schema(engine)
         app = create_app(settings, redis, engine, committer=committer)
         config = uvicorn.Config(

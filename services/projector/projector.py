@@ -34,6 +34,8 @@ from shared import keys
 from shared.clock import now_ms, stream_id_parts
 from shared.consumer import Record
 from shared.db import create_engine, create_schema, is_sqlite
+from shared.durability import check_rewind, ensure_durable
+from shared.metrics_server import counter, start_metrics_server
 from shared.projection import Projection, needs_of
 from shared.redis import connect, ensure_groups
 from shared.settings import Settings
@@ -103,6 +105,7 @@ class Projector:
         idle_block_ms: int = IDLE_BLOCK_MS,
         after_commit: AfterCommit | None = None,
         cache_rows: int = CACHE_ROWS,
+        accept_rewind: bool = False,
     ) -> None:
         self.redis = redis
         self.engine = engine
@@ -113,6 +116,7 @@ class Projector:
         self.idle_block_ms = min(idle_block_ms, lock_ttl_ms // 3)
         self.after_commit = after_commit
         self.cache_rows = cache_rows
+        self.accept_rewind = accept_rewind  # ORQ_ACCEPT_REWOUND_REDIS: see shared.durability.check_rewind
         self.locks = PartitionLocks(redis, token=self.consumer, ttl_ms=lock_ttl_ms)
         self.store = Store(engine)
         self.held: dict[int, HeldPartition] = {}
@@ -197,6 +201,8 @@ class Projector:
             if claimed:
                 log.info("partition %d: took over %d pending entries", p, claimed)
             await self._reload_checkpoint(held)
+            if not await check_rewind(self.redis, p, held.checkpoint, accept=self.accept_rewind):
+                return  # said loudly; tried again (and said again) at every maintenance tick
             while not (held.stop.is_set() or self._stop.is_set()):
                 if not await self.step(held):
                     await self._idle(held)
@@ -300,8 +306,12 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     engine = create_engine(settings.database_url)
     redis = connect(settings.redis_url)
     try:
+        await ensure_durable(redis, settings)
         await create_schema(engine)
-        projector = Projector(redis, engine, partitions=settings.partitions, batch=settings.projector_batch)
+        projector = Projector(redis, engine, partitions=settings.partitions, batch=settings.projector_batch,
+                              accept_rewind=settings.accept_rewound_redis)
+        await start_metrics_server(settings, stop, redis, extra=lambda: [counter(
+            "orq_projector_events_applied_total", "events this projector folded", projector.applied)])
         log.info("projector %s starting on %d partitions", projector.consumer, settings.partitions)
         await projector.run(stop)
     finally:

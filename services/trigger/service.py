@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 from shared import keys
 from shared.consumer import Record, StreamConsumer
+from shared.durability import ensure_durable
+from shared.metrics_server import start_metrics_server
 from shared.redis import connect
 from shared.settings import Settings
 
@@ -27,6 +29,8 @@ async def serve(settings: Settings, stop: asyncio.Event, consumer: str = "trigge
     """Consume the log as group ``trigger`` until ``stop`` is set."""
     redis = connect(settings.redis_url)
     try:
+        await ensure_durable(redis, settings)
+        await start_metrics_server(settings, stop, redis)
         await StreamConsumer(
             redis,
             group=keys.GROUP_TRIGGER,

@@ -1,0 +1,96 @@
+"""Refuse to run on a Redis that may lose events: eviction policies, and a Redis rewound behind SQL.
+
+Redis is the event log, not a cache. Under ``allkeys-*`` or ``volatile-*`` eviction a full Redis silently
+drops keys (log entries, execution state) instead of refusing writes; every service checks the policy on
+start and stops with a clear message (``ORQ_ALLOW_EVICTION=1`` lets a developer go on anyway). The
+settings to ship are in ``deploy/redis.conf`` (AOF on, ``appendfsync everysec``, ``noeviction``).
+
+A Redis restored from an old snapshot (or one that lost its AOF tail) is *rewound*: the projector's
+checkpoint (in SQL) is ahead of the stream's last id. New events would then get ids at or below the
+checkpoint and be skipped as "already applied" — silently. :func:`check_rewind` says so loudly and keeps
+the projector off that partition until an operator decides (``ORQ_ACCEPT_REWOUND_REDIS=1``: move the
+stream's id past the checkpoint and go on; see docs/operations.md, "Redis was rewound").
+"""
+
+from __future__ import annotations
+
+import logging
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from shared import keys
+from shared.clock import stream_id_parts
+from shared.errors import ConfigError
+from shared.redis import text
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EVICTING_PREFIXES = ("allkeys-", "volatile-")
+
+
+def check_policy(policy: str | None, *, allow: bool) -> None:
+    """Raise :class:`ConfigError` for an evicting ``maxmemory-policy`` unless ``allow``."""
+    if policy is None or not policy.startswith(EVICTING_PREFIXES):
+        return
+    message = (
+        f"Redis maxmemory-policy is {policy!r}: under memory pressure Redis would evict keys and lose events. "
+        "Set `maxmemory-policy noeviction` (see deploy/redis.conf), or ORQ_ALLOW_EVICTION=1 for development."
+    )
+    if allow:
+        log.warning("%s (going on: ORQ_ALLOW_EVICTION is set)", message)
+        return
+    raise ConfigError(message, policy=policy)
+
+
+async def eviction_policy(redis: Redis) -> str | None:
+    """``CONFIG GET maxmemory-policy``; None where CONFIG is not allowed (some managed Redis services)."""
+    try:
+        reply = await redis.config_get("maxmemory-policy")
+    except ResponseError as exc:
+        log.warning("cannot read Redis maxmemory-policy (%s); make sure it is noeviction", exc)
+        return None
+    value = reply.get("maxmemory-policy") or reply.get(b"maxmemory-policy")  # type: ignore[call-overload]
+    return None if value is None else text(value)
+
+
+async def ensure_durable(redis: Redis, settings: Settings) -> None:
+    """Every service's first step: stop with a clear message on an evicting Redis."""
+    check_policy(await eviction_policy(redis), allow=settings.allow_eviction)
+
+
+async def last_generated_id(redis: Redis, stream: str) -> str:
+    """The id of the last entry ever added to ``stream`` (trimming does not lower it); "0-0" if none."""
+    try:
+        info = await redis.xinfo_stream(stream)
+    except ResponseError:  # no such key
+        return "0-0"
+    return text(info.get("last-generated-id")) or "0-0"
+
+
+async def check_rewind(redis: Redis, p: int, checkpoint: str | None, *, accept: bool) -> bool:
+    """True when partition ``p`` may be projected: its log is not behind the SQL checkpoint.
+
+    A rewound log is logged as an error and refused, unless ``accept``: then the stream's id is moved to the
+    checkpoint (``XSETID``), so new events get ids after it and are projected, and the projector goes on.
+    """
+    if checkpoint is None:
+        return True
+    stream = keys.log(p)
+    last = await last_generated_id(redis, stream)
+    if stream_id_parts(last) >= stream_id_parts(checkpoint):
+        return True
+    if not accept:
+        log.error(
+            "REDIS WAS REWOUND: partition %d's log ends at %s but the projection checkpoint is %s. Events after "
+            "%s were lost from Redis (restored from an old snapshot, or the AOF lost its tail); new events would "
+            "be skipped as already projected. Refusing to project partition %d. Restore the right Redis backup, "
+            "or set ORQ_ACCEPT_REWOUND_REDIS=1 to go on (see docs/operations.md).",
+            p, last, checkpoint, last, p,
+        )
+        return False
+    await redis.execute_command("XSETID", stream, checkpoint)  # type: ignore[no-untyped-call]
+    log.error("partition %d: Redis was rewound (log at %s, checkpoint %s); ORQ_ACCEPT_REWOUND_REDIS is set: the "
+              "log now continues after %s", p, last, checkpoint, checkpoint)
+    return True
