@@ -60,11 +60,13 @@ local function apply(op, ids, base)
     local id = xadd_fields(op[2], op, 4)
     redis.call('HSET', op[3], 'work_stream', op[2], 'work_id', id)
   elseif kind == 'backlog' then
-    -- {backlog, ready zset, backlog list, level virtual-time key, bell stream, tenant, execution id}:
-    -- queue the id behind the tenant's others; a tenant becoming active joins the level at its virtual time.
+    -- {backlog, ready zset, backlog list, level virtual-time key, bell stream, tenant, execution id, levels
+    -- zset, level}: queue the id behind the tenant's others; a tenant becoming active joins the level at its
+    -- virtual time; the level is marked as having work (executors look there first).
     if redis.call('RPUSH', op[3], op[7]) == 1 then
       redis.call('ZADD', op[2], 'NX', tonumber(redis.call('GET', op[4]) or '0'), op[6])
     end
+    redis.call('ZADD', op[8], 'NX', op[9], op[9])
     redis.call('XADD', op[5], 'MAXLEN', '1', '*', 'n', '1')
   elseif kind == 'unpark' then
     -- {unpark, parked list, partition prefix}: a resumed workflow's set-aside executions go back to the front
@@ -79,6 +81,7 @@ local function apply(op, ids, base)
           local vt = tonumber(redis.call('GET', op[3] .. 'vt:' .. level) or '0')
           redis.call('ZADD', op[3] .. 'ready:' .. level, 'NX', vt, st[3])
         end
+        redis.call('ZADD', op[3] .. 'levels', 'NX', level, level)
       end
     end
     redis.call('XADD', op[3] .. 'bell', 'MAXLEN', '1', '*', 'n', '1')
@@ -147,22 +150,27 @@ local function apply(op, ids, base)
       redis.call('ZADD', op[2], 0, rank)
       redis.call('ZREM', op[3], rank)
     end
-    local first = redis.call('ZRANGE', op[2], 0, 0)[1]
-    if first then
+    while true do
+      local first = redis.call('ZRANGE', op[2], 0, 0)[1]
+      if not first then break end
       redis.call('ZREM', op[2], first)
       local id = string.match(first, ':([^:]+)$')
       local key = op[5] .. id
-      local snap = cmsgpack.unpack(redis.call('HGET', key, 'snap'))
-      snap['status'] = 'in_progress'
-      snap['started_at'] = now
-      snap['processed_by'] = op[11]
-      redis.call('HSET', key, 'status', 'in_progress', 'started_at', now, 'snap', cmsgpack.pack(snap))
-      redis.call('ZADD', op[6], now + op[7], id)
-      local event = cmsgpack.unpack(op[10])
-      event['aggregate_id'] = id
-      event['item'] = snap
-      ids[#ids + 1] = redis.call('XADD', op[8], '*', 't', op[9], 'd', cmsgpack.pack(event))
-      ids[#ids + 1] = id
+      local item = redis.call('HMGET', key, 'status', 'snap')
+      if item[1] == 'new' and item[2] then  -- anything else is a stale rank: dropped, try the next
+        local snap = cmsgpack.unpack(item[2])
+        snap['status'] = 'in_progress'
+        snap['started_at'] = now
+        snap['processed_by'] = op[11]
+        redis.call('HSET', key, 'status', 'in_progress', 'started_at', now, 'snap', cmsgpack.pack(snap))
+        redis.call('ZADD', op[6], now + op[7], id)
+        local event = cmsgpack.unpack(op[10])
+        event['aggregate_id'] = id
+        event['item'] = snap
+        ids[#ids + 1] = redis.call('XADD', op[8], '*', 't', op[9], 'd', cmsgpack.pack(event))
+        ids[#ids + 1] = id
+        break
+      end
     end
   else
     error('unknown op ' .. tostring(kind))

@@ -1,0 +1,252 @@
+"""Processing queue items: claim, progress, complete or fail (with retries), and abandonment.
+
+Two ways to claim, same events and state:
+
+- :func:`claim_unit` (robots, ``POST /api/queues/{id}/items/next``): the ``qclaim`` op of ``commit.lua`` takes
+  the first ready item inside the commit script, so concurrent claimers never race for the same item and
+  nobody retries: one round trip per claim.
+- :func:`claim_item` (the ``queue_item`` trigger): adds the claim of an item the caller already chose
+  (:func:`next_ready`) to a unit of its own, typically the admission unit of the execution that will process
+  it, guarded on the item still being ``new``: item and execution go together or not at all.
+
+An item in progress is due for abandonment at ``started_at + abandon_after_minutes`` (the queue's setting
+when it was claimed), recorded in the partition's ``qdue`` set. :func:`abandon_due` abandons the items past
+it; it runs lazily before every API claim on the partition, and periodically in the trigger service
+(``services/trigger/abandon.py``) so items of queues nobody claims from are abandoned too.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal, cast
+
+import msgspec
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.clock import new_id
+from shared.commit import Applied, Committer, Outcome, Unit
+from shared.events import (
+    QueueItemAbandoned,
+    QueueItemCompleted,
+    QueueItemError,
+    QueueItemFailed,
+    QueueItemProgressed,
+    QueueItemRetried,
+    QueueItemSnapshot,
+    QueueItemStarted,
+    type_of,
+)
+from shared.queues import QUEUE_GONE_GUARD, QueueState, read_queue
+from shared.queues_items import ItemState, encode_snapshot, put_item, read_item
+from shared.redis import text
+
+log = logging.getLogger(__name__)
+
+ITEM_STATUS_GUARD = "item_status"
+ABANDON_BATCH = 100
+IN_PROGRESS = "in_progress"
+FINISHED = frozenset({"completed", "failed", "abandoned", "retried"})
+
+# The claim op replaces this event's ``aggregate_id`` and ``item`` inside the script.
+_PLACEHOLDER = QueueItemSnapshot(queue_id="", status="in_progress", priority=5, origin_at=0, created_at=0)
+
+
+def claim_unit(*, p: int, queue: QueueState, claimer: str, now_ms: int) -> Unit:
+    """Claim the queue's next ready item for ``claimer``; see :func:`claimed_id` for the outcome."""
+    template = QueueItemStarted(tenant_id=queue.tenant_id, aggregate_id="", ts=now_ms, item=_PLACEHOLDER)
+    unit = Unit(p).require(keys.queue(p, queue.id), "deleted", ["0"], QUEUE_GONE_GUARD)
+    return unit.queue_claim(
+        ready=keys.queue_ready(p, queue.id),
+        deferred=keys.queue_deferred(p, queue.id),
+        item_prefix=keys.queue_item(p, ""),
+        due=keys.queue_due(p),
+        now_ms=now_ms,
+        abandon_after_ms=queue.abandon_after_ms,
+        event_type=type_of(template),
+        template=msgspec.msgpack.encode(template),
+        claimer=claimer,
+    )
+
+
+def claimed_id(outcome: Outcome) -> str | None:
+    """The item a :func:`claim_unit` claimed (None when nothing was ready or the unit was refused)."""
+    if isinstance(outcome, Applied) and len(outcome.raw_ids) >= 2:
+        return text(outcome.raw_ids[-1])
+    return None
+
+
+async def next_ready(redis: Redis, p: int, queue_id: str, now_ms: int, count: int = 1) -> list[str]:
+    """The ids of the next ``count`` items in claim order (ready ones and deferred ones due by ``now_ms``)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zrange(keys.queue_ready(p, queue_id), 0, count - 1)
+        pipe.zrangebyscore(keys.queue_deferred(p, queue_id), "-inf", now_ms, start=0, num=count)
+        ready, due = await pipe.execute()
+    ranks = sorted({text(r) for r in (*ready, *due)})[:count]
+    return [r.rsplit(":", 1)[1] for r in ranks]
+
+
+def claim_item(
+    unit: Unit, *, item: ItemState, queue: QueueState, claimer: str, now_ms: int, execution_id: str | None = None
+) -> Unit:
+    """Add to ``unit`` the claim of ``item`` (which must still be ``new``) for ``claimer`` / ``execution_id``."""
+    p = unit.p
+    item_key = keys.queue_item(p, item.id)
+    snapshot = msgspec.structs.replace(
+        item.snapshot, status=IN_PROGRESS, started_at=now_ms, processed_by=claimer, execution_id=execution_id
+    )
+    unit.require(item_key, "status", ["new"], ITEM_STATUS_GUARD)
+    unit.zrem(keys.queue_ready(p, item.queue_id), item.rank)
+    unit.zrem(keys.queue_deferred(p, item.queue_id), item.rank)
+    unit.hset(item_key, {"status": IN_PROGRESS, "started_at": now_ms, "snap": encode_snapshot(snapshot)})
+    unit.zadd(keys.queue_due(p), now_ms + queue.abandon_after_ms, item.id)
+    unit.event(QueueItemStarted(tenant_id=item.tenant_id, aggregate_id=item.id, ts=now_ms, item=snapshot))
+    return unit
+
+
+def _in_progress(unit: Unit, item: ItemState) -> Unit:
+    """Guards: the item is still in the very claim the caller saw (a retry is another item, so this is exact)."""
+    item_key = keys.queue_item(unit.p, item.id)
+    unit.require(item_key, "status", [IN_PROGRESS], ITEM_STATUS_GUARD)
+    return unit.require(item_key, "started_at", [str(item.snapshot.started_at)], ITEM_STATUS_GUARD)
+
+
+def progress_unit(*, p: int, item: ItemState, progress: str, now_ms: int) -> Unit:
+    """A progress note on an item in progress (its status does not change)."""
+    snapshot = msgspec.structs.replace(item.snapshot, progress=progress)
+    unit = _in_progress(Unit(p), item)
+    unit.event(QueueItemProgressed(tenant_id=item.tenant_id, aggregate_id=item.id, ts=now_ms, item=snapshot))
+    return unit.hset(keys.queue_item(p, item.id), {"snap": encode_snapshot(snapshot)})
+
+
+def _finish(unit: Unit, item: ItemState, snapshot: QueueItemSnapshot) -> None:
+    """The item's Redis state once it is finished: no data (SQL has it), out of the abandonment set."""
+    p = unit.p
+    unit.hset(keys.queue_item(p, item.id), {"status": snapshot.status, "snap": encode_snapshot(snapshot)})
+    unit.hdel(keys.queue_item(p, item.id), "data", "started_at")
+    unit.zrem(keys.queue_due(p), item.id)
+
+
+def complete_unit(*, p: int, item: ItemState, result: Any, now_ms: int) -> Unit:
+    """The item was processed successfully."""
+    snapshot = _ended(item, "completed", now_ms)
+    unit = _in_progress(Unit(p), item)
+    unit.event(
+        QueueItemCompleted(tenant_id=item.tenant_id, aggregate_id=item.id, ts=now_ms, item=snapshot, result=result)
+    )
+    _finish(unit, item, snapshot)
+    return unit
+
+
+def fail_unit(
+    *,
+    p: int,
+    item: ItemState,
+    queue: QueueState,
+    kind: Literal["business", "application"],
+    message: str,
+    now_ms: int,
+    retry_id: str | None = None,
+) -> Unit:
+    """A business failure is final; an application failure with retries left marks the item ``retried``
+    and adds its retry (``retry_id``, a new id unless given), with the same data and reference."""
+    error = QueueItemError(message=message, kind=kind)
+    snapshot = msgspec.structs.replace(_ended(item, "failed", now_ms), error=error)
+    unit = _in_progress(Unit(p), item)
+    unit.event(QueueItemFailed(tenant_id=item.tenant_id, aggregate_id=item.id, ts=now_ms, item=snapshot))
+    if kind == "application" and will_retry(item, queue):
+        _retry(unit, item, snapshot, "failed", retry_id or new_id(), now_ms)
+    else:
+        _finish(unit, item, snapshot)
+    return unit
+
+
+def abandon_unit(*, p: int, item: ItemState, queue: QueueState, now_ms: int, retry_id: str | None = None) -> Unit:
+    """In progress past its time: ``abandoned``, and retried like an application failure if retries are left."""
+    snapshot = msgspec.structs.replace(item.snapshot, status="abandoned", finished_at=now_ms)
+    unit = _in_progress(Unit(p), item)
+    unit.event(QueueItemAbandoned(tenant_id=item.tenant_id, aggregate_id=item.id, ts=now_ms, item=snapshot))
+    if not queue.deleted and will_retry(item, queue):
+        _retry(unit, item, snapshot, "abandoned", retry_id or new_id(), now_ms)
+    else:
+        _finish(unit, item, snapshot)
+    return unit
+
+
+def will_retry(item: ItemState, queue: QueueState) -> bool:
+    return item.snapshot.retry_count < queue.max_retries
+
+
+def _ended(item: ItemState, status: Literal["completed", "failed"], now_ms: int) -> QueueItemSnapshot:
+    started = item.snapshot.started_at
+    return msgspec.structs.replace(
+        item.snapshot, status=status, finished_at=now_ms, processing_ms=None if started is None else now_ms - started
+    )
+
+
+def _retry(
+    unit: Unit,
+    item: ItemState,
+    ended: QueueItemSnapshot,
+    reason: Literal["failed", "abandoned"],
+    retry_id: str,
+    now_ms: int,
+) -> None:
+    """``queue_item.retried`` on the old item, and its retry: a new item, same data, reference and priority."""
+    retried = msgspec.structs.replace(ended, status="retried", retry_id=retry_id)
+    unit.event(
+        QueueItemRetried(tenant_id=item.tenant_id, aggregate_id=item.id, ts=now_ms, item=retried, reason=reason)
+    )
+    _finish(unit, item, retried)
+    old = item.snapshot
+    retry = QueueItemSnapshot(
+        queue_id=old.queue_id,
+        status="new",
+        priority=old.priority,
+        reference=old.reference,
+        deadline=old.deadline,
+        retry_count=old.retry_count + 1,
+        retry_of=item.id,
+        origin_at=old.origin_at,
+        created_at=now_ms,
+    )
+    put_item(unit, tenant_id=item.tenant_id, item_id=retry_id, snapshot=retry, data=item.data(), now_ms=now_ms,
+             data_json=item.data_json)
+
+
+async def abandon_due(redis: Redis, committer: Committer, p: int, now_ms: int, limit: int = ABANDON_BATCH) -> int:
+    """Abandon (and retry, where retries are left) items of partition ``p`` in progress past their time."""
+    raw = await redis.zrangebyscore(keys.queue_due(p), "-inf", now_ms, start=0, num=limit)
+    due = [text(i) for i in cast(list[bytes], raw)]
+    if not due:
+        return 0
+    units: list[Unit] = []
+    queues: dict[str, QueueState | None] = {}
+    for item_id in due:
+        item = await read_item(redis, p, item_id)
+        if item is None or item.status != IN_PROGRESS:  # finished meanwhile: its unit took it out already
+            await redis.zrem(keys.queue_due(p), item_id)
+            continue
+        if item.queue_id not in queues:
+            queues[item.queue_id] = await read_queue(redis, p, item.queue_id)
+        queue = queues[item.queue_id]
+        if queue is None:  # cannot happen while queue hashes are kept; never rescan it forever
+            await redis.zrem(keys.queue_due(p), item_id)
+            continue
+        units.append(abandon_unit(p=p, item=item, queue=queue, now_ms=now_ms))
+    outcomes = await committer.commit_all(units)
+    abandoned = sum(isinstance(o, Applied) for o in outcomes)
+    if abandoned:
+        log.info("abandoned %d queue items in partition %d", abandoned, p)
+    return abandoned
+
+
+async def abandon_everywhere(redis: Redis, committer: Committer, partitions: int, now_ms: int) -> int:
+    """:func:`abandon_due` on every partition, until none has items past their time."""
+    total = 0
+    for p in range(partitions):
+        while (n := await abandon_due(redis, committer, p, now_ms)) >= ABANDON_BATCH:
+            total += n
+        total += n
+    return total
+

@@ -1,0 +1,172 @@
+"""Queue items in Redis: their state, their claim order, and the unit that adds them (one or 10,000 at once).
+
+Item hash ``orq:{p}:qitem:<id>`` fields: ``tenant``, ``queue_id``, ``status``, ``snap`` (msgpack
+:class:`~shared.events.QueueItemSnapshot`: what the next event carries), ``data`` (the item's data as JSON;
+dropped once the item is finished), ``rank`` (its member in the claim sets), ``started_at`` while in progress.
+
+Claim order is a **rank**, a fixed-width string that sorts as the product wants: items with a deadline first,
+earliest first; then by priority (1 first); then oldest; then by position in a bulk. A claimable item's rank
+sits in ``qready:<queue>`` (every score 0, so the set is in rank order and its first member is next); an item
+deferred into the future sits in ``qdeferred:<queue>`` scored by ``defer_until`` and moves to the ready set
+when a claim finds it due.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.commit import Unit
+from shared.events import QueueItemAdded, QueueItemSnapshot
+from shared.queues import QUEUE_CHANGED_GUARD, QUEUE_GONE_GUARD, QueueState, as_bytes
+from shared.redis import text
+
+NO_DEADLINE = 9_999_999_999_999  # ms, year 2286: sorts after every real deadline
+MAX_TIME_MS = NO_DEADLINE - 1
+MAX_BULK_ITEMS = 10_000
+DUPLICATE_REFERENCE_GUARD = "duplicate_reference"  # refused labels are "duplicate_reference:<index>"
+
+_snap_decoder = msgspec.msgpack.Decoder(QueueItemSnapshot)
+_encoder = msgspec.msgpack.Encoder()
+_json = msgspec.json.Encoder()
+_json_object = msgspec.json.Decoder(dict[str, Any])
+
+
+def rank(item_id: str, *, priority: int, deadline: int | None, created_at: int, seq: int = 0) -> str:
+    """The item's place in claim order (see the module docstring); it ends with ``:<item id>``."""
+    return f"{deadline if deadline is not None else NO_DEADLINE:013d}{priority:02d}{created_at:013d}{seq:05d}:{item_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class NewItem:
+    """An item to add: what a client sent, validated."""
+
+    id: str
+    data: dict[str, Any]
+    priority: int = 5
+    reference: str | None = None
+    deadline: int | None = None
+    defer_until: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemState:
+    """An item as Redis holds it."""
+
+    id: str
+    tenant_id: str
+    status: str
+    snapshot: QueueItemSnapshot
+    data_json: bytes = b"{}"
+    rank: str = ""
+
+    @property
+    def queue_id(self) -> str:
+        return self.snapshot.queue_id
+
+    def data(self) -> dict[str, Any]:
+        return _json_object.decode(self.data_json)
+
+
+_FIELDS = ["tenant", "status", "snap", "data", "rank"]
+
+
+def _state(item_id: str, raw: Sequence[bytes | str | None]) -> ItemState | None:
+    tenant, status, snap, data, item_rank = raw
+    if tenant is None or snap is None:
+        return None
+    return ItemState(item_id, text(tenant), text(status), _snap_decoder.decode(as_bytes(snap)),
+                     as_bytes(data) if data else b"{}", text(item_rank))
+
+
+async def read_item(redis: Redis, p: int, item_id: str) -> ItemState | None:
+    return _state(item_id, await redis.hmget(keys.queue_item(p, item_id), _FIELDS))
+
+
+async def read_items(redis: Redis, p: int, item_ids: Sequence[str]) -> list[ItemState | None]:
+    async with redis.pipeline(transaction=False) as pipe:
+        for item_id in item_ids:
+            pipe.hmget(keys.queue_item(p, item_id), _FIELDS)
+        replies = await pipe.execute()
+    return [_state(i, r) for i, r in zip(item_ids, replies, strict=True)]
+
+
+def encode_snapshot(snapshot: QueueItemSnapshot) -> bytes:
+    return _encoder.encode(snapshot)
+
+
+def put_item(
+    unit: Unit,
+    *,
+    tenant_id: str,
+    item_id: str,
+    snapshot: QueueItemSnapshot,
+    data: dict[str, Any],
+    now_ms: int,
+    seq: int = 0,
+    data_json: bytes | None = None,
+) -> Unit:
+    """Append ``queue_item.added`` and make the item claimable (now, or once its ``defer_until`` passes)."""
+    p = unit.p
+    item_rank = rank(item_id, priority=snapshot.priority, deadline=snapshot.deadline, created_at=snapshot.created_at,
+                     seq=seq)
+    unit.event(QueueItemAdded(tenant_id=tenant_id, aggregate_id=item_id, ts=now_ms, item=snapshot, data=data))
+    unit.hset(
+        keys.queue_item(p, item_id),
+        {
+            "tenant": tenant_id,
+            "queue_id": snapshot.queue_id,
+            "status": "new",
+            "snap": encode_snapshot(snapshot),
+            "data": data_json if data_json is not None else _json.encode(data),
+            "rank": item_rank,
+        },
+    )
+    if snapshot.defer_until is not None and snapshot.defer_until > now_ms:
+        unit.zadd(keys.queue_deferred(p, snapshot.queue_id), snapshot.defer_until, item_rank)
+    else:
+        unit.zadd(keys.queue_ready(p, snapshot.queue_id), 0, item_rank)
+    if snapshot.reference is not None:
+        unit.hsetnx(keys.queue_refs(p, snapshot.queue_id), snapshot.reference, item_id)
+    return unit
+
+
+def add_unit(*, p: int, tenant_id: str, queue: QueueState, items: Sequence[NewItem], now_ms: int) -> Unit:
+    """Add ``items`` (all or none). With ``unique_reference``, each reference must be new to the queue: a
+    refusal's label is ``duplicate_reference:<index>`` and its ``actual`` the item that holds it."""
+    queue_key = keys.queue(p, queue.id)
+    unit = Unit(p).require(queue_key, "deleted", ["0"], QUEUE_GONE_GUARD)
+    # A concurrent PUT may switch unique_reference on: this unit was decided on the old setting.
+    unit.require(queue_key, "unique", ["1" if queue.unique_reference else "0"], QUEUE_CHANGED_GUARD)
+    refs = keys.queue_refs(p, queue.id)
+    if queue.unique_reference:
+        for index, item in enumerate(items):
+            if item.reference is not None:
+                unit.require(refs, item.reference, [""], f"{DUPLICATE_REFERENCE_GUARD}:{index}")
+    for seq, item in enumerate(items):
+        snapshot = QueueItemSnapshot(
+            queue_id=queue.id,
+            status="new",
+            priority=item.priority,
+            reference=item.reference,
+            deadline=item.deadline,
+            defer_until=item.defer_until,
+            origin_at=now_ms,
+            created_at=now_ms,
+        )
+        put_item(unit, tenant_id=tenant_id, item_id=item.id, snapshot=snapshot, data=item.data, now_ms=now_ms,
+                 seq=seq)
+    return unit
+
+
+async def existing_references(redis: Redis, p: int, queue_id: str, references: Sequence[str]) -> dict[str, str]:
+    """Which of ``references`` the queue has seen, and the item that first carried each."""
+    if not references:
+        return {}
+    found = await redis.hmget(keys.queue_refs(p, queue_id), list(references))
+    return {ref: text(item) for ref, item in zip(references, found, strict=True) if item is not None}
