@@ -142,7 +142,8 @@ class Unit:
     def to_backlog(self, p: int, priority: int, tenant_id: str, execution_id: str) -> Unit:
         """Queue an execution at ``priority`` behind the tenant's other queued ones (dispatch is fair-share)."""
         self.ops.append(["backlog", keys.ready(p, priority), keys.backlog(p, priority, tenant_id),
-                         keys.virtual_time(p, priority), keys.bell(p), tenant_id, execution_id])
+                         keys.virtual_time(p, priority), keys.bell(p), tenant_id, execution_id, keys.levels(p),
+                         priority])
         return self
 
     def unpark(self, p: int, workflow_id: str) -> Unit:

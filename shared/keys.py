@@ -52,6 +52,12 @@ def ready(p: int, priority: int) -> str:
     return f"{tag(p)}:ready:{priority}"
 
 
+@cache
+def levels(p: int) -> str:
+    """Priority levels of the partition with a ready tenant (scored by level): where executors look first."""
+    return f"{tag(p)}:levels"
+
+
 def backlog(p: int, priority: int, tenant_id: str) -> str:
     """One tenant's queued execution ids at one level, oldest first."""
     return f"{tag(p)}:backlog:{priority}:{tenant_id}"

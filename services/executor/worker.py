@@ -182,7 +182,7 @@ class Executor:
                 if allowed <= 0:
                     await asyncio.sleep(GLOBAL_WAIT_S)  # the deployment's budget for this window is spent
                     continue
-                counts = self._split(allowed, sorted(self._may_have_work))
+                counts = self._split(allowed, await self._best_partitions())
                 jobs = await self._call("next", counts)
                 await self._global.give_back(allowed - len(jobs), now)
                 for p, asked in counts.items():
@@ -199,6 +199,27 @@ class Executor:
                 await asyncio.sleep(1)
                 continue
             self._admit(jobs)
+
+    async def _best_partitions(self) -> list[int]:
+        """Of the partitions that may have work, those whose best waiting level is the best of all.
+
+        Priority holds across partitions: a level-1 execution anywhere goes before level-9 work elsewhere.
+        """
+        candidates = sorted(self._may_have_work)
+        if len(candidates) == 1:
+            return candidates
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in candidates:
+                pipe.zrange(keys.levels(p), 0, 0, withscores=True)
+            replies = await pipe.execute()
+        best: dict[int, float] = {p: reply[0][1] for p, reply in zip(candidates, replies, strict=True) if reply}
+        for p in candidates:
+            if p not in best:
+                self._may_have_work.discard(p)
+        if not best:
+            return candidates  # let the dispatch call itself find out
+        top = min(best.values())
+        return [p for p, level in best.items() if level == top]
 
     async def _wait_for_bell(self) -> None:
         """Nothing to take: block until a bell rings (work queued, or a limited tenant got room) or BLOCK_MS."""

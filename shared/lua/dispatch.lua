@@ -125,7 +125,10 @@ if mode == 'next' then
           redis.call('ZADD', ready, 'XX', score + 1 / l.weight, tenant)
         end
       end
-      if redis.call('LLEN', backlog) == 0 then redis.call('ZREM', ready, tenant) end
+      if redis.call('LLEN', backlog) == 0 then
+        redis.call('ZREM', ready, tenant)
+        if redis.call('ZCARD', ready) == 0 then redis.call('ZREM', prefix .. 'levels', k) end
+      end
     end
     if #taken > 0 then
       -- Only this call adds entries, and it delivers them at once: the new ones are all there is to read.

@@ -19,10 +19,12 @@ from shared.workflows import WorkflowDef
 PARTITIONS = 4
 
 
-async def seed_workflow(committer: Committer, tenant_id: str, definition: WorkflowDef) -> WorkflowState:
+async def seed_workflow(committer: Committer, tenant_id: str, definition: WorkflowDef,
+                        plan: str = "enterprise") -> WorkflowState:
+    """A tenant on ``plan`` (created if new) with one saved workflow."""
     p = keys.partition_of(tenant_id, PARTITIONS)
     workflow = WorkflowState(new_id(), tenant_id, definition.name, 1, False)
-    unit = Unit(p).hset(keys.tenant(p, tenant_id), {"name": tenant_id, "plan": "enterprise", "key_hash": "-",
+    unit = Unit(p).hset(keys.tenant(p, tenant_id), {"name": tenant_id, "plan": plan, "key_hash": "-",
                                                     "paused": "0"})
     unit.hset(keys.workflow(p, workflow.id), {"tenant": tenant_id, "name": definition.name,
                                                          "version": 1, "deleted": "0"})
@@ -46,6 +48,29 @@ async def status(redis: Redis, tenant_id: str, execution_id: str) -> dict[str, s
     p = keys.partition_of(tenant_id, PARTITIONS)
     raw = await redis.hgetall(keys.execution(p, execution_id))
     return {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
+
+
+def tenants_in_one_partition(count: int, prefix: str = "tenant") -> list[str]:
+    """Tenant ids that share a partition (fair share is decided within a partition's levels)."""
+    found: list[str] = []
+    n = 0
+    while len(found) < count:
+        candidate = f"{prefix}-{n}"
+        if keys.partition_of(candidate, PARTITIONS) == 0:
+            found.append(candidate)
+        n += 1
+    return found
+
+
+async def started_order(redis: Redis) -> list[Event]:
+    """Every ``execution.started`` event of every partition, in the order they were appended (by stream id)."""
+    started = []
+    for p in range(PARTITIONS):
+        for record in records_of(await redis.xrange(keys.log(p))):
+            if record.type == "execution.started":
+                started.append(record)
+    started.sort(key=lambda r: tuple(int(x) for x in r.id.split("-")))
+    return [r.event() for r in started]
 
 
 async def events_of(redis: Redis, tenant_id: str, execution_id: str) -> list[Event]:
