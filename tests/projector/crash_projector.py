@@ -14,6 +14,8 @@ from shared.db import create_engine
 from shared.redis import connect
 
 CRASH_EXIT_CODE = 17
+NO_CRASH_EXIT_CODE = 3
+WATCHDOG_S = 60
 LOCK_TTL_MS = 1_000
 
 
@@ -31,7 +33,10 @@ async def main(redis_url: str, database_url: str, partitions: int, batch: int, c
     redis = connect(redis_url)
     projector = Projector(redis, engine, partitions=partitions, batch=batch, lock_ttl_ms=LOCK_TTL_MS,
                           idle_block_ms=100, after_commit=after_commit)
-    await projector.run(asyncio.Event())
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(WATCHDOG_S, stop.set)  # never outlive a test that died
+    await projector.run(stop)
+    sys.exit(NO_CRASH_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,12 @@ async def test_crash_between_commit_and_ack_loses_and_doubles_nothing(
         sys.executable, "-m", "tests.projector.crash_projector", REDIS_URL, database_url, str(PARTITIONS), "20", "3",
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+    finally:
+        if proc.returncode is None:  # never leave a projector running behind the test
+            proc.kill()
+            await proc.wait()
     assert proc.returncode == CRASH_EXIT_CODE, (out, err.decode()[-3000:])
 
     # The crash window happened: some committed entries were never acked.
