@@ -13,10 +13,11 @@ from collections.abc import Mapping
 import msgspec
 
 from services.api.bodies import check_json_value
-from services.api.schemas import RetryIn, WorkflowIn
+from services.api.schemas import NotifyIn, RetryIn, WorkflowIn
 from shared.actions import validate_step
 from shared.errors import ValidationFailed
-from shared.workflows import Backoff, RetryPolicy, StepDef, WorkflowDef
+from shared.ssrf import check_url
+from shared.workflows import Backoff, NotifyDef, RetryPolicy, StepDef, WorkflowDef
 
 _PARAM = re.compile(r"Object (?:missing required|contains unknown) field `(?P<name>[^`]+)`")
 
@@ -38,7 +39,26 @@ def build_definition(body: WorkflowIn, action_types: Mapping[str, type[msgspec.S
         retry=_retry(body.retry or RetryIn()),
         retry_from=body.retry_from,
         description=body.description,
+        notify=_notify(body.notify),
     )
+
+
+def _notify(entries: list[NotifyIn]) -> list[NotifyDef]:
+    """Exactly one channel per entry, a secret only for webhooks, http(s) URLs without credentials.
+
+    Where a webhook's host points is checked when it is called (it may resolve differently by then)."""
+    out = []
+    for index, entry in enumerate(entries):
+        where = f"notify[{index}]"
+        if (entry.webhook is None) == (entry.email is None):
+            raise ValidationFailed(f"{where}: give exactly one of `webhook` or `email`", field=where)
+        if entry.webhook is not None:
+            check_url(entry.webhook, f"{where}.webhook")
+        elif entry.secret is not None:
+            raise ValidationFailed(f"{where}.secret: only webhooks are signed", field=f"{where}.secret")
+        out.append(NotifyDef(on=sorted(set(entry.on)), webhook=entry.webhook, secret=entry.secret,
+                             email=entry.email))
+    return out
 
 
 def _naming_the_param(exc: ValidationFailed) -> ValidationFailed:

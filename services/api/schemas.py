@@ -7,12 +7,13 @@ document and the wire format cannot drift apart.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
 
-from shared.workflows import MAX_ATTEMPTS, MAX_DELAY_MS, MAX_STEPS, RetryPolicy, StepDef
+from shared.workflows import MAX_ATTEMPTS, MAX_DELAY_MS, MAX_NOTIFY, MAX_STEPS, RetryPolicy, StepDef
 
 MAX_BULK_RUNS = 1000
 MAX_STEP_TIMEOUT_S = 7 * 24 * 3600.0
@@ -62,12 +63,25 @@ class StepIn(_In):
     on_error: Literal["fail", "continue"] = "fail"
 
 
+NotifyOn = Literal["completed", "failed", "dead_lettered"]
+
+
+class NotifyIn(_In):
+    """Who to tell when a run ends: exactly one of ``webhook`` (POSTed, signed with ``secret``) or ``email``."""
+
+    on: Annotated[list[NotifyOn], Meta(min_length=1, max_length=3)]
+    webhook: Annotated[str, Meta(min_length=1, max_length=2000, description="http(s) URL")] | None = None
+    secret: Annotated[str, Meta(min_length=8, max_length=200, description="HMAC-SHA256 key")] | None = None
+    email: Annotated[str, Meta(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
+
+
 class WorkflowIn(_In):
     name: Name
     steps: Annotated[list[StepIn], Meta(min_length=1, max_length=MAX_STEPS)]
     retry: RetryIn | None = None
     retry_from: Literal["failed_step", "start"] = "failed_step"
     description: Annotated[str, Meta(max_length=5000)] | None = None
+    notify: Annotated[list[NotifyIn], Meta(max_length=MAX_NOTIFY)] = []
 
 
 class RunIn(_In):
@@ -324,3 +338,183 @@ class TriggerPage(_Out):
 
 class WebhookAccepted(_Out):
     execution_id: str
+
+
+# --- notifications ---------------------------------------------------------------------------------------------
+
+NotificationStatus = Literal["pending", "retrying", "sent", "failed"]
+
+
+class Notification(_Out):
+    id: str
+    execution_id: str
+    workflow_id: str
+    trigger: NotifyOn
+    channel: Literal["webhook", "email"]
+    target: Annotated[str, Meta(description="the webhook URL or the email address")]
+    status: NotificationStatus
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    created_at: Timestamp | None
+    updated_at: Timestamp | None
+    delivered_at: Timestamp | None
+
+
+class NotificationPage(_Out):
+    items: list[Notification]
+    next_cursor: Cursor
+
+
+class ResendAccepted(_Out):
+    id: str
+    status: Literal["pending"]
+
+
+# --- work queues ---------------------------------------------------------------------------------------------------
+
+MAX_QUEUE_BULK = 10_000
+QueueItemStatus = Literal["new", "in_progress", "completed", "failed", "abandoned", "retried"]
+QueueDescription = Annotated[str, Meta(max_length=5000)]
+Retries = Annotated[int, Meta(ge=0, le=100, description="retries of an item after an application failure")]
+Minutes = Annotated[int, Meta(ge=1, le=525_600, description="minutes (up to a year)")]
+Reference = Annotated[str, Meta(min_length=1, max_length=200)]
+ZonedTime = Annotated[datetime, Meta(tz=True, description="RFC 3339, with a time zone")]
+
+
+class QueueIn(_In):
+    name: Name
+    description: QueueDescription | None = None
+    max_retries: Retries = 3
+    sla_minutes: Minutes = 60
+    abandon_after_minutes: Annotated[int, Meta(ge=1, le=525_600, description="in progress longer: abandoned")] = 1440
+    unique_reference: Annotated[bool, Meta(description="refuse an item whose reference the queue has seen")] = False
+
+
+class QueueUpdateIn(_In):
+    """Only the fields given change (``description: null`` clears it)."""
+
+    name: Name | msgspec.UnsetType = msgspec.UNSET
+    description: QueueDescription | None | msgspec.UnsetType = msgspec.UNSET
+    max_retries: Retries | msgspec.UnsetType = msgspec.UNSET
+    sla_minutes: Minutes | msgspec.UnsetType = msgspec.UNSET
+    abandon_after_minutes: Minutes | msgspec.UnsetType = msgspec.UNSET
+    unique_reference: bool | msgspec.UnsetType = msgspec.UNSET
+
+
+class QueueItemIn(_In):
+    data: Annotated[dict[str, Any], Meta(description="the transaction's data (a JSON object)")]
+    priority: Annotated[int, Meta(ge=1, le=10, description="1 is claimed first")] = 5
+    reference: Reference | None = None
+    deadline: ZonedTime | None = None
+    defer_until: ZonedTime | None = None
+
+
+class QueueItemsBulkIn(_In):
+    items: Annotated[list[QueueItemIn], Meta(min_length=1, max_length=MAX_QUEUE_BULK)]
+
+
+class ClaimIn(_In):
+    robot: Annotated[str, Meta(min_length=1, max_length=200, description="recorded as processed_by")] | None = None
+
+
+class QueueItemErrorIn(_In):
+    message: Annotated[str, Meta(max_length=10_000)] = ""
+    kind: Literal["business", "application"] = "application"
+
+
+class QueueItemUpdateIn(_In):
+    """``completed`` or ``failed`` end the item; ``in_progress`` records a progress note."""
+
+    status: Literal["completed", "failed", "in_progress"]
+    result: Any = None
+    error: QueueItemErrorIn | None = None
+    progress: Annotated[str, Meta(max_length=2000)] | None = None
+
+
+class Queue(_Out):
+    id: str
+    name: str
+    description: str | None
+    max_retries: int
+    sla_minutes: int
+    abandon_after_minutes: int
+    unique_reference: bool
+    created_at: Timestamp | None
+    updated_at: Timestamp | None
+
+
+class QueuePage(_Out):
+    items: list[Queue]
+    next_cursor: Cursor
+
+
+class QueueItemError(_Out):
+    message: str
+    kind: Literal["business", "application"]
+
+
+class QueueItem(_Out):
+    id: str
+    queue_id: str
+    status: QueueItemStatus
+    priority: int
+    reference: str | None
+    data: dict[str, Any]
+    deadline: Timestamp | None
+    defer_until: Timestamp | None
+    retry_count: int
+    retry_of: Annotated[str | None, Meta(description="the item this one retries")]
+    retry_id: Annotated[str | None, Meta(description="the item that retries this one")]
+    processed_by: str | None
+    execution_id: str | None
+    progress: str | None
+    result: Any
+    error: QueueItemError | None
+    created_at: Timestamp | None
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+    processing_ms: int | None
+
+
+class QueueItemChange(_Out):
+    event: str
+    status: QueueItemStatus
+    at: Timestamp | None
+    processed_by: str | None
+    detail: str | None
+
+
+class QueueItemDetail(QueueItem):
+    history: list[QueueItemChange]
+
+
+class QueueItemPage(_Out):
+    items: list[QueueItem]
+    next_cursor: Cursor
+
+
+class QueueItemsAdded(_Out):
+    count: int
+    ids: list[str]
+
+
+class QueueItemAtRisk(_Out):
+    id: str
+    reference: str | None
+    status: QueueItemStatus
+    sla_due_at: Timestamp | None
+    deadline: Timestamp | None
+
+
+class QueueStats(_Out):
+    new: int
+    in_progress: int
+    completed: int
+    failed: int
+    abandoned: int
+    retried: int
+    avg_processing_ms: Annotated[float, Meta(description="mean start-to-completion time of completed items")]
+    sla_breaches: int
+    at_risk: int
+    at_risk_items: list[QueueItemAtRisk]

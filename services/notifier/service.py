@@ -250,6 +250,7 @@ class Notifier:
     async def _maintenance_loop(self, stop: asyncio.Event) -> None:
         interval = self.settings.maintenance_interval_s
         if interval <= 0 or self.engine is None:
+            await stop.wait()  # off: a loop that ended would stop the notifier (run() waits for the first)
             return
         while not stop.is_set():
             try:
