@@ -20,6 +20,7 @@ GROUP_NOTIFIER = "notifier"
 # Pseudo-consumers of the executor group: entries parked there are not owned by a live executor.
 CONSUMER_BACKOFF = "backoff"
 CONSUMER_THROTTLED = "throttled"
+CONSUMER_RELEASED = "released"  # handed over by an executor shutting down: the next one takes it at once
 PSEUDO_CONSUMERS = frozenset({CONSUMER_BACKOFF, CONSUMER_THROTTLED})
 
 
@@ -246,3 +247,8 @@ def queue_item(p: int, item_id: str) -> str:
 def queue_due(p: int) -> str:
     """Sorted set of in-progress items of the partition, scored by when they count as abandoned (ms)."""
     return f"{tag(p)}:qdue"
+
+
+def trigger_runs(p: int) -> str:
+    """Hash execution id → "<trigger id> <item id>" of queue items being processed by ``queue_item`` triggers."""
+    return f"{tag(p)}:trigger_runs"

@@ -26,6 +26,7 @@ class Settings:
     idempotency_ttl_s: int = 24 * 3600
     projector_batch: int = 500
     rate_window_s: float = 60.0
+    shutdown_grace_s: float = 30.0
     global_rate: int = 0
     plans: Mapping[str, Plan] = field(default_factory=default_plans)
     # Operations (services/notifier, services/admin, shared/durability.py; see docs/operations.md).
@@ -107,6 +108,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_body_bytes=_int(env, "ORQ_MAX_BODY_BYTES", defaults.max_body_bytes),
         projector_batch=_int(env, "ORQ_PROJECTOR_BATCH", defaults.projector_batch),
         rate_window_s=_float(env, "ORQ_RATE_WINDOW_SECONDS", defaults.rate_window_s),
+        shutdown_grace_s=_float(env, "ORQ_SHUTDOWN_GRACE_SECONDS", defaults.shutdown_grace_s),
         global_rate=_int(env, "ORQ_GLOBAL_RATE", defaults.global_rate, minimum=0),
         plans=load_plans(plans_file) if plans_file else default_plans(),
         allow_eviction=_flag(env, "ORQ_ALLOW_EVICTION"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -47,6 +47,10 @@ class RunStopped(Exception):
     """The execution may not go on here: cancelled, or taken over by another executor."""
 
 
+class HandedOver(Exception):
+    """This executor is shutting down: the execution stops between steps and another executor resumes it."""
+
+
 @dataclass(frozen=True, slots=True)
 class RunEnv:
     """What every run of this executor shares."""
@@ -55,6 +59,7 @@ class RunEnv:
     actions: Actions
     consumer: str
     max_crashes: int
+    draining: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class StepContext:
@@ -86,6 +91,7 @@ class ExecutionRun:
         self.env = env
         self.attempt = job.int_field(b"attempt", 1)
         self.cancel_requested = False
+        self.handed_over = False
         self.started_ms = job.int_field(b"started_at")
 
     # --- units ----------------------------------------------------------------------------------------------
@@ -130,6 +136,10 @@ class ExecutionRun:
             if not await self._start(definition):
                 return
             await self._steps(definition)
+        except HandedOver as handed:
+            self.handed_over = True
+            log.info("execution %s handed over %s", self.job.execution_id, handed,
+                     extra={"execution_id": self.job.execution_id})
         except RunStopped as stop:
             log.info("execution %s stopped: %s", self.job.execution_id, stop,
                      extra={"execution_id": self.job.execution_id})
@@ -180,6 +190,8 @@ class ExecutionRun:
             await self._commit(self._complete(self._guarded(), outputs.get(last)))
             return
         for index in range(first, last + 1):
+            if self.env.draining.is_set():
+                raise HandedOver(f"before step {index}")
             step = definition.steps[index]
             t0 = time.perf_counter()
             if index > first:

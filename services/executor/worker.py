@@ -66,6 +66,7 @@ class Executor:
         self.streams = {p: keys.work_streams(p) for p in self.partitions}
         self._dispatch: AsyncScript = redis.register_script(load_lua("dispatch.lua"))
         self._renew: AsyncScript = redis.register_script(load_lua("renew.lua"))
+        self._handover: AsyncScript = redis.register_script(load_lua("handover.lua"))
         self._cache = DefinitionCache()
         self._held: list[tuple[int, int, Job]] = []  # (priority, order, job): delivered, not yet started
         self._order = 0
@@ -105,20 +106,35 @@ class Executor:
             await ensure_groups(self.redis, self.streams[p], keys.GROUP_EXECUTOR)
 
     async def _drain(self, loops: list[asyncio.Task[None]]) -> None:
+        """Take nothing new; let running steps finish within the grace period (each run stops before its
+        next step); then hand every entry still held over to the other executors at once."""
         leases = loops.pop(3)
         for task in loops:
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
+        self.env.draining.set()
+        unfinished = [run.job for _, run in self._running.values()] + [job for _, _, job in self._held]
         running = [task for task, _ in self._running.values()]
         if running:
-            log.info("waiting for %d running executions", len(running))
-            _, late = await asyncio.wait(running, timeout=self.settings.lease_s)
+            log.info("letting %d running steps finish (at most %ss)", len(running), self.settings.shutdown_grace_s)
+            _, late = await asyncio.wait(running, timeout=self.settings.shutdown_grace_s)
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
         leases.cancel()
         await asyncio.gather(leases, return_exceptions=True)
+        await self._hand_over(unfinished)
         log.info("executor %s stopped", self.name)
+
+    async def _hand_over(self, jobs: list[Job]) -> None:
+        by_partition: dict[int, list[str]] = {}
+        for job in jobs:
+            by_partition.setdefault(job.p, []).extend([job.stream, job.entry_id])
+        for p, pairs in by_partition.items():
+            moved = await self._handover(keys=[keys.bell(p)], args=[keys.GROUP_EXECUTOR, self.name, self.lease_ms,
+                                                                   *pairs])
+            if moved:
+                log.info("handed %s executions of partition %d over to the other executors", moved, p)
 
     async def _every(self, interval: float, stop: asyncio.Event, work: Callable[[], Awaitable[None]]) -> None:
         while not stop.is_set():
@@ -230,6 +246,8 @@ class Executor:
             name = text(stream)
             self._bells[name] = text(entries[-1][0])
             self._may_have_work.add(self._bell_partition[name])
+        if reply:
+            await self._take_expired()  # a shutting-down executor may have handed work over: take it now
 
     async def _take_due(self) -> None:
         now = now_ms()
