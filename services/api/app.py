@@ -21,7 +21,9 @@ from services.api.errors import exception_handlers
 from services.api.feed import FeedHub
 from services.api.limits import BodySizeLimit
 from services.api.routes import control, dlq, execute, executions, health, home, tenants, workflows
-from services.api.routes import stats, ws
+from services.api.routes import notifications, stats, ws
+from services.api.routes import queue_items, queues
+from services.api.routes import triggers, webhooks
 from shared.actions import load_plugins, param_types
 from shared.commit import Committer
 from shared.settings import Settings
@@ -35,9 +37,14 @@ def all_routes() -> list[BaseRoute]:
         *execute.routes,
         *executions.routes,
         *dlq.routes,
+        *queues.routes,
+        *queue_items.routes,
+        *notifications.routes,
         *health.routes,
         *openapi.routes,
         *home.routes,
+        *triggers.routes,
+        *webhooks.routes,
         *stats.routes,
         *ws.routes,
     ]

@@ -22,6 +22,7 @@ from services.api.routes import ws
 from shared.actions import MAX_DELAY_MS
 from shared.settings import Settings
 from shared.state import Status
+from shared.triggers import TRIGGER_TYPES
 
 REF = "#/components/schemas/{name}"
 Auth = Literal["tenant", "admin", "none"]
@@ -168,7 +169,58 @@ OPS: tuple[Op, ...] = (
         {202: schemas.CommandAccepted},
         errors=(409,),
     ),
+    # --- work queues (services/api/routes/queues.py, queue_items.py) ---
+    Op("post", "/api/queues", "Create a work queue (names are unique per tenant, regardless of case)", "queues",
+       {201: schemas.Queue}, body=schemas.QueueIn, errors=(409,)),
+    Op("get", "/api/queues", "List work queues, newest first", "queues", {200: schemas.QueuePage}, query=PAGE,
+       errors=(422,)),
+    Op("get", "/api/queues/{id}", "Get a work queue", "queues", {200: schemas.Queue}),
+    Op("put", "/api/queues/{id}", "Change a work queue's settings (only the fields given)", "queues",
+       {200: schemas.Queue}, body=schemas.QueueUpdateIn, errors=(409,)),
+    Op("delete", "/api/queues/{id}", "Delete a work queue: its items can no longer be claimed", "queues", {204: None}),
+    Op("get", "/api/queues/{id}/stats",
+       "Items by status, mean processing time, SLA breaches and items at risk of breaching", "queues",
+       {200: schemas.QueueStats}),
+    Op("post", "/api/queues/{id}/items", "Add an item", "queues", {201: schemas.QueueItem},
+       body=schemas.QueueItemIn, errors=(409,)),
+    Op("get", "/api/queues/{id}/items", "List a queue's items, newest first", "queues", {200: schemas.QueueItemPage},
+       query=(_query("status", {"type": "string", "enum": ["new", "in_progress", "completed", "failed", "abandoned",
+                                                           "retried"]}, "only this status"),
+              _query("reference", {"type": "string", "maxLength": 200}, "only items with this reference"), *PAGE),
+       errors=(422,)),
+    Op("post", "/api/queues/{id}/items/bulk", "Add up to 10,000 items, all or nothing (errors name the item's index)",
+       "queues", {201: schemas.QueueItemsAdded}, body=schemas.QueueItemsBulkIn, errors=(409,)),
+    Op("post", "/api/queues/{id}/items/next",
+       "Claim the next item: deadlines first (earliest first), then priority, then oldest; 204 when none is ready",
+       "queues", {200: schemas.QueueItem, 204: None}, body=schemas.ClaimIn, body_required=False),
+    Op("get", "/api/queues/{id}/items/{item_id}", "Get an item with its history", "queues",
+       {200: schemas.QueueItemDetail}),
+    Op("put", "/api/queues/{id}/items/{item_id}",
+       "Finish an item in progress (completed, or failed: business final, application retried while retries are "
+       "left), or record its progress", "queues", {200: schemas.QueueItem}, body=schemas.QueueItemUpdateIn,
+       errors=(409,)),
     Op("get", "/api/dlq", "List dead-lettered executions", "dlq", {200: schemas.DlqPage}, query=PAGE, errors=(422,)),
+    Op(
+        "get",
+        "/api/notifications",
+        "List notification deliveries (webhooks, emails), newest first",
+        "notifications",
+        {200: schemas.NotificationPage},
+        query=(
+            _query("execution_id", {"type": "string"}, "only this execution's"),
+            _query("status", {"type": "string", "enum": ["pending", "retrying", "sent", "failed"]}, "only this status"),
+            *PAGE,
+        ),
+        errors=(422,),
+    ),
+    Op(
+        "post",
+        "/api/notifications/{id}/resend",
+        "Send a sent or failed notification again (a new series of attempts, same body)",
+        "notifications",
+        {202: schemas.ResendAccepted},
+        errors=(409,),
+    ),
     Op(
         "post",
         "/api/dlq/{execution_id}/retry",
@@ -194,6 +246,29 @@ OPS: tuple[Op, ...] = (
        {200: schemas.Stats}),
     Op("get", "/metrics", "Prometheus metrics (orq_*), every tenant together", "stats", {200: PlainText},
        auth="none", errors=(503,)),
+    # --- triggers (services/api/routes/triggers.py, webhooks.py) ---
+    Op("post", "/api/triggers", "Create a trigger (per-type config, see docs/triggers.md)", "triggers",
+       {201: schemas.Trigger}, body=schemas.TriggerIn, errors=(409,)),
+    Op("get", "/api/triggers", "List triggers, newest first", "triggers", {200: schemas.TriggerPage},
+       query=(_query("workflow_id", {"type": "string"}, "only the triggers starting this workflow"),
+              _query("trigger_type", {"type": "string", "enum": list(TRIGGER_TYPES)}, "only this type"), *PAGE),
+       errors=(422,)),
+    Op("get", "/api/triggers/{id}", "Get a trigger", "triggers", {200: schemas.Trigger}),
+    Op("put", "/api/triggers/{id}", "Replace a trigger (a webhook or email trigger keeps its token)", "triggers",
+       {200: schemas.Trigger}, body=schemas.TriggerIn, errors=(409,)),
+    Op("delete", "/api/triggers/{id}", "Delete a trigger: it never fires again", "triggers", {204: None}),
+    Op("post", "/api/triggers/webhook/{token}",
+       "Fire a webhook trigger: the JSON body becomes the run's params. Public: the token is the credential. "
+       "When the trigger has a `secret`, sign with `X-Orq-Timestamp` (Unix seconds) and `X-Orq-Signature: "
+       "sha256=<hex HMAC-SHA256(secret, timestamp + '.' + raw body)>`; 5 minutes' tolerance, each signature once.",
+       "triggers", {202: schemas.WebhookAccepted}, auth="none", body=dict, body_required=False,
+       errors=(401, 409, 429, 503),
+       headers=(
+           {"name": "X-Orq-Timestamp", "in": "header", "required": False, "schema": {"type": "string"},
+            "description": "Unix time in seconds (signed webhooks)"},
+           {"name": "X-Orq-Signature", "in": "header", "required": False, "schema": {"type": "string"},
+            "description": "sha256=<hex HMAC-SHA256> (signed webhooks)"},
+       )),
 )
 
 _STATUS_TEXT = {
