@@ -93,6 +93,7 @@ class Request:
     parent_execution_id: str | None = None
     skip_if_running: bool = False
     consume_on_skip: bool = True
+    execution_id: str | None = None  # when a claim must name the execution (a queue item's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +163,7 @@ class Firer:
             if status in _UNFINISHED:
                 return await self.skip(trigger, request, "overlap", now_ms)
         plan = self.plan(tenant.plan)
-        execution_id = new_id()
+        execution_id = request.execution_id or new_id()
         priority = max(int(trigger.config.get("priority") or plan.default_priority), plan.min_priority)
         unit = admission_unit(
             p=p,
@@ -187,17 +188,15 @@ class Firer:
                           now_ms: int) -> None:
         """The trigger's guards (first), claims, ``trigger.fired`` and counters, into the admission unit."""
         p = trigger.partition
-        part = Unit(p)
-        _require_live(part, trigger)
-        part.require(keys.trigger(p, trigger.id), "rev", [str(trigger.rev)], REV_GUARD)
+        admission_guards = len(unit.guards)
+        _require_live(unit, trigger)
+        unit.require(keys.trigger(p, trigger.id), "rev", [str(trigger.rev)], REV_GUARD)
         if request.skip_if_running and trigger.last_execution_id:
-            part.require(keys.execution(p, trigger.last_execution_id), "status", _FINISHED_OR_GONE, OVERLAP_GUARD)
+            unit.require(keys.execution(p, trigger.last_execution_id), "status", _FINISHED_OR_GONE, OVERLAP_GUARD)
         for claim in request.claims:
-            claim.add(part)
-        assert not part.blobs, "claims carry text only, so their ops can move between units"
+            claim.add(unit)
         # Trigger guards first: a claimed tick or an edited trigger is reported as such, not as a quota refusal.
-        unit.guards[:0] = part.guards
-        unit.ops[:0] = part.ops
+        unit.guards = unit.guards[admission_guards:] + unit.guards[:admission_guards]
         fired = trigger.snapshot(revision=trigger.rev + 1, trigger_count=trigger.count + 1, last_triggered_at=now_ms)
         unit.event(TriggerFired(tenant_id=trigger.tenant_id, aggregate_id=trigger.id, ts=now_ms, trigger=fired,
                                 execution_id=execution_id, source=request.source))
@@ -217,8 +216,10 @@ class Firer:
                 return await self.skip(trigger, request, "workflow_deleted", now_ms)
             case label if label == CLAIM_GUARD:
                 return NotFired("claimed")
-            case _:
+            case label if label == LIVE_GUARD:
                 return NotFired("gone")
+            case label:  # a caller's own claim guard (an item no longer new, a full trigger)
+                return NotFired(label)
 
     async def skip(self, trigger: TriggerState, request: Request, reason: TriggerSkipReason, now_ms: int,
                    *, ticks: int = 1, used: int = 0, plan: Plan | None = None) -> Outcome:

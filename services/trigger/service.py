@@ -1,42 +1,96 @@
-"""``orq trigger``: the trigger service's consumer of the event log.
+"""``orq trigger``: the trigger service. Any number of instances may run; each firing happens once.
 
-It joins group ``trigger`` on every partition's log so that triggers reacting to events (workflow chaining,
-queue items) see each event once across trigger instances. The trigger types themselves are built on
-this loop; until a trigger reacts to an event, entries are acknowledged as they are read.
+Parts, all on one Redis client and one group committer:
+
+- the log consumer (group ``trigger``, :mod:`services.trigger.reactor`): workflow chaining and queue items;
+- the scheduler (:mod:`services.trigger.scheduler`): cron ticks;
+- the file watcher (:mod:`services.trigger.watcher`);
+- the SMTP listener (:mod:`services.trigger.mailbox`);
+- a periodic feed of ``queue_item`` triggers (deferred items coming due, slots freed while events were missed).
+
+Each part is restarted after a pause if it fails; ``stop`` drains them all (the consumer finishes the batch in
+hand and acks it, the committer flushes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
 
+from services.trigger.feeder import Feeder
+from services.trigger.mailbox import serve_smtp
+from services.trigger.reactor import Reactor
+from services.trigger.scheduler import Scheduler
+from services.trigger.watcher import FileWatcher
 from shared import keys
-from shared.consumer import Record, StreamConsumer
+from shared.commit import Committer
+from shared.consumer import StreamConsumer
 from shared.durability import ensure_durable
 from shared.metrics_server import start_metrics_server
 from shared.redis import connect
 from shared.settings import Settings
+from shared.triggers_firing import Firer
 
 log = logging.getLogger(__name__)
 
+RESTART_PAUSE_S = 1.0
+FEED_EVERY_S = 2.0
 
-async def _handle(stream: str, records: Sequence[Record]) -> None:
-    log.debug("trigger service saw %d events on %s", len(records), stream)
+
+def consumer_name() -> str:
+    """Unique per process: instances must not share a consumer (each drains its own pending entries)."""
+    return f"trigger-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-async def serve(settings: Settings, stop: asyncio.Event, consumer: str = "trigger-1") -> None:
-    """Consume the log as group ``trigger`` until ``stop`` is set."""
+async def _supervised(name: str, part: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
+    """Run ``part`` until ``stop``; if it fails, log and start it again after a pause."""
+    while not stop.is_set():
+        try:
+            await part()
+        except Exception:  # a loop's top level
+            log.exception("trigger service part %s failed; restarting it", name)
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), RESTART_PAUSE_S)
+
+
+async def _every(seconds: float, action: Callable[[], Awaitable[object]], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        await action()
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def serve(settings: Settings, stop: asyncio.Event, consumer: str | None = None) -> None:
+    """Run every part of the trigger service until ``stop`` is set."""
     redis = connect(settings.redis_url)
+    committer = Committer(redis)
     try:
         await ensure_durable(redis, settings)
         await start_metrics_server(settings, stop, redis)
-        await StreamConsumer(
+        firer = Firer(redis, committer, settings)
+        feeder = Feeder(redis, firer, settings)
+        reactor = Reactor(redis, firer, feeder, settings)
+        log_consumer = StreamConsumer(
             redis,
             group=keys.GROUP_TRIGGER,
-            consumer=consumer,
+            consumer=consumer or consumer_name(),
             streams=[keys.log(p) for p in range(settings.partitions)],
-            handler=_handle,
-        ).run(stop)
+            handler=reactor.handle,
+        )
+        parts: dict[str, Callable[[], Awaitable[None]]] = {
+            "consumer": lambda: log_consumer.run(stop),
+            "scheduler": lambda: Scheduler(redis, firer, settings).run(stop),
+            "files": lambda: FileWatcher(redis, firer, settings).run(stop),
+            "smtp": lambda: serve_smtp(redis, firer, settings, stop),
+            "queue feed": lambda: _every(FEED_EVERY_S, feeder.feed_all, stop),
+        }
+        await asyncio.gather(*(_supervised(name, part, stop) for name, part in parts.items()))
     finally:
+        await committer.close()
         await redis.aclose()
+        log.info("trigger service stopped")

@@ -1,0 +1,155 @@
+"""``queue_item`` triggers: one execution per item of a work queue, at most ``max_concurrent`` at a time.
+
+Filling a trigger's free slots: take the queue's next ready items (:func:`shared.queues_claims.next_ready`)
+and fire one execution per item. Each firing unit also claims the item (``new`` → ``in_progress``, with the
+execution's id: :func:`shared.queues_claims.claim_item`), counts the slot in the trigger's ``inflight`` field
+(guarded by ``max_concurrent``) and records execution → item in ``orq:{p}:trigger_runs``: item, slot and
+execution go together or not at all.
+
+When the execution ends, the item follows its outcome (:meth:`Feeder.finish`): completed → ``completed``
+with the run's result; failed → ``failed`` as an application error (retried while the queue allows);
+cancelled → ``failed`` as a business error (a person stopped it: not retried). The slot is freed in the
+same unit, and the trigger is fed again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from services.trigger.registry import config_of, live_triggers
+from shared import keys
+from shared.clock import new_id, now_ms
+from shared.commit import Applied, Unit
+from shared.queues import QueueState, read_queue
+from shared.queues_claims import IN_PROGRESS, claim_item, complete_unit, fail_unit, next_ready
+from shared.queues_items import ItemState, read_items
+from shared.redis import text
+from shared.settings import Settings
+from shared.triggers import QueueItemConfig, TriggerState, read_trigger
+from shared.triggers_firing import Fired, Firer, Request, Skipped
+
+log = logging.getLogger(__name__)
+
+SLOTS_GUARD = "max_concurrent"
+RUN_GUARD = "run_finished"
+QUOTA_PAUSE_MS = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class ItemClaim:
+    """The claim of one queue item by a firing, with its concurrency slot and its execution → item record."""
+
+    trigger: TriggerState
+    item: ItemState
+    queue: QueueState
+    execution_id: str
+    max_concurrent: int
+    now: int
+
+    def add(self, unit: Unit) -> None:
+        p = unit.p
+        trigger_key = keys.trigger(p, self.trigger.id)
+        unit.within_hash_limit(trigger_key, "inflight", 1, self.max_concurrent, SLOTS_GUARD)
+        claim_item(unit, item=self.item, queue=self.queue, claimer=f"trigger:{self.trigger.id}",
+                   now_ms=self.now, execution_id=self.execution_id)
+        unit.hincrby(trigger_key, "inflight", 1)
+        unit.hset(keys.trigger_runs(p), {self.execution_id: f"{self.trigger.id} {self.item.id}"})
+
+
+class Feeder:
+    """Starts executions for queue items and settles items when their executions end."""
+
+    def __init__(self, redis: Redis, firer: Firer, settings: Settings, clock: Callable[[], int] = now_ms) -> None:
+        self.redis = redis
+        self.firer = firer
+        self.settings = settings
+        self.clock = clock
+        self._paused_until: dict[str, int] = {}
+
+    async def feed_all(self) -> int:
+        """Fill every queue_item trigger's free slots (periodic: deferred items become due, missed events)."""
+        started = 0
+        for trigger in await live_triggers(self.redis, self.settings.partitions, "queue_item"):
+            started += await self.feed(trigger)
+        return started
+
+    async def feed_queue(self, p: int, queue_id: str) -> int:
+        """An item was added to ``queue_id``: feed the triggers of that queue."""
+        started = 0
+        for trigger in await live_triggers(self.redis, self.settings.partitions, "queue_item"):
+            if trigger.partition == p and trigger.config.get("queue_id") == queue_id:
+                started += await self.feed(trigger)
+        return started
+
+    async def feed(self, trigger: TriggerState) -> int:
+        config = config_of(trigger, QueueItemConfig)
+        now = self.clock()
+        if config is None or self._paused_until.get(trigger.id, 0) > now:
+            return 0
+        p = trigger.partition
+        inflight = int(text(await self.redis.hget(keys.trigger(p, trigger.id), "inflight")) or 0)
+        free = config.max_concurrent - inflight
+        queue = await read_queue(self.redis, p, config.queue_id)
+        if free <= 0 or queue is None or queue.deleted:
+            return 0
+        started = 0
+        items = await read_items(self.redis, p, await next_ready(self.redis, p, config.queue_id, now, free))
+        for item in items:
+            if item is None or item.status != "new":
+                continue
+            execution_id = new_id()
+            claim = ItemClaim(trigger, item, queue, execution_id, config.max_concurrent, now)
+            request = Request(params=item.data(), source={"queue_id": config.queue_id, "item_id": item.id},
+                              claims=[claim], consume_on_skip=False, execution_id=execution_id)
+            outcome = await self.firer.fire(p, trigger.id, request, now)
+            if isinstance(outcome, Fired):
+                started += 1
+            elif isinstance(outcome, Skipped):
+                # Over quota or backlog: the item stays new; look again in a while rather than every poll.
+                self._paused_until[trigger.id] = now + QUOTA_PAUSE_MS
+                break
+            elif outcome.reason in (SLOTS_GUARD, "gone"):
+                break
+        return started
+
+    async def finish(self, p: int, execution_id: str, status: str, result: Any, error: str) -> bool:
+        """The execution of a queue item ended: settle the item, free the slot, feed the trigger again."""
+        runs = keys.trigger_runs(p)
+        record = text(await self.redis.hget(runs, execution_id))
+        if not record:
+            return False
+        trigger_id, _, item_id = record.partition(" ")
+        now = self.clock()
+        items = await read_items(self.redis, p, [item_id])
+        item = items[0]
+        trigger = await read_trigger(self.redis, p, trigger_id)
+        unit = Unit(p)
+        if item is not None and item.status == IN_PROGRESS and item.snapshot.execution_id == execution_id:
+            queue = await read_queue(self.redis, p, item.queue_id)
+            if status == "completed":
+                unit = complete_unit(p=p, item=item, result=result, now_ms=now)
+            elif queue is not None:
+                message = error or f"execution {execution_id} {status}"
+                unit = fail_unit(p=p, item=item, queue=queue, message=message, now_ms=now,
+                                 kind="business" if status == "cancelled" else "application")
+        _free_slot(unit, p, trigger_id, execution_id, record)
+        outcome = await self.firer.committer.commit(unit)
+        if not isinstance(outcome, Applied):
+            # The item moved on (abandoned meanwhile): still free the slot, once.
+            release = _free_slot(Unit(p), p, trigger_id, execution_id, record)
+            await self.firer.committer.commit(release)
+        if trigger is not None and trigger.live:
+            await self.feed(trigger)
+        return True
+
+
+def _free_slot(unit: Unit, p: int, trigger_id: str, execution_id: str, record: str) -> Unit:
+    unit.require(keys.trigger_runs(p), execution_id, [record], RUN_GUARD)
+    unit.hdel(keys.trigger_runs(p), execution_id)
+    unit.hincrby(keys.trigger(p, trigger_id), "inflight", -1)
+    return unit

@@ -1,0 +1,120 @@
+"""Triggers that react to events of the log (group ``trigger``): workflow chaining and queue items.
+
+- An execution ended (``execution.completed``, ``execution.failed``, ``execution.cancelled``, or a poison
+  ``execution.dead_lettered`` that no ``execution.failed`` preceded): every ``workflow_completed`` trigger
+  watching its workflow, whose ``statuses`` include the outcome, starts its own workflow with the run's
+  result as params and ``parent_execution_id`` set. The firing claims ``event:<stream id>``, so a redelivered
+  event (a crash before the ack, a takeover) never fires twice.
+- An execution of a queue item ended: the item follows (see :mod:`services.trigger.feeder`).
+- ``queue_item.added``: the queue's triggers are fed.
+
+Consumer groups split the log among trigger instances; the claims make any overlap harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+
+from services.trigger.feeder import Feeder
+from shared import keys
+from shared.clock import now_ms
+from shared.consumer import Record
+from shared.events import (
+    Event,
+    ExecutionCancelled,
+    ExecutionCompleted,
+    ExecutionDeadLettered,
+    ExecutionFailed,
+    QueueItemAdded,
+)
+from shared.redis import text
+from shared.settings import Settings
+from shared.triggers import chain_edges, read_trigger
+from shared.triggers_firing import Fired, Firer, Once, Request
+
+log = logging.getLogger(__name__)
+
+EVENT_CLAIM_TTL_S = 7 * 24 * 3600
+_INTERESTING = frozenset({"execution.completed", "execution.failed", "execution.cancelled",
+                          "execution.dead_lettered", "queue_item.added"})
+
+
+def outcome_of(event: Event) -> tuple[str, Any, str] | None:
+    """(status, result, error) of an event that ends an execution, else None."""
+    match event:
+        case ExecutionCompleted():
+            return "completed", event.result, ""
+        case ExecutionFailed():
+            return "failed", None, event.error
+        case ExecutionCancelled():
+            return "cancelled", None, event.reason
+        case ExecutionDeadLettered() if event.reason == "poison":
+            return "failed", None, event.error
+        case _:
+            return None
+
+
+def chained_params(status: str, result: Any, error: str) -> dict[str, Any]:
+    """What a chained run gets: the finished run's result (an object as is, anything else under ``result``)."""
+    if status != "completed":
+        return {"error": error} if error else {}
+    if isinstance(result, dict):
+        return result
+    return {} if result is None else {"result": result}
+
+
+class Reactor:
+    """The handler of the trigger service's log consumer."""
+
+    def __init__(self, redis: Redis, firer: Firer, feeder: Feeder, settings: Settings,
+                 clock: Callable[[], int] = now_ms) -> None:
+        self.redis = redis
+        self.firer = firer
+        self.feeder = feeder
+        self.clock = clock
+        self._partition_of = {keys.log(p): p for p in range(settings.partitions)}
+
+    async def handle(self, stream: str, records: Sequence[Record]) -> None:
+        p = self._partition_of[stream]
+        for record in records:
+            if record.type not in _INTERESTING:
+                continue
+            event = record.event()
+            if isinstance(event, QueueItemAdded):
+                await self.feeder.feed_queue(p, event.item.queue_id)
+                continue
+            ended = outcome_of(event)
+            if ended is not None:
+                await self.feeder.finish(p, event.aggregate_id, *ended)
+                await self.chain(p, record.id, event.aggregate_id, *ended)
+
+    async def chain(self, p: int, event_id: str, execution_id: str, status: str, result: Any, error: str) -> int:
+        """Fire the ``workflow_completed`` triggers watching the ended execution's workflow."""
+        raw = await self.redis.hmget(keys.execution(p, execution_id), ["tenant", "workflow_id"])
+        tenant_id, workflow_id = text(raw[0]), text(raw[1])
+        if not tenant_id:
+            return 0
+        _, edges = await chain_edges(self.redis, p, tenant_id)
+        fired = 0
+        for trigger_id, (source, _) in sorted(edges.items()):
+            if source != workflow_id:
+                continue
+            trigger = await read_trigger(self.redis, p, trigger_id)
+            if trigger is None or not trigger.live or status not in trigger.config.get("statuses", ["completed"]):
+                continue
+            request = Request(
+                params=chained_params(status, result, error),
+                source={"execution_id": execution_id, "workflow_id": workflow_id, "status": status},
+                claims=[Once(keys.trigger_claim(p, trigger_id, f"event:{event_id}"), EVENT_CLAIM_TTL_S)],
+                parent_execution_id=execution_id,
+            )
+            outcome = await self.firer.fire(p, trigger_id, request, self.clock())
+            if isinstance(outcome, Fired):
+                fired += 1
+                log.info("chain trigger %s started %s after %s %s", trigger_id, outcome.execution_id, execution_id,
+                         status, extra={"trigger_id": trigger_id, "execution_id": outcome.execution_id})
+        return fired
