@@ -6,13 +6,13 @@ import asyncio
 import sys
 
 from bench.common import Result, print_table
-from bench.executor import executor_throughput
+from bench.executor import dispatch_by_tenants, executor_throughput
 from bench.latency import enqueue_to_start
 
 
 async def main(selected: set[str]) -> None:
     results: list[Result] = []
-    suites = {"executor": executor_throughput, "latency": enqueue_to_start}
+    suites = {"executor": executor_throughput, "fairness": dispatch_by_tenants, "latency": enqueue_to_start}
     for name, suite in suites.items():
         if not selected or name in selected:
             print(f"running {name} ...", file=sys.stderr, flush=True)

@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -81,6 +82,7 @@ class Executor:
         self._bells: dict[str, str] = {keys.bell(p): "0-0" for p in self.partitions}
         self._bell_partition = {keys.bell(p): p for p in self.partitions}
         self._may_have_work: set[int] = set(self.partitions)
+        self._next_expired_look = 0.0
 
     @property
     def free(self) -> int:
@@ -246,8 +248,10 @@ class Executor:
             name = text(stream)
             self._bells[name] = text(entries[-1][0])
             self._may_have_work.add(self._bell_partition[name])
-        if reply:
-            await self._take_expired()  # a shutting-down executor may have handed work over: take it now
+        if reply and time.monotonic() >= self._next_expired_look:
+            # A shutting-down executor may have handed work over: look now (at most once a second).
+            self._next_expired_look = time.monotonic() + 1.0
+            await self._take_expired()
 
     async def _take_due(self) -> None:
         now = now_ms()
