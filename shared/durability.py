@@ -60,37 +60,56 @@ async def ensure_durable(redis: Redis, settings: Settings) -> None:
     check_policy(await eviction_policy(redis), allow=settings.allow_eviction)
 
 
-async def last_generated_id(redis: Redis, stream: str) -> str:
-    """The id of the last entry ever added to ``stream`` (trimming does not lower it); "0-0" if none."""
+async def log_bounds(redis: Redis, stream: str) -> tuple[str, str]:
+    """(first entry id or "", last id ever generated) of ``stream``; ("", "0-0") if it does not exist."""
     try:
         info = await redis.xinfo_stream(stream)
     except ResponseError:  # no such key
-        return "0-0"
-    return text(info.get("last-generated-id")) or "0-0"
+        return "", "0-0"
+    first = info.get("first-entry")
+    return (text(first[0]) if first else ""), (text(info.get("last-generated-id")) or "0-0")
+
+
+async def rewound(redis: Redis, p: int, checkpoint: str) -> str | None:
+    """Why partition ``p``'s log looks older than the projection checkpoint (None when it does not).
+
+    Either the log ends before the checkpoint, or events were added since the restart (with ids after it)
+    but the checkpoint's own entry is missing although the log still holds older entries: trimming keeps
+    the checkpoint's entry, so only a restore from an older snapshot loses it.
+    """
+    stream = keys.log(p)
+    first, last = await log_bounds(redis, stream)
+    mark = stream_id_parts(checkpoint)
+    if stream_id_parts(last) < mark:
+        return f"the log ends at {last}, before the checkpoint {checkpoint}"
+    if first and stream_id_parts(first) < mark and not await redis.xrange(stream, checkpoint, checkpoint):
+        return f"the log holds entries from {first} but not the checkpoint's own entry {checkpoint}"
+    return None
 
 
 async def check_rewind(redis: Redis, p: int, checkpoint: str | None, *, accept: bool) -> bool:
     """True when partition ``p`` may be projected: its log is not behind the SQL checkpoint.
 
-    A rewound log is logged as an error and refused, unless ``accept``: then the stream's id is moved to the
-    checkpoint (``XSETID``), so new events get ids after it and are projected, and the projector goes on.
+    A rewound log is logged as an error and refused, unless ``accept``: then, if the log ends before the
+    checkpoint, its id is moved there (``XSETID``) so new events are not skipped as already projected, and
+    the projector goes on.
     """
     if checkpoint is None:
         return True
-    stream = keys.log(p)
-    last = await last_generated_id(redis, stream)
-    if stream_id_parts(last) >= stream_id_parts(checkpoint):
+    reason = await rewound(redis, p, checkpoint)
+    if reason is None:
         return True
     if not accept:
         log.error(
-            "REDIS WAS REWOUND: partition %d's log ends at %s but the projection checkpoint is %s. Events after "
-            "%s were lost from Redis (restored from an old snapshot, or the AOF lost its tail); new events would "
-            "be skipped as already projected. Refusing to project partition %d. Restore the right Redis backup, "
-            "or set ORQ_ACCEPT_REWOUND_REDIS=1 to go on (see docs/operations.md).",
-            p, last, checkpoint, last, p,
+            "REDIS WAS REWOUND: partition %d: %s. Events the projection has were lost from Redis (restored from an "
+            "old snapshot, or the AOF lost its tail), so Redis state is older than the SQL tables. Refusing to "
+            "project partition %d. Restore the right Redis backup, or set ORQ_ACCEPT_REWOUND_REDIS=1 to go on "
+            "(see docs/operations.md).",
+            p, reason, p,
         )
         return False
-    await redis.execute_command("XSETID", stream, checkpoint)  # type: ignore[no-untyped-call]
-    log.error("partition %d: Redis was rewound (log at %s, checkpoint %s); ORQ_ACCEPT_REWOUND_REDIS is set: the "
-              "log now continues after %s", p, last, checkpoint, checkpoint)
+    _, last = await log_bounds(redis, keys.log(p))
+    if stream_id_parts(last) < stream_id_parts(checkpoint):
+        await redis.execute_command("XSETID", keys.log(p), checkpoint)  # type: ignore[no-untyped-call]
+    log.error("partition %d: Redis was rewound (%s); ORQ_ACCEPT_REWOUND_REDIS is set: projecting on", p, reason)
     return True
