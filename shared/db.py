@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from sqlalchemy import Connection, event, inspect, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from shared.schema import metadata
+
+SCHEMA_ATTEMPTS = 5
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -30,10 +35,21 @@ def is_sqlite(engine: AsyncEngine | Engine) -> bool:
 
 
 async def create_schema(engine: AsyncEngine) -> None:
-    """Create missing tables and indexes, and add columns a newer version declares (idempotent)."""
-    async with engine.begin() as conn:
-        await conn.run_sync(metadata.create_all, checkfirst=True)
-        await conn.run_sync(_add_missing_columns)
+    """Create missing tables and indexes, and add columns a newer version declares (idempotent).
+
+    Services starting together race to create the same tables; the loser of a race sees "already exists"
+    and simply looks again.
+    """
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(metadata.create_all, checkfirst=True)
+                await conn.run_sync(_add_missing_columns)
+            return
+        except (OperationalError, ProgrammingError) as exc:
+            if "already exists" not in str(exc) and "Duplicate" not in str(exc) or attempt == SCHEMA_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.05 * (attempt + 1))
 
 
 def _add_missing_columns(conn: Connection) -> None:
