@@ -8,6 +8,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from services.admin.cli import ADMIN_COMMANDS
+from services.admin.cli import add_commands as add_admin_commands
 from shared.errors import ConfigError
 from shared.runtime import configure_logging, run_until_signalled
 from shared.settings import Settings, load_settings
@@ -30,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--data-dir", default=".orq")
     replay = sub.add_parser("replay", help="rebuild every projection from the event archive and the streams")
     replay.add_argument("--no-progress", action="store_true")
+    add_admin_commands(sub)
     return parser
 
 
@@ -45,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> None:
+    if args.command in ADMIN_COMMANDS:
+        from services.admin.cli import run as run_admin
+
+        sys.exit(run_admin(args, settings))
     match args.command:
         case "api":
             from services.api.server import serve as serve_api
