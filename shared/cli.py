@@ -18,6 +18,7 @@ from shared.settings import Settings, load_settings
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orq", description="Orquesta workflow orchestrator")
     parser.add_argument("--log-level", default=os.environ.get("ORQ_LOG_LEVEL", "INFO"))
+    parser.add_argument("--log-format", choices=["text", "json"], default=os.environ.get("ORQ_LOG_FORMAT", "text"))
     sub = parser.add_subparsers(dest="command", required=True)
     api = sub.add_parser("api", help="HTTP API and WebSocket feed")
     api.add_argument("--host", default="127.0.0.1")
@@ -38,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     try:
         settings = load_settings()
         _dispatch(args, settings)
