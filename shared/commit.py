@@ -220,6 +220,19 @@ class Unit:
         self.ops.append(["zrem", key, *members])
         return self
 
+    def queue_add(
+        self, *, event_type: str, ready: str, deferred: str, refs: str, item_prefix: str, tenant_id: str,
+        queue_id: str, now_ms: int, items: Sequence[tuple[str, bytes, bytes, bytes, str, int, str]],
+    ) -> Unit:
+        """Add work-queue items in one op: per item (id, event body, snapshot, data JSON, rank, defer_until or
+        0, reference or ""); see ``shared/queues_items.py``. Each item's event is logged in order."""
+        flat: list[Any] = ["qadd", keys.log(self.p), event_type, ready, deferred, refs, item_prefix, tenant_id,
+                           queue_id, now_ms]
+        for item_id, event, snapshot, data, rank, defer_until, reference in items:
+            flat += (item_id, self._arg(event), self._arg(snapshot), self._arg(data), rank, defer_until, reference)
+        self.ops.append(flat)
+        return self
+
     def queue_claim(
         self, *, ready: str, deferred: str, item_prefix: str, due: str, now_ms: int, abandon_after_ms: int,
         event_type: str, template: bytes, claimer: str,

@@ -38,7 +38,7 @@ from shared.events import (
     type_of,
 )
 from shared.queues import QUEUE_GONE_GUARD, QueueState, read_queue
-from shared.queues_items import ItemState, encode_snapshot, put_item, read_item
+from shared.queues_items import ItemState, added, encode_snapshot, put_items, read_item
 from shared.redis import text
 
 log = logging.getLogger(__name__)
@@ -210,8 +210,9 @@ def _retry(
         origin_at=old.origin_at,
         created_at=now_ms,
     )
-    put_item(unit, tenant_id=item.tenant_id, item_id=retry_id, snapshot=retry, data=item.data(), now_ms=now_ms,
-             data_json=item.data_json)
+    row = added(tenant_id=item.tenant_id, item_id=retry_id, snapshot=retry, data=item.data(), now_ms=now_ms,
+                data_json=item.data_json)
+    put_items(unit, tenant_id=item.tenant_id, queue_id=old.queue_id, items=[row], now_ms=now_ms)
 
 
 async def abandon_due(redis: Redis, committer: Committer, p: int, now_ms: int, limit: int = ABANDON_BATCH) -> int:

@@ -100,8 +100,12 @@ def encode_snapshot(snapshot: QueueItemSnapshot) -> bytes:
     return _encoder.encode(snapshot)
 
 
-def put_item(
-    unit: Unit,
+ADDED = str(QueueItemAdded.__struct_config__.tag)
+# (id, event body, snapshot, data JSON, rank, defer_until or 0, reference or ""): one item for Unit.queue_add.
+Added = tuple[str, bytes, bytes, bytes, str, int, str]
+
+
+def added(
     *,
     tenant_id: str,
     item_id: str,
@@ -110,30 +114,31 @@ def put_item(
     now_ms: int,
     seq: int = 0,
     data_json: bytes | None = None,
-) -> Unit:
-    """Append ``queue_item.added`` and make the item claimable (now, or once its ``defer_until`` passes)."""
-    p = unit.p
+) -> Added:
+    """What :func:`put_items` needs for one item: its ``queue_item.added`` event, state and rank."""
+    event = QueueItemAdded(tenant_id=tenant_id, aggregate_id=item_id, ts=now_ms, item=snapshot, data=data)
     item_rank = rank(item_id, priority=snapshot.priority, deadline=snapshot.deadline, created_at=snapshot.created_at,
                      seq=seq)
-    unit.event(QueueItemAdded(tenant_id=tenant_id, aggregate_id=item_id, ts=now_ms, item=snapshot, data=data))
-    unit.hset(
-        keys.queue_item(p, item_id),
-        {
-            "tenant": tenant_id,
-            "queue_id": snapshot.queue_id,
-            "status": "new",
-            "snap": encode_snapshot(snapshot),
-            "data": data_json if data_json is not None else _json.encode(data),
-            "rank": item_rank,
-        },
+    return (item_id, _encoder.encode(event), encode_snapshot(snapshot),
+            data_json if data_json is not None else _json.encode(data), item_rank, snapshot.defer_until or 0,
+            snapshot.reference or "")
+
+
+def put_items(unit: Unit, *, tenant_id: str, queue_id: str, items: Sequence[Added], now_ms: int) -> Unit:
+    """Append each item's ``queue_item.added`` and make it claimable (now, or once its ``defer_until`` passes);
+    its reference is remembered (the first item with a reference keeps it)."""
+    p = unit.p
+    return unit.queue_add(
+        event_type=ADDED,
+        ready=keys.queue_ready(p, queue_id),
+        deferred=keys.queue_deferred(p, queue_id),
+        refs=keys.queue_refs(p, queue_id),
+        item_prefix=keys.queue_item(p, ""),
+        tenant_id=tenant_id,
+        queue_id=queue_id,
+        now_ms=now_ms,
+        items=items,
     )
-    if snapshot.defer_until is not None and snapshot.defer_until > now_ms:
-        unit.zadd(keys.queue_deferred(p, snapshot.queue_id), snapshot.defer_until, item_rank)
-    else:
-        unit.zadd(keys.queue_ready(p, snapshot.queue_id), 0, item_rank)
-    if snapshot.reference is not None:
-        unit.hsetnx(keys.queue_refs(p, snapshot.queue_id), snapshot.reference, item_id)
-    return unit
 
 
 def add_unit(*, p: int, tenant_id: str, queue: QueueState, items: Sequence[NewItem], now_ms: int) -> Unit:
@@ -148,20 +153,26 @@ def add_unit(*, p: int, tenant_id: str, queue: QueueState, items: Sequence[NewIt
         for index, item in enumerate(items):
             if item.reference is not None:
                 unit.require(refs, item.reference, [""], f"{DUPLICATE_REFERENCE_GUARD}:{index}")
-    for seq, item in enumerate(items):
-        snapshot = QueueItemSnapshot(
-            queue_id=queue.id,
-            status="new",
-            priority=item.priority,
-            reference=item.reference,
-            deadline=item.deadline,
-            defer_until=item.defer_until,
-            origin_at=now_ms,
-            created_at=now_ms,
-        )
-        put_item(unit, tenant_id=tenant_id, item_id=item.id, snapshot=snapshot, data=item.data, now_ms=now_ms,
-                 seq=seq)
-    return unit
+    rows = [
+        added(tenant_id=tenant_id, item_id=item.id, snapshot=new_snapshot(queue.id, item, now_ms), data=item.data,
+              now_ms=now_ms, seq=seq)
+        for seq, item in enumerate(items)
+    ]
+    return put_items(unit, tenant_id=tenant_id, queue_id=queue.id, items=rows, now_ms=now_ms)
+
+
+def new_snapshot(queue_id: str, item: NewItem, now_ms: int) -> QueueItemSnapshot:
+    """A new item's state, added at ``now_ms`` (where its SLA starts)."""
+    return QueueItemSnapshot(
+        queue_id=queue_id,
+        status="new",
+        priority=item.priority,
+        reference=item.reference,
+        deadline=item.deadline,
+        defer_until=item.defer_until,
+        origin_at=now_ms,
+        created_at=now_ms,
+    )
 
 
 async def existing_references(redis: Redis, p: int, queue_id: str, references: Sequence[str]) -> dict[str, str]:

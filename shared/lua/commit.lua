@@ -137,6 +137,19 @@ local function apply(op, ids, base)
     redis.call('ZADD', op[2], op[3], op[4])
   elseif kind == 'zrem' then
     redis.call('ZREM', op[2], unpack(op, 3))
+  elseif kind == 'qadd' then
+    -- {qadd, log, type, ready zset, deferred zset, refs hash, item key prefix, tenant, queue id, now, then per
+    --  item: id, event, snapshot, data, rank, defer_until (0: none), reference ('': none)}: add work-queue
+    -- items (see shared/queues_items.py); one op for a whole bulk keeps 10,000 items to a few calls each.
+    local now = op[10]
+    for i = 11, #op, 7 do
+      local id, rank, defer, ref = op[i], op[i + 4], op[i + 5], op[i + 6]
+      ids[#ids + 1] = redis.call('XADD', op[2], '*', 't', op[3], 'd', op[i + 1])
+      redis.call('HSET', op[7] .. id, 'tenant', op[8], 'queue_id', op[9], 'status', 'new', 'snap', op[i + 2],
+                 'data', op[i + 3], 'rank', rank)
+      if defer > now then redis.call('ZADD', op[5], defer, rank) else redis.call('ZADD', op[4], 0, rank) end
+      if ref ~= '' then redis.call('HSETNX', op[6], ref, id) end
+    end
   elseif kind == 'qclaim' then
     -- {qclaim, ready zset, deferred zset, now, item key prefix, due zset, abandon after ms, log, type, template,
     --  claimer}: claim the first item of a work queue (see shared/queues_claims.py). Deferred ranks due by now

@@ -45,7 +45,15 @@ from shared.queues_claims import (
     fail_unit,
     progress_unit,
 )
-from shared.queues_items import DUPLICATE_REFERENCE_GUARD, MAX_TIME_MS, ItemState, NewItem, add_unit, read_item
+from shared.queues_items import (
+    DUPLICATE_REFERENCE_GUARD,
+    MAX_TIME_MS,
+    ItemState,
+    NewItem,
+    add_unit,
+    new_snapshot,
+    read_item,
+)
 from shared.redis import text
 from shared.schema import queue_item_data, queue_item_history, queue_items
 from shared.state import TenantState
@@ -206,11 +214,7 @@ async def add_item(request: Request) -> Response:
     body = await read_json(request, QueueItemIn)
     item = _new_item(body, "")
     now = await _add(ctx, tenant, queue_id, [item], bulk=False)
-    snapshot = QueueItemSnapshot(
-        queue_id=queue_id, status="new", priority=item.priority, reference=item.reference, deadline=item.deadline,
-        defer_until=item.defer_until, origin_at=now, created_at=now,
-    )
-    return responses.json(item_view(item.id, snapshot, item.data), 201)
+    return responses.json(item_view(item.id, new_snapshot(queue_id, item, now), item.data), 201)
 
 
 async def add_items(request: Request) -> Response:

@@ -190,7 +190,7 @@ async def queue_stats(conn: AsyncConnection, queue: QueueState, now: int) -> Que
     sla_ms = queue.snapshot.sla_minutes * 60_000
     window = int(sla_ms * RISK_FRACTION)
     mine = and_(c.queue_id == queue.id, c.tenant_id == queue.tenant_id)
-    counts = dict(
+    counts: dict[str, int] = dict(
         (await conn.execute(select(c.status, func.count()).where(mine).group_by(c.status))).tuples().all()
     )
     avg = (await conn.execute(select(func.avg(c.processing_ms)).where(mine, c.status == "completed"))).scalar()
