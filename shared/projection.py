@@ -138,9 +138,28 @@ def key_of(table: str, row: Mapping[str, Any]) -> Key:
     return tuple(row[c] for c in cols)
 
 
+_PLAIN_JSON = (str, int, bool)
+
+
 def json_value(value: Any) -> Any:
     """A value as a JSON column gives it back: builtins only (Structs to dicts, bytes to base64, …)."""
-    return msgspec.json.decode(msgspec.json.encode(value)) if value is not None else None
+    if value is None or type(value) in _PLAIN_JSON:
+        return value
+    return msgspec.json.decode(msgspec.json.encode(value))
+
+
+_months: dict[int, str] = {}
+
+
+def _month(ts: int) -> str:
+    """``month_of`` memoised per day (every queued execution needs it)."""
+    day = ts // 86_400_000
+    month = _months.get(day)
+    if month is None:
+        if len(_months) > 10_000:
+            _months.clear()
+        month = _months[day] = month_of(ts)
+    return month
 
 
 def _clip(value: str | None, length: int) -> str | None:
@@ -175,7 +194,7 @@ def needs_of(events: Iterable[EventBase], *, never_applied: bool = False) -> Nee
                 needs.executions.add(event.aggregate_id)
             case ExecutionQueued():
                 queued.add(event.aggregate_id)
-                needs.usage.add((event.tenant_id, month_of(event.ts)))
+                needs.usage.add((event.tenant_id, _month(event.ts)))
             case _ if isinstance(event, _EXECUTION_EVENTS):
                 needs.executions.add(event.aggregate_id)
             case TenantCreated() | TenantPlanChanged() | TenantPaused() | TenantResumed():
@@ -451,7 +470,7 @@ class Projection:
         self._touch(EXECUTIONS, event.aggregate_id)
         for index, step in enumerate(steps):
             self._new_step(event.aggregate_id, event.tenant_id, index, step.action, step.label)
-        usage_key = (event.tenant_id, month_of(event.ts))
+        usage_key = (event.tenant_id, _month(event.ts))
         usage = self.rows[USAGE].setdefault(
             usage_key, {"tenant_id": usage_key[0], "month": usage_key[1], "executions": 0}
         )
@@ -585,20 +604,20 @@ class Projection:
                 if step is None:
                     step = self._new_step(event.aggregate_id, event.tenant_id, event.step_index, event.action,
                                           event.label)
-                step.update(status=RUNNING, started_at=event.ts, completed_at=None, duration_ms=None,
-                            output_data=None, error_message=None)
+                step["status"], step["started_at"], step["completed_at"] = RUNNING, event.ts, None
+                step["duration_ms"] = step["output_data"] = step["error_message"] = None
                 step["attempts"] += 1
                 execution["current_step"] = event.step_index
             case StepCompleted():
                 if step is None:
                     return
-                step.update(status=COMPLETED, completed_at=event.ts, duration_ms=event.duration_ms,
-                            output_data=json_value(event.output), error_message=None)
+                step["status"], step["completed_at"], step["duration_ms"] = COMPLETED, event.ts, event.duration_ms
+                step["output_data"], step["error_message"] = json_value(event.output), None
             case StepFailed():
                 if step is None:
                     return
-                step.update(status=FAILED, completed_at=event.ts, duration_ms=event.duration_ms,
-                            error_message=event.error)
+                step["status"], step["completed_at"], step["duration_ms"] = FAILED, event.ts, event.duration_ms
+                step["error_message"] = event.error
         self._touch(STEPS, key)
         self._recount(execution)
         execution["updated_at"] = event.ts

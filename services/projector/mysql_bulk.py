@@ -50,12 +50,23 @@ class MysqlBulk:
 
     async def write(self, conn: AsyncConnection, table: Table, rows: Sequence[Mapping[str, Any]], upsert: bool) -> None:
         """Insert ``rows`` (full rows, every column); on a duplicate key update every other column if ``upsert``."""
-        if not rows:
-            return
+        await self.prepare(conn)
+        await self.execute(conn, self.render(table, rows, upsert))
+
+    async def prepare(self, conn: AsyncConnection) -> None:
+        """Learn how the server wants strings escaped (once); :meth:`render` needs it."""
         if self._escape is None:
             await self._read_server(conn)
+
+    def render(self, table: Table, rows: Sequence[Mapping[str, Any]], upsert: bool) -> list[str]:
+        """The statements writing ``rows``: plain strings, so later changes to the rows do not affect them."""
+        if self._escape is None:
+            raise RuntimeError("MysqlBulk.prepare() first")
+        if not rows:
+            return []
         shape = self._shape(table, upsert)
         values_of, literals = shape.values, shape.literals
+        statements: list[str] = []
         chunk: list[str] = []
         size = 0
         for row in rows:
@@ -63,13 +74,15 @@ class MysqlBulk:
             chunk.append(values)
             size += len(values)
             if size >= self._max_chars:
-                await self._execute(conn, shape, chunk)
+                statements.append(shape.head + ",".join(chunk) + shape.tail)
                 chunk, size = [], 0
         if chunk:
-            await self._execute(conn, shape, chunk)
+            statements.append(shape.head + ",".join(chunk) + shape.tail)
+        return statements
 
-    async def _execute(self, conn: AsyncConnection, shape: _Shape, values: list[str]) -> None:
-        await conn.exec_driver_sql(shape.head + ",".join(values) + shape.tail, execution_options=_NO_PARAMETERS)
+    async def execute(self, conn: AsyncConnection, statements: Sequence[str]) -> None:
+        for statement in statements:
+            await conn.exec_driver_sql(statement, execution_options=_NO_PARAMETERS)
 
     async def _read_server(self, conn: AsyncConnection) -> None:
         row = (await conn.exec_driver_sql("SELECT @@SESSION.sql_mode, @@SESSION.max_allowed_packet")).one()

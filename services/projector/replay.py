@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from services.projector.locks import PartitionLocks
 from services.projector.projector import LOCK_TTL_MS
-from services.projector.store import Store, decode_records
+from services.projector.store import Store, Writes, decode_records
 from shared import keys, schema
 from shared.clock import now_ms, stream_id_parts
 from shared.consumer import Record, records_of
@@ -119,18 +119,51 @@ class Replayer:
         return self.count
 
     async def _replay_archive(self, p: int, bar: tqdm[Any]) -> tuple[int, int]:
-        """Fold partition ``p``'s archive; returns the last archived (ms, seq)."""
+        """Fold partition ``p``'s archive; returns the last archived (ms, seq).
+
+        Three stages overlap: the next page is read while this one is folded, and the rows a page changed
+        are written (rendered first, so folding the next page cannot change them) while the next is folded.
+        """
         last = (-1, -1)
-        async for rows in self.archive_pages(p):
-            self._check_locks()
-            records = [Record(f"{ms}-{seq}", "", body) for ms, seq, body in rows]
-            async with self.engine.begin() as conn:
-                await self._fold(conn, [e for e in map(_decode, records) if e is not None])
-            last = (rows[-1][0], rows[-1][1])
-            self.count += len(rows)
-            bar.update(len(rows))
-            self._trim_cache()
+        writes: asyncio.Queue[Writes | None] = asyncio.Queue(maxsize=2)
+        writer = asyncio.create_task(self._write_all(writes), name=f"replay-writer-{p}")
+        try:
+            async with self.engine.connect() as conn:
+                async with conn.begin():
+                    await self.store.prepare(conn)
+                async for rows in self.archive_pages(p):
+                    self._check_locks()
+                    records = [Record(f"{ms}-{seq}", "", body) for ms, seq, body in rows]
+                    events = [e for e in map(_decode, records) if e is not None]
+                    async with conn.begin():  # loads see every write committed so far
+                        await self.store.load(
+                            conn, self.projection, self.projection.missing(needs_of(events, never_applied=True))
+                        )
+                    self.projection.apply_all(events)
+                    await _put(writes, self.store.render(self.projection), writer)
+                    last = (rows[-1][0], rows[-1][1])
+                    self.count += len(rows)
+                    bar.update(len(rows))
+                    self.projection.drop_written()
+                    if self.projection.size() > self.cache_rows:
+                        await _put(writes, None, writer)  # evicted rows must be stored before they are reloaded
+                        await writer
+                        self.projection.evict()
+                        writer = asyncio.create_task(self._write_all(writes), name=f"replay-writer-{p}")
+            await _put(writes, None, writer)
+            await writer
+        finally:
+            if not writer.done():
+                writer.cancel()
+                with suppress(asyncio.CancelledError):
+                    await writer
         return last
+
+    async def _write_all(self, writes: asyncio.Queue[Writes | None]) -> None:
+        async with self.engine.connect() as conn:
+            while (batch := await writes.get()) is not None:
+                async with conn.begin():
+                    await self.store.execute(conn, batch)
 
     async def archive_pages(self, p: int) -> AsyncIterator[list[tuple[int, int, bytes]]]:
         """Pages of ``p``'s archive in (ms, seq) order; the next page is read while the caller folds this one."""
@@ -233,6 +266,17 @@ async def _mysql_page(
         return None
     page.sort()  # JSON_ARRAYAGG keeps the subquery's order in practice; sorting makes it certain
     return [(m, s, binascii.a2b_base64(body)) for m, s, body in page]
+
+
+async def _put(queue: asyncio.Queue[Writes | None], item: Writes | None, writer: asyncio.Task[None]) -> None:
+    """Hand ``item`` to the writer, or raise what made the writer stop."""
+    putter = asyncio.ensure_future(queue.put(item))
+    await asyncio.wait([putter, writer], return_when=asyncio.FIRST_COMPLETED)
+    if putter.done():
+        return
+    putter.cancel()
+    writer.result()
+    raise RuntimeError("replay writer stopped early")
 
 
 async def _next_page(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -53,6 +53,15 @@ def _repair_aiomysql_bytes() -> None:
         return
     if not callable(getattr(aiomysql.connection, "escape_bytes_prefixed", None)):
         aiomysql.connection.escape_bytes_prefixed = pymysql.converters.escape_bytes
+
+
+@dataclass(slots=True)
+class Writes:
+    """Row writes rendered from a projection: SQL text (MySQL) or statement and row copies (SQLite)."""
+
+    statements: list[str] = field(default_factory=list)
+    batches: list[tuple[Insert, list[dict[str, Any]]]] = field(default_factory=list)
+    rows: int = 0
 
 
 class Fenced(Exception):
@@ -163,16 +172,35 @@ class Store:
             projection.load(table, rows)
 
     async def write(self, conn: AsyncConnection, projection: Projection) -> int:
-        """Upsert every changed row (one executemany per table) and mark them clean; returns how many."""
-        written = 0
+        """Upsert every changed row (one statement per table) and mark them clean; returns how many."""
+        await self.prepare(conn)
+        writes = self.render(projection)
+        await self.execute(conn, writes)
+        return writes.rows
+
+    async def prepare(self, conn: AsyncConnection) -> None:
+        """What :meth:`render` needs to know about the server (once)."""
+        if self._bulk is not None:
+            await self._bulk.prepare(conn)
+
+    def render(self, projection: Projection) -> Writes:
+        """Snapshot the changed rows as the writes to run (later folds do not change them); marks them clean."""
+        writes = Writes()
         for table, rows in projection.changes().items():
             if self._bulk is not None:
-                await self._bulk.write(conn, TABLE_OBJECTS[table], rows, upsert=True)
+                writes.statements += self._bulk.render(TABLE_OBJECTS[table], rows, upsert=True)
             else:
-                await conn.execute(self._upserts[table], rows)
-            written += len(rows)
+                writes.batches.append((self._upserts[table], [dict(row) for row in rows]))
+            writes.rows += len(rows)
         projection.mark_clean()
-        return written
+        return writes
+
+    async def execute(self, conn: AsyncConnection, writes: Writes) -> None:
+        """Run writes rendered by :meth:`render` (in the caller's transaction)."""
+        if self._bulk is not None:
+            await self._bulk.execute(conn, writes.statements)
+        for stmt, rows in writes.batches:
+            await conn.execute(stmt, rows)
 
     async def archive(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
         if self._bulk is not None:
