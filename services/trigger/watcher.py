@@ -96,8 +96,10 @@ def move_to_processed(path: str) -> str:
 class FileWatcher:
     """Scans the folders of every live file_watcher trigger and fires their new, settled files."""
 
-    def __init__(self, redis: Redis, firer: Firer, settings: Settings, clock: Callable[[], int] = now_ms) -> None:
+    def __init__(self, redis: Redis, firer: Firer, settings: Settings, clock: Callable[[], int] = now_ms,
+                 clock_slack_ms: int = CLOCK_SLACK_MS) -> None:
         self.redis = redis
+        self.clock_slack_ms = clock_slack_ms
         self.firer = firer
         self.settings = settings
         self.clock = clock
@@ -143,7 +145,7 @@ class FileWatcher:
 
     async def check(self, trigger: TriggerState, config: FileWatcherConfig, now: int) -> int:
         """Fire the settled new files of one trigger; returns how many are still settling."""
-        newer_than = None if config.include_existing else trigger.updated_at - CLOCK_SLACK_MS
+        newer_than = None if config.include_existing else trigger.updated_at - self.clock_slack_ms
         try:
             candidates = await asyncio.to_thread(scan, config.folder, config, newer_than)
         except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:

@@ -1,0 +1,43 @@
+"""Trigger service tests: the real API app to set things up, and a firer on its own committer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.commit import Committer
+from shared.consumer import records_of
+from shared.events import Event, decode
+from shared.settings import Settings
+from shared.triggers_firing import Firer
+from tests.api.conftest import api_redis, app, client, other_tenant, tenant
+from tests.api.support import TenantHandle, create_workflow
+
+__all__ = ["api_redis", "app", "client", "other_tenant", "tenant"]
+
+
+@pytest.fixture
+async def firer(redis: Redis, settings: Settings) -> AsyncIterator[Firer]:
+    committer = Committer(redis)
+    yield Firer(redis, committer, settings)
+    await committer.close()
+
+
+async def make_trigger(client: httpx.AsyncClient, tenant: TenantHandle, trigger_type: str,
+                       workflow: dict[str, Any] | None = None, **config: Any) -> dict[str, Any]:
+    wf = workflow or await create_workflow(client, tenant)
+    r = await client.post("/api/triggers", headers=tenant.headers,
+                          json={"workflow_id": wf["id"], "trigger_type": trigger_type, "config": config})
+    assert r.status_code == 201, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+async def events_of(redis: Redis, p: int, *types: str) -> list[Event]:
+    """The events of partition ``p``'s log, of these types (all when none given), in order."""
+    return [decode(r.body, r.id) for r in records_of(await redis.xrange(keys.log(p))) if not types or r.type in types]
