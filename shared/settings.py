@@ -52,6 +52,8 @@ class Settings:
     hook_rate_per_minute: int = 60
     watch_root: str = ""
     trigger_poll_s: float = 0.5
+    # Work queues (shared/queues*.py, see docs/queues.md).
+    queue_sweep_s: float = 30.0
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -132,4 +134,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         hook_rate_per_minute=_int(env, "ORQ_HOOK_RATE_PER_MINUTE", defaults.hook_rate_per_minute),
         watch_root=env.get("ORQ_WATCH_ROOT", ""),
         trigger_poll_s=_float(env, "ORQ_TRIGGER_POLL_SECONDS", defaults.trigger_poll_s),
+        queue_sweep_s=_float(env, "ORQ_QUEUE_SWEEP_SECONDS", defaults.queue_sweep_s),
     )

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 
+from services.trigger.abandon import sweep_abandoned
 from services.trigger.feeder import Feeder
 from services.trigger.mailbox import serve_smtp
 from services.trigger.reactor import Reactor
@@ -88,6 +89,7 @@ async def serve(settings: Settings, stop: asyncio.Event, consumer: str | None = 
             "files": lambda: FileWatcher(redis, firer, settings).run(stop),
             "smtp": lambda: serve_smtp(redis, firer, settings, stop),
             "queue feed": lambda: _every(FEED_EVERY_S, feeder.feed_all, stop),
+            "queue abandon": lambda: sweep_abandoned(redis, committer, settings, stop),
         }
         await asyncio.gather(*(_supervised(name, part, stop) for name, part in parts.items()))
     finally:
