@@ -11,7 +11,7 @@ tenant is skipped (a tenant's events all live in one partition's log, in order),
 (``execution.queued``, ``tenant.created``, ``workflow.saved``) do nothing when their row already exists
 at that version. Across batches the projector's checkpoint does the rest.
 
-Decisions where the product brief is silent (see ``docs/projections.md``):
+Decisions where the product brief is silent (see ``services/projector/README.md``):
 
 - ``execution.requeued`` starts a new attempt series: besides status/attempt/priority it clears
   ``completed_at``, ``duration_ms``, ``result`` and the DLQ flags (``dead_lettered``, ``in_dlq``,

@@ -44,7 +44,7 @@ def _repair_aiomysql_bytes() -> None:
 
     aiomysql <= 0.3.2 escapes bytes with ``pymysql.converters.escape_bytes_prefixed``, which PyMySQL 1.2
     replaced with a string, so every bytes parameter fails with "'str' object is not callable". Only
-    patched when broken; the proper fix is a dependency pin (see docs/projections.md).
+    patched when broken; the proper fix is a dependency pin (see services/projector/README.md).
     """
     try:
         import aiomysql.connection
