@@ -70,7 +70,8 @@ def test_dockerfile_is_slim_and_runs_as_non_root() -> None:
 def test_kubernetes_manifests() -> None:
     docs = [d for f in sorted((DEPLOY / "k8s").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
     kinds = [d["kind"] for d in docs]
-    assert kinds.count("Deployment") == 5 and {"Service", "ConfigMap", "Secret", "HorizontalPodAutoscaler"} <= set(kinds)
+    assert kinds.count("Deployment") == 5
+    assert {"Service", "ConfigMap", "Secret", "HorizontalPodAutoscaler"} <= set(kinds)
     deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
     assert set(deployments) == {f"orquesta-{s}" for s in ORQ_SERVICES}
     for d in deployments.values():
