@@ -92,6 +92,7 @@ class ExecutionRun:
         self.attempt = job.int_field(b"attempt", 1)
         self.cancel_requested = False
         self.handed_over = False
+        self.finishing = False  # its last commit (which acks the entry) is on its way
         self.started_ms = job.int_field(b"started_at")
 
     # --- units ----------------------------------------------------------------------------------------------
@@ -122,6 +123,7 @@ class ExecutionRun:
 
     async def _give_up(self) -> None:
         """Ack the entry without running further, freeing the tenant's concurrency slot."""
+        self.finishing = True
         unit = self._unit().ack(self.job.stream, keys.GROUP_EXECUTOR, self.job.entry_id)
         await self.env.committer.commit(unit.release(self.job.p, self.job.tenant_id))
 
@@ -247,6 +249,7 @@ class ExecutionRun:
 
     # --- endings --------------------------------------------------------------------------------------------
     def _complete(self, unit: Unit, result: Any) -> Unit:
+        self.finishing = True
         ts = now_ms()
         unit.event(ExecutionCompleted(**self._ids(), ts=ts, result=result, duration_ms=max(0, ts - self.started_ms)))
         unit.hset(self.job.state_key, {"status": Status.COMPLETED.value})
@@ -254,6 +257,7 @@ class ExecutionRun:
         return unit.ack(self.job.stream, keys.GROUP_EXECUTOR, self.job.entry_id)
 
     async def _fail(self, definition: WorkflowDef, index: int, error: str, duration: int) -> None:
+        self.finishing = True
         ts = now_ms()
         key = self.job.state_key
         unit = self._guarded().event(StepFailedEvent(**self._ids(), ts=ts, step_index=index, error=error,

@@ -308,7 +308,7 @@ class Executor:
             replies = await pipe.execute()
         lost = {text(x) for reply in replies for x in reply[1::2]}
         for execution_id, (task, run) in list(self._running.items()):
-            if run.job.entry_id in lost:
+            if run.job.entry_id in lost and not run.finishing:  # a finishing run acked it itself
                 log.warning("lost the lease of execution %s; stopping it", execution_id)
                 task.cancel()
 
