@@ -68,10 +68,10 @@ def forbidden_reason(address: IPAddress) -> str | None:
             return forbidden_reason(mapped)
     for reason, hit in (
         ("loopback", address.is_loopback),
-        ("link-local", address.is_link_local),
-        ("private", address.is_private),
-        ("multicast", address.is_multicast),
         ("unspecified", address.is_unspecified),
+        ("link-local", address.is_link_local),
+        ("multicast", address.is_multicast),
+        ("private", address.is_private),
         ("reserved", address.is_reserved),
     ):
         if hit:
