@@ -13,6 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from shared import keys
+from shared.redis import text
 from shared.settings import Settings
 from tests.api.support import TenantHandle, log_lengths, log_types
 from tests.api.test_queues import make_queue
@@ -115,7 +116,7 @@ async def test_bulk_of_ten_thousand_in_one_call(client: httpx.AsyncClient, redis
     assert r.json()["count"] == 10_000 and len(set(r.json()["ids"])) == 10_000
     assert await redis.zcard(keys.queue_ready(tenant.partition, q["id"])) == 10_000
     assert elapsed < 10, f"bulk of 10,000 took {elapsed:.1f}s"
-    too_many = {"items": [{"data": {}}] * 10_001}
+    too_many: dict[str, Any] = {"items": [{"data": {}}] * 10_001}
     r = await client.post(f"/api/queues/{q['id']}/items/bulk", json=too_many, headers=tenant.headers)
     assert r.status_code == 422 and r.json()["error"]["field"] == "items"
 
@@ -207,7 +208,7 @@ async def test_processed_by_is_the_robot_or_the_callers_key(
     q = await make_queue(client, tenant)
     await add(client, tenant, q["id"])
     await add(client, tenant, q["id"])
-    key_id = (await redis.hget(keys.tenant(tenant.partition, tenant.id), "key_id") or b"").decode()
+    key_id = text(await redis.hget(keys.tenant(tenant.partition, tenant.id), "key_id"))
 
     by_robot = await claim(client, tenant, q["id"], robot="robot-7")
     by_key = await claim(client, tenant, q["id"])
