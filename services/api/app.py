@@ -20,10 +20,23 @@ from services.api.context import ApiContext
 from services.api.errors import exception_handlers
 from services.api.feed import FeedHub
 from services.api.limits import BodySizeLimit
-from services.api.routes import control, dlq, execute, executions, health, home, tenants, workflows
-from services.api.routes import notifications, stats, ws
-from services.api.routes import queue_items, queues
-from services.api.routes import triggers, webhooks
+from services.api.routes import (
+    control,
+    dlq,
+    execute,
+    executions,
+    health,
+    home,
+    notifications,
+    queue_items,
+    queues,
+    stats,
+    tenants,
+    triggers,
+    webhooks,
+    workflows,
+    ws,
+)
 from shared.actions import load_plugins, param_types
 from shared.commit import Committer
 from shared.settings import Settings

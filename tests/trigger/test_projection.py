@@ -34,8 +34,9 @@ def trigger_histories(draw: st.DrawFn) -> list[EventBase]:
         life: list[EventBase] = [TriggerSaved(tenant_id=tenant, aggregate_id=trigger_id, ts=0, trigger=snap)]
         for step in draw(st.lists(st.sampled_from(["save", "fire", "skip"]), max_size=6)):
             if step == "skip":
-                life.append(TriggerSkipped(tenant_id=tenant, aggregate_id=trigger_id, ts=0, workflow_id=snap.workflow_id,
-                                           trigger_type=snap.trigger_type, reason="overlap"))
+                life.append(TriggerSkipped(tenant_id=tenant, aggregate_id=trigger_id, ts=0,
+                                           workflow_id=snap.workflow_id, trigger_type=snap.trigger_type,
+                                           reason="overlap"))
                 continue
             if step == "save":
                 snap = msgspec.structs.replace(snap, revision=snap.revision + 1, enabled=draw(st.booleans()),
