@@ -190,9 +190,8 @@ async def queue_stats(conn: AsyncConnection, queue: QueueState, now: int) -> Que
     sla_ms = queue.snapshot.sla_minutes * 60_000
     window = int(sla_ms * RISK_FRACTION)
     mine = and_(c.queue_id == queue.id, c.tenant_id == queue.tenant_id)
-    counts: dict[str, int] = dict(
-        (await conn.execute(select(c.status, func.count()).where(mine).group_by(c.status))).tuples().all()
-    )
+    rows = (await conn.execute(select(c.status, func.count()).where(mine).group_by(c.status))).all()
+    counts: dict[str, int] = {str(status): int(count) for status, count in rows}
     avg = (await conn.execute(select(func.avg(c.processing_ms)).where(mine, c.status == "completed"))).scalar()
     last = and_(mine, c.retry_id.is_(None))
     breached = func.coalesce(c.finished_at, now) > c.origin_at + sla_ms
