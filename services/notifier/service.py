@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 
 DELIVERY_SLOTS = 16
 RECLAIM_EVERY_S = 0.25
-READ_BLOCK_MS = 1_000
+# Short blocking reads: the loops notice stop within this (the socket timeout is far longer).
+READ_BLOCK_MS = 500
 MAINTENANCE_CHECK_S = 30.0
 SHUTDOWN_GRACE_S = 15.0
 
@@ -78,7 +79,8 @@ class Notifier:
         notify_streams = [keys.notify(p) for p in self.partitions]
         await ensure_groups(self.redis, notify_streams, keys.GROUP_NOTIFIER)
         consumer = StreamConsumer(self.redis, group=keys.GROUP_NOTIFIER, consumer=self.name,
-                                  streams=[keys.log(p) for p in self.partitions], handler=self.on_log)
+                                  streams=[keys.log(p) for p in self.partitions], handler=self.on_log,
+                                  block_ms=READ_BLOCK_MS)
         loops = [
             asyncio.create_task(consumer.run(stop), name="notifier-log"),
             asyncio.create_task(self._deliveries(stop), name="notifier-deliveries"),
