@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
+from services.api.feed import FeedHub
 from shared.commit import Committer
 from shared.plans import Plan
 from shared.settings import Settings
@@ -24,6 +25,7 @@ class ApiContext:
     engine: AsyncEngine
     committer: Committer
     action_types: Mapping[str, type[msgspec.Struct]]
+    feed: FeedHub
 
     def plan(self, name: str) -> Plan:
         """The tenant's plan; a plan removed from the configuration falls back to the most restrictive one."""

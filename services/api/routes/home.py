@@ -1,26 +1,28 @@
-"""``GET /``: a placeholder page until the dashboard is built."""
+"""``GET /``: the dashboard, a static page (``static/``) that talks to the API and the event feed.
+
+Nothing is built: the HTML, CSS and JavaScript in ``static/`` are served as they are, the assets under
+``/static/``. The page holds no secret; it asks for a tenant key and keeps it in the browser's storage.
+"""
 
 from __future__ import annotations
 
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
-from starlette.routing import Route
+from pathlib import Path
 
-PAGE = """<!doctype html>
-<html lang="en">
-<head><meta charset="utf-8"><title>Orquesta</title></head>
-<body>
-<h1>Orquesta</h1>
-<p>This is a placeholder: the dashboard is being built separately and will replace this page.</p>
-<p>The API is described at <a href="/openapi.json">/openapi.json</a>.
-Health: <a href="/healthz">/healthz</a>, readiness: <a href="/readyz">/readyz</a>.</p>
-</body>
-</html>
-"""
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+# Assets are small and change with the code: let browsers revalidate rather than cache stale copies.
+NO_CACHE = {"Cache-Control": "no-cache"}
 
 
 async def home(request: Request) -> Response:
-    return HTMLResponse(PAGE)
+    return FileResponse(STATIC / "index.html", media_type="text/html", headers=NO_CACHE)
 
 
-routes = [Route("/", home, methods=["GET"])]
+routes: list[BaseRoute] = [
+    Route("/", home, methods=["GET"]),
+    Mount("/static", StaticFiles(directory=STATIC), name="static"),
+]

@@ -1,0 +1,829 @@
+// The Orquesta dashboard. State is loaded once over REST, then kept current by the event feed
+// (/ws/events): no polling. Events only change plain objects; the DOM is updated once per animation
+// frame for what changed, and the table holds at most MAX_ROWS rows, so a busy tenant (1,000 executions a
+// minute, ~100 events a second) costs a handful of cell updates per frame.
+"use strict";
+
+const MAX_ROWS = 200;
+const MAX_KNOWN = 5000;
+const WINDOW_MIN = 15;
+const MINUTE = 60000;
+const STATUSES = ["queued", "running", "retrying", "completed", "failed", "cancelled"];
+const FINISHED = new Set(["completed", "failed", "cancelled"]);
+const RETRYABLE = new Set(["failed", "cancelled"]);
+const CANCELLABLE = new Set(["queued", "running", "retrying"]);
+const KEY_STORE = "orq.key";
+const STATS_REFRESH_MS = 5000;
+const QUEUES_REFRESH_MS = 2000;
+
+const $ = (sel, root = document) => root.querySelector(sel);
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (k === "dataset") Object.assign(node.dataset, v);
+    else if (k === "on") for (const [name, fn] of Object.entries(v)) node.addEventListener(name, fn);
+    else node[k] = v;
+  }
+  for (const c of children) node.append(c);
+  return node;
+}
+
+const ms = (iso) => (iso ? Date.parse(iso) : null);
+const short = (id) => (id ? id.slice(0, 8) : "");
+
+function fmtDuration(d) {
+  if (d === null || d === undefined || Number.isNaN(d)) return "–";
+  if (d < 1000) return `${Math.round(d)} ms`;
+  if (d < 60000) return `${(d / 1000).toFixed(1)} s`;
+  const m = Math.floor(d / 60000);
+  return `${m}m ${String(Math.floor((d % 60000) / 1000)).padStart(2, "0")}s`;
+}
+
+function fmtTime(t) {
+  return t ? new Date(t).toLocaleTimeString([], { hour12: false }) : "";
+}
+
+// --- state ---------------------------------------------------------------------------------------------------
+
+const state = {
+  key: null,
+  tenant: null,
+  execs: new Map(), // id -> row (plain object)
+  counts: Object.fromEntries([...STATUSES, "dead_lettered"].map((s) => [s, 0])),
+  buckets: new Map(), // minute index -> {completed, failed}
+  figures: { avg: null, p95: null },
+  depth: {},
+  dlq: new Map(),
+  filter: "",
+  selected: null,
+  detail: null,
+  feed: null,
+  detailFeed: null,
+  queues: null,
+  workflows: [],
+  generation: 0,
+};
+window.orq = state; // for the curious, in the browser console
+
+// --- REST ----------------------------------------------------------------------------------------------------
+
+async function api(method, path, body) {
+  const headers = { Authorization: `Bearer ${state.key}` };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  let data = null;
+  if (r.status !== 204) {
+    try { data = await r.json(); } catch { data = null; }
+  }
+  if (!r.ok) {
+    const err = new Error((data && data.error && data.error.message) || `HTTP ${r.status}`);
+    err.status = r.status;
+    throw err;
+  }
+  return data;
+}
+
+function debounce(fn, waitMs) {
+  let timer = null;
+  let last = 0;
+  return () => {
+    if (timer) return;
+    const wait = Math.max(0, last + waitMs - Date.now());
+    timer = setTimeout(() => { timer = null; last = Date.now(); fn(); }, wait);
+  };
+}
+
+// --- rows ----------------------------------------------------------------------------------------------------
+
+function rowFromRest(x) {
+  return {
+    id: x.id,
+    workflow_id: x.workflow_id,
+    status: x.status,
+    priority: x.priority,
+    steps_total: x.steps_total,
+    done: (x.steps_completed || 0) + (x.steps_failed || 0),
+    current: null,
+    progress: x.progress || 0,
+    queued_at: ms(x.queued_at),
+    started_at: ms(x.started_at),
+    completed_at: ms(x.completed_at),
+    duration_ms: x.duration_ms,
+    attempt: x.attempt || 1,
+    error_message: x.error_message,
+    dead_lettered: !!x.dead_lettered,
+  };
+}
+
+function blankRow(id, ev) {
+  return {
+    id, workflow_id: "", status: "queued", priority: null, steps_total: 0, done: 0, current: null, progress: 0,
+    queued_at: ev.ts, started_at: null, completed_at: null, duration_ms: null, attempt: 1, error_message: null,
+    dead_lettered: false, partial: true,
+  };
+}
+
+function remember(row) {
+  state.execs.set(row.id, row);
+  if (state.execs.size > MAX_KNOWN) evict();
+}
+
+function evict() {
+  const visible = new Set(view.ids);
+  const finished = [...state.execs.values()]
+    .filter((r) => FINISHED.has(r.status) && !visible.has(r.id) && r.id !== state.selected)
+    .sort((a, b) => a.queued_at - b.queued_at);
+  for (const r of finished.slice(0, state.execs.size - MAX_KNOWN + 500)) state.execs.delete(r.id);
+}
+
+// The status an execution had before ``ev`` when the page never saw it (queued before the snapshot).
+function inferPrevious(ev) {
+  const d = ev.data || {};
+  switch (ev.type) {
+    case "execution.queued": return null;
+    case "execution.started": return d.attempt > 1 ? "retrying" : "queued";
+    case "execution.priority_changed": return "queued";
+    case "execution.requeued": return d.reason === "dlq_retry" ? "failed" : "failed";
+    case "execution.cancelled": return "queued";
+    default: return "running";
+  }
+}
+
+function move(from, to) {
+  if (from === to) return;
+  if (from && from in state.counts) state.counts[from] = Math.max(0, state.counts[from] - 1);
+  if (to && to in state.counts) state.counts[to] += 1;
+  view.countersDirty = true;
+}
+
+function bucket(ts) {
+  const m = Math.floor(ts / MINUTE);
+  let b = state.buckets.get(m);
+  if (!b) state.buckets.set(m, (b = { completed: 0, failed: 0 }));
+  view.chartsDirty = true;
+  return b;
+}
+
+function setDeadLettered(row, value) {
+  if (row.dead_lettered === value) return;
+  row.dead_lettered = value;
+  state.counts.dead_lettered = Math.max(0, state.counts.dead_lettered + (value ? 1 : -1));
+  view.countersDirty = true;
+}
+
+function applyExecutionEvent(ev) {
+  const d = ev.data || {};
+  const id = ev.aggregate_id;
+  let row = state.execs.get(id);
+  const known = row !== undefined;
+  if (!row) {
+    row = blankRow(id, ev);
+    remember(row);
+    view.structureDirty = true;
+    if (ev.type !== "execution.queued") fillLater(id);
+  }
+  const before = known ? row.status : inferPrevious(ev);
+  switch (ev.type) {
+    case "execution.queued":
+      Object.assign(row, {
+        workflow_id: d.workflow_id, priority: d.priority, status: "queued", queued_at: ev.ts,
+        steps_total: (d.definition && d.definition.steps || []).length, partial: false,
+      });
+      break;
+    case "execution.started":
+      row.status = "running";
+      row.started_at = row.started_at || ev.ts;
+      row.attempt = d.attempt;
+      row.current = d.from_step || 0;
+      row.done = Math.max(row.done, d.from_step || 0);
+      break;
+    case "execution.recovered":
+      if (!known) row.status = "running";
+      break;
+    case "step.started":
+      row.current = d.step_index;
+      row.done = d.step_index;
+      if (row.steps_total <= d.step_index) row.steps_total = d.step_index + 1;
+      break;
+    case "step.completed":
+    case "step.failed":
+      row.done = Math.max(row.done, d.step_index + 1);
+      break;
+    case "execution.progress":
+      row.progress = d.percent;
+      break;
+    case "execution.retrying":
+      row.status = "retrying";
+      row.error_message = d.error;
+      break;
+    case "execution.completed":
+      Object.assign(row, { status: "completed", completed_at: ev.ts, duration_ms: d.duration_ms, progress: 100,
+                           done: row.steps_total, error_message: null });
+      bucket(ev.ts).completed += 1;
+      statsChanged();
+      break;
+    case "execution.failed":
+      Object.assign(row, { status: "failed", completed_at: ev.ts, error_message: d.error });
+      row.duration_ms = row.started_at ? ev.ts - row.started_at : null;
+      bucket(ev.ts).failed += 1;
+      statsChanged();
+      break;
+    case "execution.dead_lettered":
+      if (!FINISHED.has(row.status)) Object.assign(row, { status: "failed", completed_at: ev.ts, error_message: d.error || row.error_message });
+      setDeadLettered(row, true);
+      state.dlq.set(id, { id, workflow_id: row.workflow_id, error_message: d.error || row.error_message, at: ev.ts });
+      view.dlqDirty = true;
+      break;
+    case "execution.dlq_purged":
+      if (state.dlq.delete(id)) view.dlqDirty = true;
+      setDeadLettered(row, false);
+      break;
+    case "execution.cancelled":
+      Object.assign(row, { status: "cancelled", completed_at: ev.ts });
+      break;
+    case "execution.priority_changed":
+      row.priority = d.priority;
+      statsChanged();
+      break;
+    case "execution.requeued":
+      Object.assign(row, { status: "queued", attempt: 1, priority: d.priority, completed_at: null, duration_ms: null,
+                           progress: 0, error_message: null });
+      if (d.reason === "dlq_retry" || row.dead_lettered) setDeadLettered(row, false);
+      if (state.dlq.delete(id)) view.dlqDirty = true;
+      break;
+    default:
+      break;
+  }
+  move(before, row.status);
+  if (state.filter && (before !== row.status)) view.structureDirty = true;
+  view.dirty.add(id);
+  schedule();
+}
+
+// Rows first seen through a later event lack their workflow and step count: fetch them, a few at a time.
+const filling = new Set();
+function fillLater(id) {
+  if (filling.size >= 5 || filling.has(id)) return;
+  filling.add(id);
+  const generation = state.generation;
+  api("GET", `/api/executions/${encodeURIComponent(id)}`)
+    .then((x) => {
+      const row = state.execs.get(id);
+      if (!row || generation !== state.generation) return;
+      Object.assign(row, { workflow_id: x.workflow_id, steps_total: x.steps_total, queued_at: ms(x.queued_at),
+                           priority: row.priority ?? x.priority, partial: false });
+      view.dirty.add(id);
+      view.structureDirty = true;
+      schedule();
+    })
+    .catch(() => {})
+    .finally(() => filling.delete(id));
+}
+
+function onEvent(ev) {
+  const type = ev.type || "";
+  if (type.startsWith("execution.") || type.startsWith("step.")) {
+    applyExecutionEvent(ev);
+    if (state.selected === ev.aggregate_id) view.detailDirty = true;
+  } else if (type.startsWith("queue")) {
+    refreshQueues();
+  } else if (type.startsWith("workflow.")) {
+    refreshWorkflows();
+  }
+}
+
+// --- rendering -----------------------------------------------------------------------------------------------
+
+const view = {
+  ids: [],
+  rows: new Map(), // id -> <tr>
+  dirty: new Set(),
+  structureDirty: true,
+  countersDirty: true,
+  chartsDirty: true,
+  dlqDirty: true,
+  detailDirty: true,
+  frame: 0,
+};
+
+function schedule() {
+  if (!view.frame) view.frame = requestAnimationFrame(render);
+}
+
+function render() {
+  view.frame = 0;
+  if (view.structureDirty) renderStructure();
+  for (const id of view.dirty) {
+    const tr = view.rows.get(id);
+    if (tr) renderRow(tr, state.execs.get(id));
+  }
+  view.dirty.clear();
+  if (view.countersDirty) renderCounters();
+  if (view.dlqDirty) renderDlq();
+  if (view.detailDirty) renderDetail();
+}
+
+function sortKey(r) {
+  return r.queued_at || 0;
+}
+
+function renderStructure() {
+  view.structureDirty = false;
+  const rows = [...state.execs.values()].filter((r) => !state.filter || r.status === state.filter);
+  rows.sort((a, b) => sortKey(b) - sortKey(a) || (a.id < b.id ? 1 : -1));
+  const ids = rows.slice(0, MAX_ROWS).map((r) => r.id);
+  const keep = new Set(ids);
+  for (const [id, tr] of view.rows) {
+    if (!keep.has(id)) { tr.remove(); view.rows.delete(id); }
+  }
+  const tbody = $("#executions tbody");
+  let cursor = tbody.firstChild;
+  for (const id of ids) {
+    let tr = view.rows.get(id);
+    if (!tr) {
+      tr = newRow(id);
+      view.rows.set(id, tr);
+      renderRow(tr, state.execs.get(id));
+    }
+    if (tr !== cursor) tbody.insertBefore(tr, cursor);
+    else cursor = cursor.nextSibling;
+  }
+  view.ids = ids;
+  $("#rows-note").textContent = rows.length > MAX_ROWS ? `newest ${MAX_ROWS} of ${rows.length} shown` : "";
+}
+
+function newRow(id) {
+  const tr = el("tr", { dataset: { id }, on: { click: () => select(id) } });
+  tr.append(
+    el("td", { className: "id" }, el("code", { textContent: short(id), title: id })),
+    el("td", { className: "workflow" }),
+    el("td", {}, el("span", { className: "badge status" })),
+    el("td", { className: "priority" }),
+    el("td", {}, el("div", { className: "progress" }, el("i"))),
+    el("td", { className: "steps" }),
+    el("td", { className: "duration" }),
+    el("td", { className: "queued" }),
+    el("td", { className: "row-actions" }),
+  );
+  if (id === state.selected) tr.classList.add("selected");
+  return tr;
+}
+
+function progressOf(r) {
+  if (r.status === "completed") return 100;
+  const steps = r.steps_total ? (100 * Math.min(r.done, r.steps_total)) / r.steps_total : 0;
+  return Math.max(steps, r.progress || 0);
+}
+
+function durationOf(r) {
+  if (r.duration_ms !== null && r.duration_ms !== undefined) return r.duration_ms;
+  if (r.status === "running" && r.started_at) return Date.now() - r.started_at;
+  return null;
+}
+
+function renderRow(tr, r) {
+  if (!r) return;
+  const cells = tr.children;
+  cells[1].textContent = short(r.workflow_id);
+  cells[1].title = r.workflow_id || "";
+  const badge = cells[2].firstChild;
+  if (badge.textContent !== r.status) {
+    badge.textContent = r.status;
+    badge.className = `badge status ${r.status}`;
+  }
+  cells[3].textContent = r.priority ?? "";
+  const bar = cells[4].firstChild;
+  bar.className = `progress ${r.status === "completed" ? "done" : r.status === "failed" ? "bad" : ""}`;
+  bar.firstChild.style.width = `${progressOf(r)}%`;
+  cells[5].textContent = r.steps_total ? `${Math.min(r.done, r.steps_total)}/${r.steps_total}` : "";
+  cells[6].textContent = fmtDuration(durationOf(r));
+  cells[7].textContent = fmtTime(r.queued_at);
+  const actions = cells[8];
+  const want = RETRYABLE.has(r.status) ? "retry" : CANCELLABLE.has(r.status) ? "cancel" : "";
+  if (actions.dataset.kind !== want) {
+    actions.dataset.kind = want;
+    actions.replaceChildren();
+    if (want) {
+      actions.append(el("button", {
+        type: "button", className: `row-btn ${want}`, textContent: want === "retry" ? "Retry" : "Cancel",
+        on: { click: (e) => { e.stopPropagation(); command(r.id, want); } },
+      }));
+    }
+  }
+}
+
+function renderCounters() {
+  view.countersDirty = false;
+  for (const [status, n] of Object.entries(state.counts)) {
+    const node = $(`[data-counter="${status}"] b`);
+    if (node) node.textContent = n.toLocaleString();
+  }
+}
+
+function windowBuckets() {
+  const now = Math.floor(Date.now() / MINUTE);
+  const out = [];
+  for (let m = now - WINDOW_MIN + 1; m <= now; m++) {
+    const b = state.buckets.get(m) || { completed: 0, failed: 0 };
+    out.push({ start: m * MINUTE, completed: b.completed, failed: b.failed });
+  }
+  return out;
+}
+
+function renderCharts() {
+  const buckets = windowBuckets();
+  Charts.throughput($("#chart-throughput"), buckets);
+  Charts.errorRate($("#chart-errors"), buckets);
+  const finished = buckets.reduce((n, b) => n + b.completed + b.failed, 0);
+  const failed = buckets.reduce((n, b) => n + b.failed, 0);
+  $('[data-figure="throughput"] b').textContent = (finished / WINDOW_MIN).toFixed(1);
+  $('[data-figure="error_rate"] b').textContent = finished ? `${((100 * failed) / finished).toFixed(1)}%` : "–";
+  $('[data-figure="avg"] b').textContent = fmtDuration(state.figures.avg);
+  $('[data-figure="p95"] b').textContent = fmtDuration(state.figures.p95);
+  const depth = $("#depth");
+  const max = Math.max(1, ...Object.values(state.depth));
+  depth.replaceChildren(...Object.entries(state.depth).map(([p, n]) => el("div", { className: "bar-row" },
+    el("span", { textContent: p }), el("i", { style: `width:${(150 * n) / max}px` }), el("span", { textContent: n }))));
+}
+
+function renderDlq() {
+  view.dlqDirty = false;
+  const tbody = $("#dlq tbody");
+  const entries = [...state.dlq.values()].sort((a, b) => (b.at || 0) - (a.at || 0)).slice(0, MAX_ROWS);
+  tbody.replaceChildren(...entries.map((x) => el("tr", { dataset: { id: x.id }, on: { click: () => select(x.id) } },
+    el("td", {}, el("code", { textContent: short(x.id), title: x.id })),
+    el("td", { textContent: short(x.workflow_id), title: x.workflow_id || "" }),
+    el("td", { className: "err", textContent: x.error_message || "", title: x.error_message || "" }),
+    el("td", { textContent: fmtTime(x.at) }),
+    el("td", {},
+      el("button", { type: "button", className: "row-btn dlq-retry", textContent: "Retry",
+                     on: { click: (e) => { e.stopPropagation(); command(x.id, "dlq-retry"); } } }),
+      " ",
+      el("button", { type: "button", className: "row-btn dlq-purge", textContent: "Purge",
+                     on: { click: (e) => { e.stopPropagation(); command(x.id, "dlq-purge"); } } })),
+  )));
+  $("#dlq-note").textContent = state.dlq.size ? `${state.dlq.size} execution(s)` : "empty";
+}
+
+// --- detail pane ---------------------------------------------------------------------------------------------
+
+async function select(id) {
+  if (state.detailFeed) state.detailFeed.stop();
+  state.detailFeed = null;
+  for (const tr of document.querySelectorAll("#executions tr.selected")) tr.classList.remove("selected");
+  const tr = view.rows.get(id);
+  if (tr) tr.classList.add("selected");
+  state.selected = id;
+  const detail = { id, steps: new Map(), logIds: new Set(), logs: [] };
+  state.detail = detail;
+  $("#detail").hidden = false;
+  $("#detail-message").textContent = "";
+  view.detailDirty = true;
+  schedule();
+  let since = null;
+  try {
+    const x = await api("GET", `/api/executions/${encodeURIComponent(id)}`);
+    if (state.detail !== detail) return;
+    if (!state.execs.has(id)) { remember(rowFromRest(x)); view.structureDirty = true; }
+    for (const s of x.steps) {
+      detail.steps.set(s.step_index, { action: s.action, label: s.label, status: s.status, duration_ms: s.duration_ms,
+                                       output: s.output_data, error: s.error_message });
+    }
+    since = ms(x.queued_at);
+  } catch (e) {
+    if (e.status !== 404) $("#detail-message").textContent = e.message;
+  }
+  if (state.detail !== detail) return;
+  const row = state.execs.get(id);
+  since = since || (row && row.queued_at) || Date.now() - MINUTE;
+  // Replays this execution's own events (steps and logs) from just before it was queued, then goes live.
+  state.detailFeed = new Feed({
+    token: state.key, since: String(Math.max(0, since - 1000)), params: { execution_id: id },
+    onEvent: (ev) => detailEvent(detail, ev),
+  }).start();
+  view.detailDirty = true;
+  schedule();
+}
+
+function detailEvent(detail, ev) {
+  if (state.detail !== detail) return;
+  const d = ev.data || {};
+  const step = (i) => {
+    if (!detail.steps.has(i)) detail.steps.set(i, { action: d.action || "", label: d.label || null, status: "pending" });
+    return detail.steps.get(i);
+  };
+  switch (ev.type) {
+    case "execution.queued":
+      (d.definition && d.definition.steps || []).forEach((s, i) => {
+        if (!detail.steps.has(i)) detail.steps.set(i, { action: s.action, label: s.label || null, status: "pending" });
+      });
+      break;
+    case "execution.started":
+      log(detail, ev, `attempt ${d.attempt} started on ${d.executor}` + (d.from_step ? ` from step ${d.from_step}` : ""));
+      break;
+    case "step.started":
+      Object.assign(step(d.step_index), { status: "running", duration_ms: null, output: null, error: null });
+      detail.current = d.step_index;
+      break;
+    case "step.completed":
+      Object.assign(step(d.step_index), { status: "completed", duration_ms: d.duration_ms, output: d.output });
+      break;
+    case "step.failed":
+      Object.assign(step(d.step_index), { status: "failed", duration_ms: d.duration_ms, error: d.error });
+      log(detail, ev, `step ${d.step_index} failed: ${d.error}`, "error");
+      break;
+    case "execution.log":
+      log(detail, ev, `[step ${d.step_index}] ${d.message}`, d.level);
+      break;
+    case "execution.progress":
+      log(detail, ev, `progress ${Math.round(d.percent)}%` + (d.message ? ` ${d.message}` : ""));
+      break;
+    case "execution.retrying":
+      log(detail, ev, `attempt ${d.failed_attempt} failed; retry in ${fmtDuration(d.delay_ms)}: ${d.error}`, "warning");
+      break;
+    case "execution.requeued":
+      for (const s of detail.steps.values()) if (s.status !== "completed") s.status = "pending";
+      log(detail, ev, `queued again (${d.reason})`);
+      break;
+    case "execution.completed":
+      detail.current = null;
+      log(detail, ev, "completed");
+      break;
+    case "execution.failed":
+      detail.current = null;
+      log(detail, ev, `failed: ${d.error}`, "error");
+      break;
+    case "execution.cancelled":
+      log(detail, ev, "cancelled");
+      break;
+    default:
+      break;
+  }
+  view.detailDirty = true;
+  schedule();
+}
+
+function log(detail, ev, text, level = "info") {
+  if (detail.logIds.has(ev.id)) return;
+  detail.logIds.add(ev.id);
+  detail.logs.push(`${fmtTime(ev.ts)} ${level === "info" ? "" : level.toUpperCase() + " "}${text}`);
+  if (detail.logs.length > 500) detail.logs.splice(0, detail.logs.length - 500);
+}
+
+function renderDetail() {
+  view.detailDirty = false;
+  const detail = state.detail;
+  if (!detail) { $("#detail").hidden = true; return; }
+  const r = state.execs.get(detail.id) || blankRow(detail.id, { ts: null });
+  $("#detail-id").textContent = short(detail.id);
+  $("#detail-id").title = detail.id;
+  const badge = $("#detail-status");
+  badge.textContent = r.status;
+  badge.className = `badge ${r.status}`;
+  $("#detail-workflow").textContent = r.workflow_id || "";
+  $("#detail-priority").textContent = r.priority ?? "";
+  $("#detail-attempt").textContent = r.attempt ?? "";
+  $("#detail-duration").textContent = fmtDuration(durationOf(r));
+  $("#detail-error").textContent = r.error_message || "";
+  $("#btn-retry").disabled = !RETRYABLE.has(r.status);
+  $("#btn-cancel").disabled = !CANCELLABLE.has(r.status);
+  const queued = r.status === "queued";
+  $("#btn-priority").disabled = !queued;
+  $("#priority-select").disabled = !queued;
+  if (document.activeElement !== $("#priority-select") && r.priority) $("#priority-select").value = String(r.priority);
+  const current = r.status === "running" ? detail.current ?? r.current : null;
+  const items = [...detail.steps.entries()].sort((a, b) => a[0] - b[0]).map(([i, s]) => {
+    const li = el("li", { dataset: { step: String(i) }, className: i === current ? "current" : "" },
+      el("span", { className: `badge step-status ${s.status}`, textContent: s.status }), " ",
+      el("span", { className: "step-name", textContent: s.label || s.action }),
+      el("span", { className: "step-out", textContent: s.duration_ms !== null && s.duration_ms !== undefined ? fmtDuration(s.duration_ms) : "" }));
+    if (s.error) li.append(el("div", { className: "error", textContent: s.error }));
+    return li;
+  });
+  $("#detail-steps").replaceChildren(...items);
+  const logs = $("#detail-logs");
+  const text = detail.logs.join("\n");
+  if (logs.textContent !== text) {
+    const atEnd = logs.scrollTop + logs.clientHeight >= logs.scrollHeight - 4;
+    logs.textContent = text;
+    if (atEnd) logs.scrollTop = logs.scrollHeight;
+  }
+}
+
+function closeDetail() {
+  if (state.detailFeed) state.detailFeed.stop();
+  state.detailFeed = null;
+  state.detail = null;
+  state.selected = null;
+  for (const tr of document.querySelectorAll("#executions tr.selected")) tr.classList.remove("selected");
+  view.detailDirty = true;
+  schedule();
+}
+
+// --- commands ------------------------------------------------------------------------------------------------
+
+async function command(id, kind, arg) {
+  const enc = encodeURIComponent(id);
+  const calls = {
+    retry: () => api("POST", `/api/executions/${enc}/retry`),
+    cancel: () => api("POST", `/api/executions/${enc}/cancel`),
+    priority: () => api("PATCH", `/api/executions/${enc}`, { priority: arg }),
+    "dlq-retry": () => api("POST", `/api/dlq/${enc}/retry`),
+    "dlq-purge": () => api("DELETE", `/api/dlq/${enc}`),
+  };
+  $("#detail-message").textContent = "";
+  try {
+    await calls[kind]();
+  } catch (e) {
+    // The outcome arrives as events; only a refusal needs showing.
+    const where = state.selected === id ? $("#detail-message") : null;
+    if (where) where.textContent = `${kind}: ${e.message}`;
+    else alert(`${kind} ${short(id)}: ${e.message}`);
+  }
+}
+
+// --- loading ---------------------------------------------------------------------------------------------------
+
+function applyStats(stats, { counts }) {
+  if (counts) {
+    for (const k of Object.keys(state.counts)) state.counts[k] = stats.counts[k] || 0;
+    state.buckets.clear();
+    for (const b of stats.throughput) {
+      state.buckets.set(Math.floor(ms(b.minute) / MINUTE), { completed: b.completed, failed: b.failed });
+    }
+  }
+  state.figures = { avg: stats.avg_duration_ms, p95: stats.p95_duration_ms };
+  state.depth = stats.depth_by_priority;
+  view.countersDirty = true;
+  view.chartsDirty = true;
+  schedule();
+}
+
+// Durations and depth come from the projection: re-read (at most every few seconds) when runs finish.
+const statsChanged = debounce(async () => {
+  try { applyStats(await api("GET", "/api/stats"), { counts: false }); } catch { /* next change retries */ }
+}, STATS_REFRESH_MS);
+
+function listUrl() {
+  const q = new URLSearchParams({ limit: "100" });
+  if (state.filter) q.set("status", state.filter);
+  return `/api/executions?${q}`;
+}
+
+async function loadRows() {
+  const page = await api("GET", listUrl());
+  for (const x of page.items) {
+    if (!state.execs.has(x.id)) remember(rowFromRest(x));
+  }
+  view.structureDirty = true;
+  schedule();
+}
+
+const refreshQueues = debounce(async () => {
+  let page;
+  try {
+    page = await api("GET", "/api/queues?limit=100");
+  } catch {
+    $("#queues").hidden = true; // not available on this server (or not for this key)
+    state.queues = null;
+    return;
+  }
+  const items = (page && page.items) || [];
+  const stats = await Promise.all(items.map((q) => api("GET", `/api/queues/${encodeURIComponent(q.id)}/stats`).catch(() => null)));
+  state.queues = items.map((q, i) => ({ ...q, stats: stats[i] }));
+  const tbody = $("#queues tbody");
+  tbody.replaceChildren(...state.queues.map((q) => {
+    const s = q.stats || {};
+    const cell = (v) => el("td", { textContent: v === undefined || v === null ? "–" : String(v) });
+    return el("tr", { dataset: { id: q.id } }, el("td", { textContent: q.name || short(q.id) }), cell(s.new),
+      cell(s.in_progress), cell(s.completed), cell(s.failed), cell(s.abandoned), cell(s.retried),
+      el("td", { textContent: fmtDuration(s.avg_processing_ms) }), cell(s.sla_breaches));
+  }));
+  $("#queues").hidden = false;
+}, QUEUES_REFRESH_MS);
+
+const refreshWorkflows = debounce(async () => {
+  let page;
+  try { page = await api("GET", "/api/workflows?limit=50"); } catch { return; }
+  state.workflows = page.items;
+  $("#workflow-list").replaceChildren(...page.items.map((w) => el("li", {},
+    el("span", { textContent: `${w.name} ` }),
+    el("button", { type: "button", className: "row-btn run", textContent: "Run", dataset: { id: w.id },
+                   on: { click: () => api("POST", `/api/workflows/${encodeURIComponent(w.id)}/execute`, {}).catch((e) => alert(e.message)) } }))));
+  $("#workflows").hidden = page.items.length === 0;
+}, 1000);
+
+async function loadAll() {
+  const generation = ++state.generation;
+  if (state.feed) state.feed.stop();
+  state.feed = null;
+  state.execs.clear();
+  state.dlq.clear();
+  view.dirty.clear();
+  view.structureDirty = true;
+  view.dlqDirty = true;
+  const stats = await api("GET", "/api/stats");
+  const [, dlq] = await Promise.all([loadRows(), api("GET", "/api/dlq?limit=100")]);
+  if (generation !== state.generation) return;
+  applyStats(stats, { counts: true });
+  for (const x of dlq.items) {
+    state.dlq.set(x.id, { id: x.id, workflow_id: x.workflow_id, error_message: x.error_message, at: ms(x.dead_lettered_at) });
+  }
+  // Every event after the snapshot the counts were read at, exactly once, then live.
+  state.feed = new Feed({
+    token: state.key,
+    since: stats.as_of || "0",
+    onEvent,
+    onState: showConnection,
+    onFatal: (code, reason) => signOut(reason || `feed refused (${code})`),
+    onGone: () => loadAll(),
+  }).start();
+  refreshQueues();
+  refreshWorkflows();
+  schedule();
+}
+
+function showConnection(s) {
+  const node = $("#conn");
+  node.className = `conn ${s}`;
+  node.textContent = s === "on" ? "live" : s === "retry" ? "reconnecting" : "offline";
+}
+
+// --- sign in / out -------------------------------------------------------------------------------------------
+
+async function signIn(key) {
+  state.key = key;
+  try {
+    state.tenant = await api("GET", "/api/tenants/me");
+  } catch (e) {
+    state.key = null;
+    showLogin(e.status === 401 || e.status === 403 ? "This key was refused." : `Cannot reach the API: ${e.message}`);
+    return;
+  }
+  localStorage.setItem(KEY_STORE, key);
+  $("#login").hidden = true;
+  $("#app").hidden = false;
+  $("#sign-out").hidden = false;
+  $("#tenant-name").textContent = `${state.tenant.name} · ${state.tenant.plan}`;
+  try {
+    await loadAll();
+  } catch (e) {
+    showLogin(`Loading failed: ${e.message}`);
+  }
+}
+
+function signOut(message = "") {
+  localStorage.removeItem(KEY_STORE);
+  if (state.feed) state.feed.stop();
+  closeDetail();
+  state.feed = null;
+  state.key = null;
+  showLogin(message);
+}
+
+function showLogin(message = "") {
+  $("#app").hidden = true;
+  $("#sign-out").hidden = true;
+  $("#login").hidden = false;
+  $("#tenant-name").textContent = "";
+  $("#login-error").textContent = message;
+  showConnection("off");
+}
+
+function init() {
+  const select = $("#priority-select");
+  for (let p = 1; p <= 10; p++) select.append(el("option", { value: String(p), textContent: String(p) }));
+  $("#login-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    signIn($("#key-input").value.trim());
+  });
+  $("#sign-out").addEventListener("click", () => signOut());
+  $("#detail-close").addEventListener("click", closeDetail);
+  $("#btn-retry").addEventListener("click", () => state.selected && command(state.selected, "retry"));
+  $("#btn-cancel").addEventListener("click", () => state.selected && command(state.selected, "cancel"));
+  $("#btn-priority").addEventListener("click", () => {
+    if (state.selected) command(state.selected, "priority", Number($("#priority-select").value));
+  });
+  $("#status-filter").addEventListener("change", (e) => {
+    state.filter = e.target.value;
+    view.structureDirty = true;
+    schedule();
+    loadRows().catch(() => {});
+  });
+  // Running rows show a live duration; charts roll over each minute.
+  setInterval(() => {
+    for (const id of view.ids) {
+      const r = state.execs.get(id);
+      if (r && r.status === "running") view.dirty.add(id);
+    }
+    if (state.detail) view.detailDirty = true;
+    renderCharts();
+    schedule();
+  }, 1000);
+  const key = localStorage.getItem(KEY_STORE);
+  if (key) signIn(key);
+  else showLogin();
+}
+
+document.addEventListener("DOMContentLoaded", init);
