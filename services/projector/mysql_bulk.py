@@ -20,6 +20,8 @@ from sqlalchemy import JSON, Boolean, Integer, LargeBinary, String, Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import TypeEngine
 
+from shared import schema
+
 # What pymysql's escape_string does (backslash escapes), as one translate table.
 _BACKSLASH = str.maketrans(
     {"\0": "\\0", "\n": "\\n", "\r": "\\r", "\x1a": "\\Z", "'": "\\'", '"': '\\"', "\\": "\\\\"}
@@ -47,6 +49,7 @@ class MysqlBulk:
         self._shapes: dict[tuple[str, bool], _Shape] = {}
         self._escape: dict[int, str] | None = None
         self._max_chars = 4 * 1024 * 1024
+        self._quoted: Callable[[str], str] = _unprepared
 
     async def write(self, conn: AsyncConnection, table: Table, rows: Sequence[Mapping[str, Any]], upsert: bool) -> None:
         """Insert ``rows`` (full rows, every column); on a duplicate key update every other column if ``upsert``."""
@@ -80,6 +83,29 @@ class MysqlBulk:
             statements.append(shape.head + ",".join(chunk) + shape.tail)
         return statements
 
+    def render_archive(self, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+        """:meth:`render` for ``event_archive`` rows (one per event, the bulk of every batch), formatted whole."""
+        if self._escape is None:
+            raise RuntimeError("MysqlBulk.prepare() first")
+        quoted = self._quoted
+        head = self._shape(schema.event_archive, False).head
+        statements: list[str] = []
+        chunk: list[str] = []
+        size = 0
+        for r in rows:
+            values = (
+                f"({r['partition']:d},{r['ms']:d},{r['seq']:d},{quoted(r['type'])},{quoted(r['tenant_id'])},"
+                f"{quoted(r['aggregate_id'])},X'{bytes(r['body']).hex()}')"
+            )
+            chunk.append(values)
+            size += len(values)
+            if size >= self._max_chars:
+                statements.append(head + ",".join(chunk))
+                chunk, size = [], 0
+        if chunk:
+            statements.append(head + ",".join(chunk))
+        return statements
+
     async def execute(self, conn: AsyncConnection, statements: Sequence[str]) -> None:
         for statement in statements:
             await conn.exec_driver_sql(statement, execution_options=_NO_PARAMETERS)
@@ -87,7 +113,14 @@ class MysqlBulk:
     async def _read_server(self, conn: AsyncConnection) -> None:
         row = (await conn.exec_driver_sql("SELECT @@SESSION.sql_mode, @@SESSION.max_allowed_packet")).one()
         sql_mode, max_packet = list(row)
-        self._escape = _QUOTES_ONLY if "NO_BACKSLASH_ESCAPES" in str(sql_mode).upper() else _BACKSLASH
+        escape = self._escape = _QUOTES_ONLY if "NO_BACKSLASH_ESCAPES" in str(sql_mode).upper() else _BACKSLASH
+        special = re.compile("'" if escape is _QUOTES_ONLY else r"[\x00\n\r\x1a'\"\\]").search
+
+        def quoted(value: str) -> str:
+            # Most values (ids, statuses) need no escaping; searching is much cheaper than translating.
+            return "'" + (value.translate(escape) if special(value) else value) + "'"
+
+        self._quoted = quoted
         # Hex doubles blobs and escapes may double text: keep each statement well inside the packet limit.
         self._max_chars = max(64 * 1024, int(max_packet) // 4)
 
@@ -108,12 +141,7 @@ class MysqlBulk:
 
     def _literal_for(self, column_type: TypeEngine[Any]) -> Literal:
         """One converter per column, chosen by its SQL type (values are what the projection holds)."""
-        escape = self._escape or _BACKSLASH
-        special = re.compile("'" if escape is _QUOTES_ONLY else r"[\x00\n\r\x1a'\"\\]").search
-
-        def quoted(value: str) -> str:
-            # Most values (ids, statuses) need no escaping; searching is much cheaper than translating.
-            return "'" + (value.translate(escape) if special(value) else value) + "'"
+        quoted = self._quoted
 
         def text(value: Any) -> str:
             return "NULL" if value is None else quoted(str(value))
@@ -129,3 +157,7 @@ class MysqlBulk:
         if isinstance(column_type, String):  # Text too
             return text
         raise TypeError(f"no SQL literal for columns of type {column_type!r}")
+
+
+def _unprepared(value: str) -> str:
+    raise RuntimeError("MysqlBulk.prepare() first")

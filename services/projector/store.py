@@ -204,7 +204,8 @@ class Store:
 
     async def archive(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
         if self._bulk is not None:
-            await self._bulk.write(conn, schema.event_archive, rows, upsert=False)
+            await self._bulk.prepare(conn)
+            await self._bulk.execute(conn, self._bulk.render_archive(rows))
         elif rows:
             await conn.execute(self._archive, list(rows))
 
