@@ -57,10 +57,14 @@ async def test_unknown_route_and_wrong_method_are_json(client: httpx.AsyncClient
     assert "GET" in r.headers["allow"]
 
 
-async def test_home_page_is_a_placeholder(client: httpx.AsyncClient) -> None:
+async def test_home_page_is_the_dashboard(client: httpx.AsyncClient) -> None:
     r = await client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-    assert "placeholder" in r.text and "/openapi.json" in r.text
+    assert 'id="login"' in r.text and "/static/app.js" in r.text and "/openapi.json" in r.text
+    r = await client.get("/static/app.js")
+    assert r.status_code == 200 and "javascript" in r.headers["content-type"]
+    r = await client.get("/static/nothing.js")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
 
 
 async def test_openapi_describes_every_route(client: httpx.AsyncClient, settings: Settings) -> None:
