@@ -47,6 +47,8 @@ async def serve_dev(settings: Settings, stop: asyncio.Event, *, host: str, port:
         print(
             f"\nOrquesta is running.\n  dashboard:   {base}/\n  API:         {base}/api\n"
             f"  admin token: {settings.admin_token}\n  demo key:    {demo_key}\n"
+            f"  mail:        smtp://{settings.smtp_host}:{settings.smtp_port} (email triggers: <token>@"
+            f"{settings.email_domain})\n"
             f"  data:        {folder}\nPress Ctrl-C to stop.\n",
             flush=True,
         )
