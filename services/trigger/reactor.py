@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import msgspec
 from redis.asyncio import Redis
 
 from services.trigger.feeder import Feeder
@@ -83,7 +84,11 @@ class Reactor:
         for record in records:
             if record.type not in _INTERESTING:
                 continue
-            event = record.event()
+            try:
+                event = record.event()
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:  # never retry an entry that cannot be read
+                log.error("undecodable %s entry %s on %s: %s", record.type, record.id, stream, exc)
+                continue
             if isinstance(event, QueueItemAdded):
                 await self.feeder.feed_queue(p, event.item.queue_id)
                 continue
