@@ -7,12 +7,15 @@ import sys
 
 from bench.common import Result, print_table
 from bench.executor import dispatch_by_tenants, executor_throughput
+from bench.feed import fanout_latency
 from bench.latency import enqueue_to_start
+from bench.queues import queue_throughput
 
 
 async def main(selected: set[str]) -> None:
     results: list[Result] = []
-    suites = {"executor": executor_throughput, "fairness": dispatch_by_tenants, "latency": enqueue_to_start}
+    suites = {"executor": executor_throughput, "fairness": dispatch_by_tenants, "latency": enqueue_to_start,
+              "queues": queue_throughput, "feed": fanout_latency}
     for name, suite in suites.items():
         if not selected or name in selected:
             print(f"running {name} ...", file=sys.stderr, flush=True)

@@ -18,6 +18,7 @@ it; it runs lazily before every API claim on the partition, and periodically in 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import msgspec
@@ -111,12 +112,21 @@ def _in_progress(unit: Unit, item: ItemState) -> Unit:
     return unit.require(item_key, "started_at", [str(item.snapshot.started_at)], ITEM_STATUS_GUARD)
 
 
-def progress_unit(*, p: int, item: ItemState, progress: str, now_ms: int) -> Unit:
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A unit, and the item's state once it is applied (what a reply shows without reading it back)."""
+
+    unit: Unit
+    item: QueueItemSnapshot
+
+
+def noted(*, p: int, item: ItemState, note: str, now_ms: int) -> Change:
     """A progress note on an item in progress (its status does not change)."""
-    snapshot = msgspec.structs.replace(item.snapshot, progress=progress)
+    snapshot = msgspec.structs.replace(item.snapshot, progress=note)
     unit = _in_progress(Unit(p), item)
     unit.event(QueueItemProgressed(tenant_id=item.tenant_id, aggregate_id=item.id, ts=now_ms, item=snapshot))
-    return unit.hset(keys.queue_item(p, item.id), {"snap": encode_snapshot(snapshot)})
+    unit.hset(keys.queue_item(p, item.id), {"snap": encode_snapshot(snapshot)})
+    return Change(unit, snapshot)
 
 
 def _finish(unit: Unit, item: ItemState, snapshot: QueueItemSnapshot) -> None:
@@ -127,7 +137,7 @@ def _finish(unit: Unit, item: ItemState, snapshot: QueueItemSnapshot) -> None:
     unit.zrem(keys.queue_due(p), item.id)
 
 
-def complete_unit(*, p: int, item: ItemState, result: Any, now_ms: int) -> Unit:
+def completed(*, p: int, item: ItemState, result: Any, now_ms: int) -> Change:
     """The item was processed successfully."""
     snapshot = _ended(item, "completed", now_ms)
     unit = _in_progress(Unit(p), item)
@@ -135,7 +145,40 @@ def complete_unit(*, p: int, item: ItemState, result: Any, now_ms: int) -> Unit:
         QueueItemCompleted(tenant_id=item.tenant_id, aggregate_id=item.id, ts=now_ms, item=snapshot, result=result)
     )
     _finish(unit, item, snapshot)
-    return unit
+    return Change(unit, snapshot)
+
+
+def failed(
+    *,
+    p: int,
+    item: ItemState,
+    queue: QueueState,
+    kind: Literal["business", "application"],
+    message: str,
+    now_ms: int,
+    retry_id: str | None = None,
+) -> Change:
+    """A business failure is final; an application failure with retries left marks the item ``retried``
+    and adds its retry (``retry_id``, a new id unless given), with the same data and reference."""
+    error = QueueItemError(message=message, kind=kind)
+    snapshot = msgspec.structs.replace(_ended(item, "failed", now_ms), error=error)
+    unit = _in_progress(Unit(p), item)
+    unit.event(QueueItemFailed(tenant_id=item.tenant_id, aggregate_id=item.id, ts=now_ms, item=snapshot))
+    if kind == "application" and will_retry(item, queue):
+        snapshot = _retry(unit, item, snapshot, "failed", retry_id or new_id(), now_ms)
+    else:
+        _finish(unit, item, snapshot)
+    return Change(unit, snapshot)
+
+
+def progress_unit(*, p: int, item: ItemState, progress: str, now_ms: int) -> Unit:
+    """:func:`noted`'s unit."""
+    return noted(p=p, item=item, note=progress, now_ms=now_ms).unit
+
+
+def complete_unit(*, p: int, item: ItemState, result: Any, now_ms: int) -> Unit:
+    """:func:`completed`'s unit."""
+    return completed(p=p, item=item, result=result, now_ms=now_ms).unit
 
 
 def fail_unit(
@@ -148,17 +191,8 @@ def fail_unit(
     now_ms: int,
     retry_id: str | None = None,
 ) -> Unit:
-    """A business failure is final; an application failure with retries left marks the item ``retried``
-    and adds its retry (``retry_id``, a new id unless given), with the same data and reference."""
-    error = QueueItemError(message=message, kind=kind)
-    snapshot = msgspec.structs.replace(_ended(item, "failed", now_ms), error=error)
-    unit = _in_progress(Unit(p), item)
-    unit.event(QueueItemFailed(tenant_id=item.tenant_id, aggregate_id=item.id, ts=now_ms, item=snapshot))
-    if kind == "application" and will_retry(item, queue):
-        _retry(unit, item, snapshot, "failed", retry_id or new_id(), now_ms)
-    else:
-        _finish(unit, item, snapshot)
-    return unit
+    """:func:`failed`'s unit."""
+    return failed(p=p, item=item, queue=queue, kind=kind, message=message, now_ms=now_ms, retry_id=retry_id).unit
 
 
 def abandon_unit(*, p: int, item: ItemState, queue: QueueState, now_ms: int, retry_id: str | None = None) -> Unit:
@@ -191,7 +225,7 @@ def _retry(
     reason: Literal["failed", "abandoned"],
     retry_id: str,
     now_ms: int,
-) -> None:
+) -> QueueItemSnapshot:
     """``queue_item.retried`` on the old item, and its retry: a new item, same data, reference and priority."""
     retried = msgspec.structs.replace(ended, status="retried", retry_id=retry_id)
     unit.event(
@@ -213,6 +247,7 @@ def _retry(
     row = added(tenant_id=item.tenant_id, item_id=retry_id, snapshot=retry, data=item.data(), now_ms=now_ms,
                 data_json=item.data_json)
     put_items(unit, tenant_id=item.tenant_id, queue_id=old.queue_id, items=[row], now_ms=now_ms)
+    return retried
 
 
 async def abandon_due(redis: Redis, committer: Committer, p: int, now_ms: int, limit: int = ABANDON_BATCH) -> int:

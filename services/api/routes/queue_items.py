@@ -36,15 +36,7 @@ from shared.commit import Applied, Refused
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.events import QueueItemSnapshot
 from shared.queues import QUEUE_CHANGED_GUARD, QueueState
-from shared.queues_claims import (
-    IN_PROGRESS,
-    abandon_due,
-    claim_unit,
-    claimed_id,
-    complete_unit,
-    fail_unit,
-    progress_unit,
-)
+from shared.queues_claims import IN_PROGRESS, abandon_due, claim_unit, claimed_id, completed, failed, noted
 from shared.queues_items import (
     DUPLICATE_REFERENCE_GUARD,
     MAX_TIME_MS,
@@ -62,6 +54,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ITEM_INDEX = re.compile(r"^items\[(?P<index>\d+)\]")
 # An add refused because the queue's unique_reference changed meanwhile is decided again, once or twice.
 ATTEMPTS = 3
+LAZY_SWEEP_MS = 1_000
 
 
 # --- views ---------------------------------------------------------------------------------------------------
@@ -238,6 +231,18 @@ async def _claimer(ctx: ApiContext, tenant: TenantState, body: ClaimIn) -> str:
     return text(await ctx.redis.hget(keys.tenant(tenant.partition, tenant.id), "key_id")) or "api"
 
 
+async def _abandon_lazily(request: Request, ctx: ApiContext, p: int, now: int) -> None:
+    """Before a claim, items of the partition in progress past their time are abandoned (their retries become
+    claimable). At most once a second per partition and API process: times are in minutes, and it saves every
+    claim a round trip. The trigger service also sweeps, for queues nobody claims from."""
+    swept: dict[int, int] | None = getattr(request.app.state, "queues_swept", None)
+    if swept is None:
+        swept = request.app.state.queues_swept = {}
+    if now - swept.get(p, 0) >= LAZY_SWEEP_MS:
+        swept[p] = now
+        await abandon_due(ctx.redis, ctx.committer, p, now)
+
+
 async def claim_next(request: Request) -> Response:
     tenant = await require_tenant(request)
     ctx = context(request)
@@ -245,9 +250,7 @@ async def claim_next(request: Request) -> Response:
     body = await read_json(request, ClaimIn, empty=ClaimIn())
     claimer = await _claimer(ctx, tenant, body)
     now = now_ms()
-    # Lazily, before claiming: items of this partition in progress past their time are abandoned (and their
-    # retries become claimable). The trigger service also sweeps periodically, for queues nobody claims from.
-    await abandon_due(ctx.redis, ctx.committer, tenant.partition, now)
+    await _abandon_lazily(request, ctx, tenant.partition, now)
     outcome = await ctx.committer.commit(claim_unit(p=tenant.partition, queue=queue, claimer=claimer, now_ms=now))
     if isinstance(outcome, Refused):
         raise NotFound(f"queue {queue.id} not found")
@@ -293,21 +296,19 @@ async def update_item(request: Request) -> Response:
     p = tenant.partition
     match body.status:
         case "completed":
-            unit = complete_unit(p=p, item=item, result=body.result, now_ms=now)
+            change = completed(p=p, item=item, result=body.result, now_ms=now)
         case "failed":
             error = body.error
-            unit = fail_unit(p=p, item=item, queue=queue, kind=error.kind if error else "application",
-                             message=error.message if error else "", now_ms=now)
+            change = failed(p=p, item=item, queue=queue, kind=error.kind if error else "application",
+                            message=error.message if error else "", now_ms=now)
         case _:
-            unit = progress_unit(p=p, item=item, progress=body.progress or "", now_ms=now)
-    if not isinstance(await ctx.committer.commit(unit), Applied):
+            change = noted(p=p, item=item, note=body.progress or "", now_ms=now)
+    if not isinstance(await ctx.committer.commit(change.unit), Applied):
         # Finished or abandoned between our read and the commit.
         current = await read_item(ctx.redis, p, item.id)
         status = current.status if current is not None else "unknown"
         raise Conflict(f"item is {status}: only an item in progress can be updated", status=status)
-    after_commit = await read_item(ctx.redis, p, item.id)
-    snapshot = after_commit.snapshot if after_commit is not None else item.snapshot
-    return responses.json(item_view(item.id, snapshot, data, body.result if body.status == "completed" else None))
+    return responses.json(item_view(item.id, change.item, data, body.result if body.status == "completed" else None))
 
 
 # --- queries -------------------------------------------------------------------------------------------------
