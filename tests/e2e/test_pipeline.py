@@ -95,9 +95,13 @@ async def test_always_failing_is_dead_lettered_and_retried_from_dlq(tenant: http
     await assert_eventually(out_of_dlq, timeout=15, message="left the DLQ")
     body = await wait_for(tenant, execution_id, "failed", dead_lettered=True)
     assert body["retry_count"] >= 2, "the DLQ retry ran a new series of attempts"
+    async def back_in_dlq() -> bool:
+        return [item["id"] for item in (await tenant.get("/api/dlq")).json()["items"]] == [execution_id]
+
+    await assert_eventually(back_in_dlq, timeout=15, message="dead-lettered again")
     purged = await tenant.delete(f"/api/dlq/{execution_id}")
     assert purged.status_code == 204
-    assert (await tenant.get("/api/dlq")).json()["items"] == []
+    await assert_eventually(out_of_dlq, timeout=15, message="purged from the DLQ")
 
 
 async def test_cancel_a_running_execution(tenant: httpx.AsyncClient, deployment: Deployment) -> None:
