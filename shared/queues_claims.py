@@ -11,8 +11,8 @@ Two ways to claim, same events and state:
 
 An item in progress is due for abandonment at ``started_at + abandon_after_minutes`` (the queue's setting
 when it was claimed), recorded in the partition's ``qdue`` set. :func:`abandon_due` abandons the items past
-it; it runs lazily before every API claim on the partition, and periodically in the trigger service
-(``services/trigger/abandon.py``) so items of queues nobody claims from are abandoned too.
+it; the API runs it lazily before claims (at most once a second per partition), and the trigger service
+periodically (``services/trigger/abandon.py``), so items of queues nobody claims from are abandoned too.
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 ITEM_STATUS_GUARD = "item_status"
 ABANDON_BATCH = 100
 IN_PROGRESS = "in_progress"
-FINISHED = frozenset({"completed", "failed", "abandoned", "retried"})
 
 # The claim op replaces this event's ``aggregate_id`` and ``item`` inside the script.
 _PLACEHOLDER = QueueItemSnapshot(queue_id="", status="in_progress", priority=5, origin_at=0, created_at=0)
