@@ -288,8 +288,8 @@ def _partition_of_log(stream: str) -> int:
 
 async def replay(
     redis: Redis, sub: Subscription, since: str, until: str
-) -> AsyncIterator[tuple[Position, str, str]]:
-    """The subscriber's events after ``since`` up to ``until`` (inclusive), read with ``XRANGE`` in pages."""
+) -> AsyncIterator[list[tuple[Position, str, str]]]:
+    """The subscriber's events after ``since`` up to ``until`` (inclusive), a page of ``XRANGE`` at a time."""
     stream = keys.log(sub.partition)
     start = since
     end = position(until)
@@ -297,10 +297,13 @@ async def replay(
         entries = cast(Entries, await redis.xrange(stream, min=f"({start}", max=until, count=REPLAY_PAGE))
         if not entries:
             return
+        page = []
         for record in records_of(entries):
             event = decode(record.body, record.id)
             if sub.wants(event, record.type):
-                yield position(record.id), record.id, to_json(event).decode()
+                page.append((position(record.id), record.id, to_json(event).decode()))
+        if page:
+            yield page
         start = text(entries[-1][0])
         if len(entries) < REPLAY_PAGE:
             return

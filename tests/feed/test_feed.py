@@ -44,6 +44,20 @@ async def test_events_arrive_in_order_with_the_documented_shape(live: LiveApi, c
     assert [m["data"]["message"] for m in got] == [str(i) for i in range(50)]
 
 
+async def test_batch_mode_sends_arrays_of_events_in_order(live: LiveApi, committer: Committer) -> None:
+    tenant = await live.tenant()
+    ids = await append_logs(committer, tenant, 300)
+    async with connect(live.url(tenant.api_key, since="0", batch="1")) as ws:
+        more = await append_logs(committer, tenant, 50, start=300)
+        got: list[dict[str, object]] = []
+        while len(got) < 351:
+            message = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert isinstance(message, list) and message
+            got += message
+    assert [m["id"] for m in got][1:] == ids + more  # after tenant.created
+    assert got[0]["type"] == "tenant.created"
+
+
 async def test_a_real_command_shows_up_on_the_feed(live: LiveApi) -> None:
     tenant = await live.tenant()
     async with httpx.AsyncClient(base_url=live.base) as client, connect(live.url(tenant.api_key)) as ws:
@@ -76,7 +90,9 @@ async def test_a_refused_key_closes_before_any_event(
 
 
 @pytest.mark.parametrize(
-    "params", [{"since": "yesterday"}, {"since": "1-2-3"}, {"types": "execution.nope"}, {"execution_id": "x" * 65}]
+    "params",
+    [{"since": "yesterday"}, {"since": "1-2-3"}, {"types": "execution.nope"}, {"execution_id": "x" * 65},
+     {"batch": "maybe"}],
 )
 async def test_bad_parameters_close_with_4400(live: LiveApi, params: dict[str, str]) -> None:
     tenant = await live.tenant()

@@ -3,7 +3,8 @@
 Query parameters: ``token`` (the tenant key, for browsers; or send ``Authorization: Bearer``), ``since``
 (a stream id: replay every event after it, then go live), ``execution_id`` (only that execution's events),
 ``types`` (comma-separated tags, ``execution.*`` for a family). Each message is one event,
-``{"id", "type", "tenant_id", "aggregate_id", "ts", "v", "data"}``, in log order.
+``{"id", "type", "tenant_id", "aggregate_id", "ts", "v", "data"}``, in log order; with ``batch=1`` each
+message is instead a JSON array of the events that were ready together (far fewer frames for busy clients).
 
 The connection is accepted, then closed before any event when the request is refused. Close codes:
 
@@ -32,7 +33,15 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from services.api.auth import require_tenant
 from services.api.context import ApiContext
-from services.api.feed import Subscription, TypeFilter, position, replay, trimmed_after, valid_stream_id
+from services.api.feed import (
+    Position,
+    Subscription,
+    TypeFilter,
+    position,
+    replay,
+    trimmed_after,
+    valid_stream_id,
+)
 from shared.errors import BadRequest, Forbidden, OrqError, Unauthorized
 
 log = logging.getLogger(__name__)
@@ -49,6 +58,8 @@ CLOSE_TRY_AGAIN = 1013
 CLOSE_TIMEOUT_S = 10.0
 MAX_ID_LENGTH = 64
 MAX_TYPES = 50
+# With ``batch=1``, at most this many events per message.
+MAX_BATCH = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +67,7 @@ class FeedRequest:
     since: str | None
     execution_id: str | None
     types: TypeFilter | None
+    batch: bool = False
 
 
 def _context(websocket: WebSocket) -> ApiContext:
@@ -98,7 +110,10 @@ def parse_request(websocket: WebSocket) -> FeedRequest:
         if unknown := TypeFilter.unknown(patterns):
             raise BadRequest(f"types: unknown event type {unknown[0][:60]!r}", field="types")
         types = TypeFilter(patterns)
-    return FeedRequest(since, execution_id, types)
+    batch = params.get("batch", "0")
+    if batch not in ("0", "1", "true", "false"):
+        raise BadRequest("batch: 1 or 0", field="batch")
+    return FeedRequest(since, execution_id, types, batch in ("1", "true"))
 
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:
@@ -135,7 +150,7 @@ async def events(websocket: WebSocket) -> None:
     sender = watcher = None
     try:
         await websocket.accept()
-        sender = asyncio.create_task(_send(websocket, sub, request.since, until))
+        sender = asyncio.create_task(_send(websocket, sub, request, until))
         watcher = asyncio.create_task(_until_disconnect(websocket))
         await asyncio.wait({sender, watcher}, return_when=asyncio.FIRST_COMPLETED)
     except WebSocketDisconnect:
@@ -156,8 +171,31 @@ async def _until_disconnect(websocket: WebSocket) -> None:
         pass
 
 
-async def _send(websocket: WebSocket, sub: Subscription, since: str | None, until: str) -> None:
+class _Writer:
+    """Sends what a subscriber has not had yet: one event per message, or (``batch``) a JSON array of them."""
+
+    def __init__(self, websocket: WebSocket, sub: Subscription, batch: bool) -> None:
+        self.websocket = websocket
+        self.sub = sub
+        self.batch = batch
+
+    async def write(self, items: list[tuple[Position, str, str]]) -> None:
+        fresh = [item for item in items if self.sub.fresh(item[0])]
+        if not self.batch:
+            for pos, event_id, message in fresh:
+                await self.websocket.send_text(message)
+                self.sub.sent(pos, event_id)
+            return
+        for at in range(0, len(fresh), MAX_BATCH):
+            chunk = fresh[at : at + MAX_BATCH]
+            await self.websocket.send_text("[" + ",".join(message for _, _, message in chunk) + "]")
+            self.sub.sent(chunk[-1][0], chunk[-1][1])
+
+
+async def _send(websocket: WebSocket, sub: Subscription, request: FeedRequest, until: str) -> None:
     redis = _context(websocket).redis
+    writer = _Writer(websocket, sub, request.batch)
+    since = request.since
     # Nothing at or before the starting point is sent (live delivery and the replay overlap).
     start = since if since is not None else until
     sub.sent(position(start), start)
@@ -166,19 +204,15 @@ async def _send(websocket: WebSocket, sub: Subscription, since: str | None, unti
             if await trimmed_after(redis, sub, since):
                 await _close(websocket, CLOSE_HISTORY_GONE, "since is older than the retained log; reload")
                 return
-            async for pos, event_id, message in replay(redis, sub, since, until):
+            async for page in replay(redis, sub, since, until):
                 if sub.overflowed:
                     break
-                await websocket.send_text(message)
-                sub.sent(pos, event_id)
+                await writer.write(page)
         except RedisError as exc:
             await _close(websocket, *_refusal(exc))
             return
     while batch := await sub.next_batch():
-        for pos, event_id, message in batch:
-            if sub.fresh(pos):
-                await websocket.send_text(message)
-                sub.sent(pos, event_id)
+        await writer.write(batch)
     if sub.overflowed:
         log.info("feed: dropped a slow subscriber of tenant %s at %s", sub.tenant_id, sub.last_id)
         await _close(websocket, CLOSE_TOO_SLOW, f"too slow; reconnect with since={sub.last_id}")
@@ -205,6 +239,7 @@ OPENAPI = {
             "since": "stream id: replay every event after it, then go live",
             "execution_id": "only this execution's events",
             "types": "comma-separated event types; `execution.*` for a family",
+            "batch": "1: each message is a JSON array of events (default: one event per message)",
         },
         "message": {"id": "stream id", "type": "event type", "tenant_id": "", "aggregate_id": "", "ts": "ms",
                     "v": "schema version", "data": "the event's payload"},

@@ -14,6 +14,7 @@ const RETRYABLE = new Set(["failed", "cancelled"]);
 const CANCELLABLE = new Set(["queued", "running", "retrying"]);
 const KEY_STORE = "orq.key";
 const STATS_REFRESH_MS = 5000;
+const PROJECTION_LAG_MS = 1000;
 const QUEUES_REFRESH_MS = 2000;
 
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -84,12 +85,13 @@ async function api(method, path, body) {
   return data;
 }
 
-function debounce(fn, waitMs) {
+// Calls ``fn`` at most once per ``waitMs``, and never sooner than ``minDelayMs`` after the first request.
+function debounce(fn, waitMs, minDelayMs = 0) {
   let timer = null;
   let last = 0;
   return () => {
     if (timer) return;
-    const wait = Math.max(0, last + waitMs - Date.now());
+    const wait = Math.max(minDelayMs, last + waitMs - Date.now());
     timer = setTimeout(() => { timer = null; last = Date.now(); fn(); }, wait);
   };
 }
@@ -221,13 +223,11 @@ function applyExecutionEvent(ev) {
       Object.assign(row, { status: "completed", completed_at: ev.ts, duration_ms: d.duration_ms, progress: 100,
                            done: row.steps_total, error_message: null });
       bucket(ev.ts).completed += 1;
-      statsChanged();
       break;
     case "execution.failed":
       Object.assign(row, { status: "failed", completed_at: ev.ts, error_message: d.error });
       row.duration_ms = row.started_at ? ev.ts - row.started_at : null;
       bucket(ev.ts).failed += 1;
-      statsChanged();
       break;
     case "execution.dead_lettered":
       if (!FINISHED.has(row.status)) Object.assign(row, { status: "failed", completed_at: ev.ts, error_message: d.error || row.error_message });
@@ -256,7 +256,10 @@ function applyExecutionEvent(ev) {
       break;
   }
   move(before, row.status);
-  if (state.filter && (before !== row.status)) view.structureDirty = true;
+  if (before !== row.status) {
+    statsChanged();
+    if (state.filter) view.structureDirty = true;
+  }
   view.dirty.add(id);
   schedule();
 }
@@ -660,10 +663,11 @@ function applyStats(stats, { counts }) {
   schedule();
 }
 
-// Durations and depth come from the projection: re-read (at most every few seconds) when runs finish.
+// Durations and depth by priority come from the projection: re-read when runs change status (at most every
+// few seconds, and a moment after the change so the projector has applied it). Counts stay with the feed.
 const statsChanged = debounce(async () => {
   try { applyStats(await api("GET", "/api/stats"), { counts: false }); } catch { /* next change retries */ }
-}, STATS_REFRESH_MS);
+}, STATS_REFRESH_MS, PROJECTION_LAG_MS);
 
 function listUrl() {
   const q = new URLSearchParams({ limit: "100" });

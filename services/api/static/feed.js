@@ -22,7 +22,8 @@ class Feed {
   }
 
   url() {
-    const q = new URLSearchParams({ token: this.token, ...this.params });
+    // batch=1: each message is an array of the events that were ready together (fewer frames when busy).
+    const q = new URLSearchParams({ token: this.token, batch: "1", ...this.params });
     if (this.lastId) q.set("since", this.lastId);
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     return `${scheme}//${location.host}/ws/events?${q}`;
@@ -40,10 +41,12 @@ class Feed {
     this.ws = ws;
     ws.onopen = () => { this.retryMs = 250; this.onState("on"); };
     ws.onmessage = (m) => {
-      let event;
-      try { event = JSON.parse(m.data); } catch { return; }
-      this.lastId = event.id;
-      this.onEvent(event);
+      let events;
+      try { events = JSON.parse(m.data); } catch { return; }
+      for (const event of Array.isArray(events) ? events : [events]) {
+        this.lastId = event.id;
+        this.onEvent(event);
+      }
     };
     ws.onclose = (e) => {
       if (this.ws !== ws) return;
