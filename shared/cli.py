@@ -13,6 +13,7 @@ from services.admin.cli import add_commands as add_admin_commands
 from shared.errors import ConfigError
 from shared.runtime import configure_logging, run_until_signalled
 from shared.settings import Settings, load_settings
+from shared.tracing import configure_tracing, shutdown_tracing
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,10 +43,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging(args.log_level, args.log_format)
     try:
         settings = load_settings()
+        configure_tracing(settings.otel_endpoint, args.command)
         _dispatch(args, settings)
     except ConfigError as exc:
         print(f"orq: {exc.message}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        shutdown_tracing()
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> None:

@@ -37,6 +37,7 @@ from services.api.routes import (
     workflows,
     ws,
 )
+from services.api.tracing import RequestSpans
 from shared.actions import load_plugins, param_types
 from shared.commit import Committer
 from shared.settings import Settings
@@ -87,7 +88,7 @@ def create_app(
 
     app = Starlette(
         routes=all_routes(),
-        middleware=[Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)],
+        middleware=[Middleware(RequestSpans), Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)],
         exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )

@@ -37,7 +37,8 @@ from shared.events import (
 )
 from shared.state import Status
 from shared.templates import render
-from shared.workflows import WorkflowDef
+from shared.tracing import span
+from shared.workflows import StepDef, WorkflowDef
 
 log = logging.getLogger(__name__)
 _encoder = msgspec.msgpack.Encoder()
@@ -130,6 +131,10 @@ class ExecutionRun:
     # --- lifecycle ------------------------------------------------------------------------------------------
     async def run(self) -> None:
         """Run to an end (completed, retrying, dead-lettered) or until stopped."""
+        with span("execution", execution_id=self.job.execution_id, tenant_id=self.job.tenant_id, attempt=self.attempt):
+            await self._run()
+
+    async def _run(self) -> None:
         definition = self.job.definition
         try:
             if definition is None or not self.job.state:
@@ -232,6 +237,10 @@ class ExecutionRun:
                         outputs: dict[int, Any]) -> Any:
         """Run one action; whatever goes wrong inside it (a timeout, a plug-in's bug) fails the step."""
         step = definition.steps[index]
+        with span("step", execution_id=self.job.execution_id, step_index=index, action=step.action):
+            return await self._run_action(step, index, params, outputs)
+
+    async def _run_action(self, step: StepDef, index: int, params: dict[str, Any], outputs: dict[int, Any]) -> Any:
         try:
             rendered = render(step.params, params, outputs)
             parsed = self.env.actions.parse(step.action, rendered)
