@@ -11,6 +11,8 @@ from services.api.schemas import DlqEntry, Execution, ExecutionStep, ExecutionSu
 from shared.clock import iso
 from shared.workflows import WorkflowDef
 
+SECRET_MASK = "********"  # a notification secret is write-only: replies show that one is set, not its value
+
 
 def workflow(
     workflow_id: str, version: int, definition: WorkflowDef, created_at: int | None, updated_at: int | None
@@ -23,6 +25,7 @@ def workflow(
         retry=definition.retry,
         retry_from=definition.retry_from,
         description=definition.description,
+        notify=[msgspec.structs.replace(n, secret=SECRET_MASK) if n.secret else n for n in definition.notify],
         created_at=iso(created_at),
         updated_at=iso(updated_at),
     )

@@ -225,3 +225,26 @@ async def test_deep_params_are_refused(client: httpx.AsyncClient, tenant: Tenant
         "/api/workflows", json=_with_step(action="set", params={"values": deep}), headers=tenant.headers
     )
     assert r.status_code == 422
+
+
+async def test_notify_entries_are_shown_with_their_secret_masked(
+    client: httpx.AsyncClient, settings: Settings, tenant: TenantHandle
+) -> None:
+    body = {**NOOP_WORKFLOW, "notify": [
+        {"on": ["failed"], "webhook": "https://hooks.example.com/x", "secret": "s3cr3t-value"},
+        {"on": ["completed"], "email": "ops@example.com"},
+    ]}
+    created = await create_workflow(client, tenant, body)
+    async with projector(settings):
+
+        async def shown() -> dict[str, Any]:
+            r = await client.get(f"/api/workflows/{created['id']}", headers=tenant.headers)
+            assert r.status_code == 200
+            result: dict[str, Any] = r.json()
+            return result
+
+        read = await assert_eventually(shown, timeout=10, message="projected")
+    for reply in (created, read):
+        assert reply["notify"][0]["webhook"] == "https://hooks.example.com/x"
+        assert reply["notify"][0]["secret"] == "********"
+        assert reply["notify"][1] == {"on": ["completed"], "webhook": None, "secret": None, "email": "ops@example.com"}
