@@ -57,21 +57,22 @@ async def main(kind: str, events: int, partitions: int, batch: int) -> None:
 
     projector = Projector(redis, engine, partitions=partitions, batch=batch)
     stop = asyncio.Event()
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     task = asyncio.create_task(projector.run(stop))
     while projector.applied < len(history):
         await asyncio.sleep(0.01)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     stop.set()
     await task
     await caught_up(redis, engine, partitions, timeout=60)
     print(f"{kind} projector: {len(history)} events in {elapsed:.2f}s = {len(history) / elapsed:,.0f} events/s "
-          f"(batch {batch}, {partitions} partitions)")
+          f"(batch {batch}, {partitions} partitions; {cpu / len(history) * 1e6:.0f} µs CPU per event)")
 
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     count = await Replayer(redis, engine, partitions=partitions).run()
-    elapsed = time.perf_counter() - t0
-    print(f"{kind} replay: {count} events in {elapsed:.2f}s = {count / elapsed:,.0f} events/s")
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(f"{kind} replay: {count} events in {elapsed:.2f}s = {count / elapsed:,.0f} events/s "
+          f"({cpu / count * 1e6:.0f} µs CPU per event)")
     await redis.flushdb()
     await redis.aclose()
     await engine.dispose()
