@@ -15,6 +15,7 @@ const CANCELLABLE = new Set(["queued", "running", "retrying"]);
 const KEY_STORE = "orq.key";
 const STATS_REFRESH_MS = 5000;
 const PROJECTION_LAG_MS = 1000;
+const FRAME_MS = 250;
 const QUEUES_REFRESH_MS = 2000;
 
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -308,14 +309,20 @@ const view = {
   dlqDirty: true,
   detailDirty: true,
   frame: 0,
+  lastRender: 0,
 };
 
+// One render per animation frame at most, and at most every FRAME_MS: under a busy feed, painting (not
+// JavaScript) is what costs, so the page repaints a few times a second rather than sixty.
 function schedule() {
-  if (!view.frame) view.frame = requestAnimationFrame(render);
+  if (view.frame) return;
+  const wait = view.lastRender + FRAME_MS - performance.now();
+  view.frame = wait > 0 ? setTimeout(() => requestAnimationFrame(render), wait) : requestAnimationFrame(render);
 }
 
 function render() {
   view.frame = 0;
+  view.lastRender = performance.now();
   if (view.structureDirty) renderStructure();
   for (const id of view.dirty) {
     const tr = view.rows.get(id);
@@ -353,7 +360,7 @@ function renderStructure() {
     else cursor = cursor.nextSibling;
   }
   view.ids = ids;
-  $("#rows-note").textContent = rows.length > MAX_ROWS ? `newest ${MAX_ROWS} of ${rows.length} shown` : "";
+  put($("#rows-note"), "textContent", rows.length > MAX_ROWS ? `newest ${MAX_ROWS} of ${rows.length} shown` : "");
 }
 
 function newRow(id) {
@@ -385,23 +392,30 @@ function durationOf(r) {
   return null;
 }
 
+// Writes a cell only when its text changes: untouched cells cost no style or layout work.
+function put(node, key, value) {
+  if (node[key] !== value) node[key] = value;
+}
+
 function renderRow(tr, r) {
   if (!r) return;
   const cells = tr.children;
-  cells[1].textContent = short(r.workflow_id);
-  cells[1].title = r.workflow_id || "";
+  put(cells[1], "textContent", short(r.workflow_id));
+  put(cells[1], "title", r.workflow_id || "");
   const badge = cells[2].firstChild;
-  if (badge.textContent !== r.status) {
-    badge.textContent = r.status;
-    badge.className = `badge status ${r.status}`;
-  }
-  cells[3].textContent = r.priority ?? "";
+  put(badge, "textContent", r.status);
+  put(badge, "className", `badge status ${r.status}`);
+  put(cells[3], "textContent", String(r.priority ?? ""));
   const bar = cells[4].firstChild;
-  bar.className = `progress ${r.status === "completed" ? "done" : r.status === "failed" ? "bad" : ""}`;
-  bar.firstChild.style.width = `${progressOf(r)}%`;
-  cells[5].textContent = r.steps_total ? `${Math.min(r.done, r.steps_total)}/${r.steps_total}` : "";
-  cells[6].textContent = fmtDuration(durationOf(r));
-  cells[7].textContent = fmtTime(r.queued_at);
+  put(bar, "className", `progress ${r.status === "completed" ? "done" : r.status === "failed" ? "bad" : ""}`);
+  const width = `${Math.round(progressOf(r))}%`;
+  if (bar.firstChild.style.width !== width) bar.firstChild.style.width = width;
+  put(cells[5], "textContent", r.steps_total ? `${Math.min(r.done, r.steps_total)}/${r.steps_total}` : "");
+  put(cells[6], "textContent", fmtDuration(durationOf(r)));
+  if (tr.dataset.queued !== String(r.queued_at)) {
+    tr.dataset.queued = String(r.queued_at);
+    cells[7].textContent = fmtTime(r.queued_at);
+  }
   const actions = cells[8];
   const want = RETRYABLE.has(r.status) ? "retry" : CANCELLABLE.has(r.status) ? "cancel" : "";
   if (actions.dataset.kind !== want) {
@@ -420,7 +434,7 @@ function renderCounters() {
   view.countersDirty = false;
   for (const [status, n] of Object.entries(state.counts)) {
     const node = $(`[data-counter="${status}"] b`);
-    if (node) node.textContent = n.toLocaleString();
+    if (node) put(node, "textContent", n.toLocaleString("en-US"));
   }
 }
 
