@@ -64,6 +64,7 @@ const state = {
   detailFeed: null,
   queues: null,
   workflows: [],
+  workflowNames: new Map(),
   generation: 0,
 };
 window.orq = state; // for the curious, in the browser console
@@ -400,7 +401,7 @@ function put(node, key, value) {
 function renderRow(tr, r) {
   if (!r) return;
   const cells = tr.children;
-  put(cells[1], "textContent", short(r.workflow_id));
+  put(cells[1], "textContent", state.workflowNames.get(r.workflow_id) || short(r.workflow_id));
   put(cells[1], "title", r.workflow_id || "");
   const badge = cells[2].firstChild;
   put(badge, "textContent", r.status);
@@ -470,7 +471,7 @@ function renderDlq() {
   const entries = [...state.dlq.values()].sort((a, b) => (b.at || 0) - (a.at || 0)).slice(0, MAX_ROWS);
   tbody.replaceChildren(...entries.map((x) => el("tr", { dataset: { id: x.id }, on: { click: () => select(x.id) } },
     el("td", {}, el("code", { textContent: short(x.id), title: x.id })),
-    el("td", { textContent: short(x.workflow_id), title: x.workflow_id || "" }),
+    el("td", { textContent: state.workflowNames.get(x.workflow_id) || short(x.workflow_id), title: x.workflow_id || "" }),
     el("td", { className: "err", textContent: x.error_message || "", title: x.error_message || "" }),
     el("td", { textContent: fmtTime(x.at) }),
     el("td", {},
@@ -598,7 +599,8 @@ function renderDetail() {
   const badge = $("#detail-status");
   badge.textContent = r.status;
   badge.className = `badge ${r.status}`;
-  $("#detail-workflow").textContent = r.workflow_id || "";
+  $("#detail-workflow").textContent = state.workflowNames.get(r.workflow_id) || r.workflow_id || "";
+  $("#detail-workflow").title = r.workflow_id || "";
   $("#detail-priority").textContent = r.priority ?? "";
   $("#detail-attempt").textContent = r.attempt ?? "";
   $("#detail-duration").textContent = fmtDuration(durationOf(r));
@@ -725,6 +727,10 @@ const refreshWorkflows = debounce(async () => {
   let page;
   try { page = await api("GET", "/api/workflows?limit=50"); } catch { return; }
   state.workflows = page.items;
+  for (const w of page.items) state.workflowNames.set(w.id, w.name);
+  for (const id of view.rows.keys()) view.dirty.add(id);
+  view.dlqDirty = true;
+  schedule();
   $("#workflow-list").replaceChildren(...page.items.map((w) => el("li", {},
     el("span", { textContent: `${w.name} ` }),
     el("button", { type: "button", className: "row-btn run", textContent: "Run", dataset: { id: w.id },
