@@ -17,10 +17,11 @@ from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
+from redis.asyncio.client import Pipeline
 
 from shared import keys
 from shared.events import EventBase, encode, type_of
+from shared.redis import PipelinedScript, run_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +277,7 @@ class Committer:
 
     def __init__(self, redis: Redis, max_batch: int = 512) -> None:
         self._redis = redis
-        self._script: AsyncScript = redis.register_script(load_lua("commit.lua"))
+        self._script = PipelinedScript(load_lua("commit.lua"))
         self._max_batch = max_batch
         self._pending: list[tuple[Unit, asyncio.Future[Outcome]]] = []
         self._wakeup = asyncio.Event()
@@ -328,10 +329,13 @@ class Committer:
         for item in batch:
             by_partition.setdefault(item[0].p, []).append(item)
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for p, items in by_partition.items():
-                    await self._script(keys=[keys.log(p)], args=_script_args([u for u, _ in items]), client=pipe)
-                replies = await pipe.execute()
+            calls = [(keys.log(p), _script_args([u for u, _ in items])) for p, items in by_partition.items()]
+
+            def build(pipe: Pipeline) -> None:
+                for log_key, args in calls:
+                    self._script.queue(pipe, [log_key], args)
+
+            replies = await run_pipeline(self._redis, build, [self._script])
         except Exception as exc:  # the whole batch failed to reach Redis: every waiter learns why
             for _, future in batch:
                 if not future.done():

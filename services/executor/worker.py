@@ -21,6 +21,7 @@ from typing import Any, cast
 import httpx
 import msgspec
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
@@ -33,7 +34,7 @@ from shared.clock import now_ms
 from shared.commit import Committer, load_lua
 from shared.durability import ensure_durable
 from shared.metrics_server import gauge, start_metrics_server
-from shared.redis import BLOCK_MS, connect, ensure_groups, text
+from shared.redis import BLOCK_MS, PipelinedScript, connect, ensure_groups, run_pipeline, text
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,8 @@ class Executor:
         self.env = RunEnv(committer, actions, self.name, settings.max_crashes)
         self.partitions = list(range(settings.partitions))
         self.streams = {p: keys.work_streams(p) for p in self.partitions}
-        self._dispatch: AsyncScript = redis.register_script(load_lua("dispatch.lua"))
-        self._renew: AsyncScript = redis.register_script(load_lua("renew.lua"))
+        self._dispatch = PipelinedScript(load_lua("dispatch.lua"))
+        self._renew = PipelinedScript(load_lua("renew.lua"))
         self._handover: AsyncScript = redis.register_script(load_lua("handover.lua"))
         self._cache = DefinitionCache()
         self._held: list[tuple[int, int, Job]] = []  # (priority, order, job): delivered, not yet started
@@ -155,13 +156,15 @@ class Executor:
         if not calls:
             return []
         now = now_ms()
-        async with self.redis.pipeline(transaction=False) as pipe:
+
+        def build(pipe: Pipeline) -> None:
             for p, n in calls:
                 prefix = keys.tag(p) + ":"
                 args: list[str | int | bytes] = [mode, keys.GROUP_EXECUTOR, self.name, n, prefix, min_idle, now,
                                                  self._plans, self._rate_window_ms]
-                await self._dispatch(keys=self.streams[p], args=args, client=pipe)
-            replies = await pipe.execute()
+                self._dispatch.queue(pipe, self.streams[p], args)
+
+        replies = await run_pipeline(self.redis, build, [self._dispatch])
         jobs: list[Job] = []
         for (p, _), reply in zip(calls, replies, strict=True):
             jobs += jobs_from_reply(p, self.streams[p], reply, self._cache, self._order + len(jobs))
@@ -302,10 +305,11 @@ class Executor:
             held.setdefault(job.p, []).extend([job.stream, job.entry_id])
         if not held:
             return
-        async with self.redis.pipeline(transaction=False) as pipe:
+        def build(pipe: Pipeline) -> None:
             for p, pairs in held.items():
-                await self._renew(keys=[keys.log(p)], args=[keys.GROUP_EXECUTOR, self.name, *pairs], client=pipe)
-            replies = await pipe.execute()
+                self._renew.queue(pipe, [keys.log(p)], [keys.GROUP_EXECUTOR, self.name, *pairs])
+
+        replies = await run_pipeline(self.redis, build, [self._renew])
         lost = {text(x) for reply in replies for x in reply[1::2]}
         for execution_id, (task, run) in list(self._running.items()):
             if run.job.entry_id in lost and not run.finishing:  # a finishing run acked it itself
