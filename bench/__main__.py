@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
+from bench.api import end_to_end
 from bench.common import Result, print_table
 from bench.executor import dispatch_by_tenants, executor_throughput
 from bench.feed import fanout_latency
@@ -14,7 +15,8 @@ from bench.queues import queue_throughput
 
 async def main(selected: set[str]) -> None:
     results: list[Result] = []
-    suites = {"executor": executor_throughput, "fairness": dispatch_by_tenants, "latency": enqueue_to_start,
+    suites = {"e2e": end_to_end, "executor": executor_throughput, "fairness": dispatch_by_tenants,
+              "latency": enqueue_to_start,
               "queues": queue_throughput, "feed": fanout_latency}
     for name, suite in suites.items():
         if not selected or name in selected:
