@@ -5,7 +5,17 @@ from __future__ import annotations
 import asyncio
 import time
 
-from bench.common import PARTITIONS, Result, env, fresh_redis, processes, queue_units, seed_workflow, wait_until, work_left
+from bench.common import (
+    PARTITIONS,
+    Result,
+    env,
+    fresh_redis,
+    processes,
+    queue_units,
+    seed_workflow,
+    wait_until,
+    work_left,
+)
 from shared import keys
 from shared.commit import Committer
 from shared.consumer import records_of
