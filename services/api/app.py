@@ -81,6 +81,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         ctx.feed.start()
+        ws.redact_tokens_in_server_logs()
         yield
         await ctx.feed.stop()
         if own_committer:

@@ -241,6 +241,9 @@ class FeedHub:
             except RedisError as exc:  # the feed resumes from its positions once Redis answers again
                 log.warning("feed reader: %s; retrying", exc)
                 await asyncio.sleep(RETRY_AFTER_ERROR_S)
+            except Exception:  # the loop's top level: a bug must not silence every subscriber for good
+                log.exception("feed reader failed; retrying")
+                await asyncio.sleep(RETRY_AFTER_ERROR_S)
 
     async def read_once(self) -> int:
         """One ``XREAD BLOCK`` over every partition's log; dispatch what came. Returns the entries read."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import httpx
 import pytest
@@ -233,3 +234,15 @@ async def test_the_reader_idles_without_subscribers(live: LiveApi, committer: Co
     async with connect(live.url(tenant.api_key)) as ws:  # starts again from the log's end
         ids = await append_logs(committer, tenant, 2)
         assert [m["id"] for m in await receive(ws, 2)] == ids
+
+
+async def test_keys_in_the_query_string_stay_out_of_the_logs(
+    live: LiveApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    tenant = await live.tenant()
+    caplog.set_level(logging.INFO, logger="uvicorn.error")
+    async with connect(live.url(tenant.api_key)) as ws:
+        await ws.ping()
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "/ws/events?token=***" in logged
+    assert tenant.api_key not in logged

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
@@ -68,6 +69,25 @@ class FeedRequest:
     execution_id: str | None
     types: TypeFilter | None
     batch: bool = False
+
+
+_TOKEN = re.compile(r"(token=)[^&\s\"]+")
+
+
+class RedactTokens(logging.Filter):
+    """Masks ``token=<key>`` in log records: uvicorn logs each WebSocket's path with its query string."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, str) and "token=" in a for a in record.args):
+            record.args = tuple(_TOKEN.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+def redact_tokens_in_server_logs() -> None:
+    """Install :class:`RedactTokens` on uvicorn's logger (once)."""
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, RedactTokens) for f in logger.filters):
+        logger.addFilter(RedactTokens())
 
 
 def _context(websocket: WebSocket) -> ApiContext:
