@@ -53,9 +53,14 @@ async def create_schema(engine: AsyncEngine) -> None:
 
 
 def _add_missing_columns(conn: Connection) -> None:
-    """The upgrade path for additive schema changes: a new column gets its declared default on old rows."""
+    """The upgrade path for additive schema changes: new indexes are built, and a new column gets its
+    declared default on old rows."""
     inspector = inspect(conn)
     for table in metadata.sorted_tables:
+        indexes = {i["name"] for i in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in indexes:
+                index.create(conn, checkfirst=False)
         present = {c["name"] for c in inspector.get_columns(table.name)}
         for column in table.columns:
             if column.name in present:

@@ -100,6 +100,7 @@ executions = Table(
     Index("ix_executions_tenant_status", "tenant_id", "status", "id"),
     Index("ix_executions_tenant_workflow", "tenant_id", "workflow_id", "id"),
     Index("ix_executions_tenant_dlq", "tenant_id", "in_dlq", "dead_lettered_at"),
+    Index("ix_executions_tenant_completed", "tenant_id", "completed_at"),
 )
 
 execution_steps = Table(
