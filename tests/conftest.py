@@ -17,7 +17,7 @@ from shared.db import create_engine, create_schema
 from shared.redis import connect
 from shared.schema import metadata
 from shared.settings import Settings
-from tests.helpers import REDIS_URL, mysql_url, mysql_available
+from tests.helpers import REDIS_URL, mysql_available, mysql_url
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
