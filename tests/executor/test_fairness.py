@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
 
-import httpx
-import pytest
 from redis.asyncio import Redis
 
-from services.executor.actions import Actions
-from services.executor.worker import Executor
 from shared import keys
 from shared.commit import Committer, Unit
 from shared.events import ExecutionCompleted, ExecutionStarted
 from shared.plans import Plan, default_plans
-from shared.settings import Settings
 from shared.workflows import StepDef, WorkflowDef
 from tests.executor.seed import (
     PARTITIONS,
@@ -27,35 +20,9 @@ from tests.executor.seed import (
     status,
     tenants_in_one_partition,
 )
-from tests.helpers import REDIS_URL, assert_eventually
+from tests.helpers import assert_eventually
 
 SHORT = WorkflowDef(name="short", steps=[StepDef(action="delay", params={"ms": 20})])
-
-
-@pytest.fixture
-async def committer(redis: Redis) -> AsyncIterator[Committer]:
-    committer = Committer(redis)
-    yield committer
-    await committer.close()
-
-
-@pytest.fixture
-async def start_executor(redis: Redis) -> AsyncIterator[Callable[..., Executor]]:
-    running: list[tuple[asyncio.Event, asyncio.Task[None], httpx.AsyncClient, Committer]] = []
-
-    def start(**overrides: object) -> Executor:
-        settings = replace(Settings(redis_url=REDIS_URL, partitions=PARTITIONS), **overrides)  # type: ignore[arg-type]
-        client, committer, stop = httpx.AsyncClient(), Committer(redis), asyncio.Event()
-        executor = Executor(settings, redis, committer, Actions(client, plugins={}))
-        running.append((stop, asyncio.create_task(executor.run(stop)), client, committer))
-        return executor
-
-    yield start
-    for stop, task, client, committer in running:
-        stop.set()
-        await task
-        await committer.close()
-        await client.aclose()
 
 
 async def all_completed(redis: Redis, tenant: str, ids: list[str], timeout: float = 20) -> None:

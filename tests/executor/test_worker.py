@@ -2,55 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
-
-import httpx
-import pytest
 from redis.asyncio import Redis
 
-from services.executor.actions import Actions
-from services.executor.worker import Executor
 from shared import keys
 from shared.commit import Applied, Committer
 from shared.control import cancel_unit
 from shared.events import ExecutionRetrying, ExecutionStarted, StepCompleted, StepStarted
-from shared.settings import Settings
 from shared.state import Status
 from shared.workflows import Backoff, RetryPolicy, StepDef, WorkflowDef
 from tests.executor.seed import PARTITIONS, events_of, queue, seed_workflow, status
-from tests.helpers import REDIS_URL, assert_eventually
+from tests.helpers import assert_eventually
 
 TENANT = "tenant-exec"
-
-
-@pytest.fixture
-async def committer(redis: Redis) -> AsyncIterator[Committer]:
-    committer = Committer(redis)
-    yield committer
-    await committer.close()
-
-
-@pytest.fixture
-async def start_executor(redis: Redis) -> AsyncIterator[Callable[..., Executor]]:
-    stops: list[tuple[asyncio.Event, asyncio.Task[None], httpx.AsyncClient, Committer]] = []
-
-    def start(**overrides: object) -> Executor:
-        settings = replace(Settings(redis_url=REDIS_URL, partitions=PARTITIONS), **overrides)  # type: ignore[arg-type]
-        client = httpx.AsyncClient()
-        committer = Committer(redis)
-        executor = Executor(settings, redis, committer, Actions(client, plugins={}))
-        stop = asyncio.Event()
-        stops.append((stop, asyncio.create_task(executor.run(stop)), client, committer))
-        return executor
-
-    yield start
-    for stop, task, client, committer in stops:
-        stop.set()
-        await task
-        await committer.close()
-        await client.aclose()
 
 
 async def wait_status(redis: Redis, execution_id: str, wanted: str, timeout: float = 10) -> dict[str, str]:
