@@ -37,7 +37,8 @@ async def _database_url(kind: str) -> str:
     return f"{MYSQL_SERVER}/{MYSQL_DB}"
 
 
-async def main(kind: str, events: int, partitions: int, batch: int) -> None:
+async def main(kind: str, events: int, partitions: int, batch: int) -> tuple[float, float]:
+    """Project then replay ``events`` generated events; returns (projector, replay) events per second."""
     url = await _database_url(kind)
     engine = create_engine(url)
     async with engine.begin() as conn:
@@ -59,12 +60,16 @@ async def main(kind: str, events: int, partitions: int, batch: int) -> None:
     stop = asyncio.Event()
     c0, t0 = time.process_time(), time.perf_counter()
     task = asyncio.create_task(projector.run(stop))
+    deadline = time.monotonic() + 300
     while projector.applied < len(history):
+        if time.monotonic() > deadline or task.done():
+            raise SystemExit(f"projector stuck at {projector.applied}/{len(history)}; holds {sorted(projector.held)}")
         await asyncio.sleep(0.01)
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     stop.set()
     await task
     await caught_up(redis, engine, partitions, timeout=60)
+    projected = len(history) / elapsed
     print(f"{kind} projector: {len(history)} events in {elapsed:.2f}s = {len(history) / elapsed:,.0f} events/s "
           f"(batch {batch}, {partitions} partitions; {cpu / len(history) * 1e6:.0f} µs CPU per event)")
 
@@ -76,6 +81,7 @@ async def main(kind: str, events: int, partitions: int, batch: int) -> None:
     await redis.flushdb()
     await redis.aclose()
     await engine.dispose()
+    return projected, count / elapsed
 
 
 if __name__ == "__main__":
