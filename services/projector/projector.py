@@ -9,8 +9,9 @@ instances)``) of partition locks; each held partition runs its own loop:
 3. skip entries at or below the checkpoint, load the rows the rest touch, fold them
    (:class:`shared.projection.Projection`), upsert what changed, archive every entry, compare-and-set the
    checkpoint: one transaction;
-4. ``XACK``. A crash between commit and ack redelivers entries the checkpoint already covers: they are
-   skipped, so nothing is applied twice and nothing is lost.
+4. ack them (the next read's script does, saving a round trip; or the release when the partition is let
+   go). A crash between commit and ack redelivers entries the checkpoint already covers: they are skipped,
+   so nothing is applied twice and nothing is lost.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ class HeldPartition:
     cache: Projection = field(default_factory=Projection)
     # Kept for the partition's life: no pool checkout (and pre-ping round trip) per batch.
     conn: AsyncConnection | None = None
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
 
     async def connection(self, engine: AsyncEngine) -> AsyncConnection:
         if self.conn is None:
@@ -86,8 +89,6 @@ class HeldPartition:
                 await conn.invalidate()
             with suppress(Exception):
                 await conn.close()
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
 
 
 class Projector:
@@ -243,7 +244,6 @@ class Projector:
         conn = await held.connection(self.engine)
         async with conn.begin():
             held.checkpoint = await self.store.checkpoint(conn, held.p)
-
 
     async def _idle(self, held: HeldPartition) -> None:
         # Wake as soon as an entry after the last one seen arrives (or after a short block, to notice stop).
