@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from services.admin.cli import ADMIN_COMMANDS
 from services.admin.cli import add_commands as add_admin_commands
-from shared.errors import ConfigError
+from shared.errors import ConfigError, OrqError
 from shared.runtime import configure_logging, run_until_signalled
 from shared.settings import Settings, load_settings
 from shared.tracing import configure_tracing, shutdown_tracing
@@ -48,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"orq: {exc.message}", file=sys.stderr)
         sys.exit(2)
+    except OrqError as exc:  # a refused command (e.g. replay while a projector runs): say why, no traceback
+        print(f"orq: {exc.message}", file=sys.stderr)
+        sys.exit(1)
     finally:
         shutdown_tracing()
 
