@@ -10,10 +10,11 @@ import base64
 import binascii
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
-from sqlalchemy import ColumnElement, and_, or_
+from sqlalchemy import ColumnElement, Row, Table, and_, false, or_, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
 from shared.errors import ValidationFailed
@@ -69,3 +70,17 @@ def split_page(rows: Sequence[R], limit: int, key_of: Callable[[R], Key]) -> tup
         return rows, None
     page = rows[:limit]
     return page, encode_cursor(key_of(page[-1]))
+
+
+async def live_page(
+    engine: AsyncEngine, table: Table, tenant_id: str, page: PageRequest, *conditions: ColumnElement[bool]
+) -> tuple[Sequence[Row[Any]], str | None]:
+    """A page of the tenant's live (not deleted) rows of ``table``, newest first, by (created_at, id)."""
+    c = table.c
+    query = select(table).where(c.tenant_id == tenant_id, c.deleted == false(), *conditions)
+    if page.after is not None:
+        query = query.where(after(c.created_at, c.id, page.after))
+    query = query.order_by(c.created_at.desc(), c.id.desc()).limit(page.limit + 1)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    return split_page(rows, page.limit, lambda r: (r.created_at, r.id))

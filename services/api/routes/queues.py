@@ -15,7 +15,8 @@ from services.api import responses
 from services.api.auth import require_tenant
 from services.api.bodies import read_json
 from services.api.context import ApiContext, context
-from services.api.pagination import after, page_request, split_page
+from services.api.ownership import owned
+from services.api.pagination import live_page, page_request
 from services.api.schemas import Queue, QueueIn, QueueItemAtRisk, QueuePage, QueueStats, QueueUpdateIn
 from shared.clock import iso, new_id, now_ms
 from shared.commit import Applied, Refused
@@ -44,12 +45,7 @@ STATUSES = ("new", "in_progress", "completed", "failed", "abandoned", "retried")
 
 async def owned_queue(ctx: ApiContext, tenant: TenantState, queue_id: str) -> QueueState:
     """The tenant's live queue; anything else (unknown, deleted, another tenant's) is a 404."""
-    state = None
-    if len(queue_id) <= MAX_ID_LENGTH:
-        state = await read_queue(ctx.redis, tenant.partition, queue_id)
-    if state is None or state.tenant_id != tenant.id or state.deleted:
-        raise NotFound(f"queue {queue_id} not found")
-    return state
+    return await owned("queue", queue_id, tenant, lambda i: read_queue(ctx.redis, tenant.partition, i))
 
 
 def queue_view(queue_id: str, q: QueueSnapshot) -> Queue:
@@ -166,15 +162,7 @@ async def get_queue(request: Request) -> Response:
 async def list_queues(request: Request) -> Response:
     tenant = await require_tenant(request)
     ctx = context(request)
-    page = page_request(request)
-    c = work_queues.c
-    query = select(work_queues).where(c.tenant_id == tenant.id, c.deleted == false())
-    if page.after is not None:
-        query = query.where(after(c.created_at, c.id, page.after))
-    query = query.order_by(c.created_at.desc(), c.id.desc()).limit(page.limit + 1)
-    async with ctx.engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
-    items, cursor = split_page(rows, page.limit, lambda r: (r.created_at, r.id))
+    items, cursor = await live_page(ctx.engine, work_queues, tenant.id, page_request(request))
     return responses.json(QueuePage(items=[_row_view(r) for r in items], next_cursor=cursor))
 
 

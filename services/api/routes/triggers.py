@@ -20,7 +20,8 @@ from services.api import responses
 from services.api.auth import require_tenant
 from services.api.bodies import check_json_value, read_json
 from services.api.context import ApiContext, context
-from services.api.pagination import after, page_request, split_page
+from services.api.ownership import owned
+from services.api.pagination import live_page, page_request
 from services.api.priority import check_priority
 from services.api.routes.workflows import owned_workflow
 from services.api.schemas import Trigger, TriggerIn, TriggerPage
@@ -65,12 +66,7 @@ WEBHOOK_PATH = "/api/triggers/webhook/{token}"
 
 async def owned_trigger(ctx: ApiContext, tenant: TenantState, trigger_id: str) -> TriggerState:
     """The tenant's trigger; anything else (unknown, deleted, another tenant's) is a 404."""
-    state = None
-    if len(trigger_id) <= MAX_ID_LENGTH:
-        state = await read_trigger(ctx.redis, tenant.partition, trigger_id)
-    if state is None or state.tenant_id != tenant.id or state.deleted:
-        raise NotFound(f"trigger {trigger_id} not found")
-    return state
+    return await owned("trigger", trigger_id, tenant, lambda i: read_trigger(ctx.redis, tenant.partition, i))
 
 
 def public_base(request: Request, settings: Settings) -> str:
@@ -275,23 +271,18 @@ async def list_triggers(request: Request) -> Response:
     ctx = context(request)
     page = page_request(request)
     c = workflow_triggers.c
-    query = select(workflow_triggers).where(c.tenant_id == tenant.id, c.deleted == false())
+    conditions = []
     workflow_id = request.query_params.get("workflow_id")
     if workflow_id:
         if len(workflow_id) > MAX_ID_LENGTH:
             raise ValidationFailed("workflow_id: too long", field="workflow_id")
-        query = query.where(c.workflow_id == workflow_id)
+        conditions.append(c.workflow_id == workflow_id)
     kind = request.query_params.get("trigger_type")
     if kind:
         if kind not in TRIGGER_TYPES:
             raise ValidationFailed(f"trigger_type: one of {', '.join(TRIGGER_TYPES)}", field="trigger_type")
-        query = query.where(c.trigger_type == kind)
-    if page.after is not None:
-        query = query.where(after(c.created_at, c.id, page.after))
-    query = query.order_by(c.created_at.desc(), c.id.desc()).limit(page.limit + 1)
-    async with ctx.engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
-    items, cursor = split_page(rows, page.limit, lambda r: (r.created_at, r.id))
+        conditions.append(c.trigger_type == kind)
+    items, cursor = await live_page(ctx.engine, workflow_triggers, tenant.id, page, *conditions)
     base = public_base(request, ctx.settings)
     return responses.json(TriggerPage(items=[trigger_view(r.id, _row_fields(r), base, ctx.settings) for r in items],
                                       next_cursor=cursor))

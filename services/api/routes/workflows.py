@@ -12,7 +12,8 @@ from services.api.auth import require_tenant
 from services.api.bodies import read_json
 from services.api.context import ApiContext, context
 from services.api.definitions import build_definition
-from services.api.pagination import after, page_request, split_page
+from services.api.ownership import owned
+from services.api.pagination import live_page, page_request
 from services.api.schemas import WorkflowIn, WorkflowPage
 from shared import keys
 from shared.admission import WORKFLOW_CHANGED_GUARD, WORKFLOW_GONE_GUARD
@@ -32,12 +33,7 @@ MAX_ID_LENGTH = 64
 
 async def owned_workflow(ctx: ApiContext, tenant: TenantState, workflow_id: str) -> WorkflowState:
     """The tenant's live workflow; anything else (unknown, deleted, another tenant's) is a 404."""
-    state = None
-    if len(workflow_id) <= MAX_ID_LENGTH:
-        state = await read_workflow(ctx.redis, tenant.partition, workflow_id)
-    if state is None or state.tenant_id != tenant.id or state.deleted:
-        raise NotFound(f"workflow {workflow_id} not found")
-    return state
+    return await owned("workflow", workflow_id, tenant, lambda i: read_workflow(ctx.redis, tenant.partition, i))
 
 
 def _save_unit(
@@ -133,15 +129,7 @@ async def get_workflow(request: Request) -> Response:
 async def list_workflows(request: Request) -> Response:
     tenant = await require_tenant(request)
     ctx = context(request)
-    page = page_request(request)
-    c = workflows.c
-    query = select(workflows).where(c.tenant_id == tenant.id, c.deleted == false())
-    if page.after is not None:
-        query = query.where(after(c.created_at, c.id, page.after))
-    query = query.order_by(c.created_at.desc(), c.id.desc()).limit(page.limit + 1)
-    async with ctx.engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
-    items, cursor = split_page(rows, page.limit, lambda r: (r.created_at, r.id))
+    items, cursor = await live_page(ctx.engine, workflows, tenant.id, page_request(request))
     return responses.json(WorkflowPage(items=[views.workflow_row(r) for r in items], next_cursor=cursor))
 
 
