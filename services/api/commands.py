@@ -8,6 +8,7 @@ number of times; a command the new state does not allow is a 409 naming the stat
 from __future__ import annotations
 
 from services.api.context import ApiContext
+from services.api.ownership import MAX_ID_LENGTH
 from services.api.priority import check_priority
 from services.api.schemas import CommandAccepted
 from shared.clock import now_ms
@@ -18,7 +19,6 @@ from shared.redis import text
 from shared.state import FINISHED, Status, TenantState, read_execution
 
 ATTEMPTS = 3
-MAX_ID_LENGTH = 64
 RETRYABLE = frozenset({Status.FAILED, Status.CANCELLED})
 
 State = dict[str, bytes]

@@ -15,6 +15,7 @@ from services.api import responses
 from services.api.auth import require_admin, require_tenant
 from services.api.bodies import read_json
 from services.api.context import context
+from services.api.ownership import MAX_ID_LENGTH
 from services.api.routes.workflows import owned_workflow
 from services.api.schemas import TenantAdmin, TenantUpdate, WorkflowPause
 from shared import keys
@@ -23,8 +24,6 @@ from shared.commit import Applied, Unit
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.events import TenantPaused, TenantPlanChanged, TenantResumed, WorkflowPaused, WorkflowResumed
 from shared.state import read_tenant
-
-MAX_ID_LENGTH = 64
 
 
 async def update_tenant(request: Request) -> Response:

@@ -16,6 +16,7 @@ from starlette.routing import Route
 from services.api import responses
 from services.api.auth import require_tenant
 from services.api.context import context
+from services.api.ownership import MAX_ID_LENGTH
 from services.api.pagination import after, page_request, split_page
 from services.api.schemas import Notification, NotificationPage, ResendAccepted
 from shared import keys
@@ -27,7 +28,6 @@ from shared.redis import text
 from shared.schema import notifications
 
 STATUSES = ("pending", "retrying", "sent", "failed")
-MAX_ID_LENGTH = 64
 
 
 def _view(row: Row[Any]) -> Notification:

@@ -16,8 +16,9 @@ from services.api import responses
 from services.api.auth import require_tenant
 from services.api.bodies import check_json_value, read_json
 from services.api.context import ApiContext, context
+from services.api.ownership import MAX_ID_LENGTH
 from services.api.pagination import after, page_request, split_page
-from services.api.routes.queues import MAX_ID_LENGTH, STATUSES, owned_queue
+from services.api.routes.queues import STATUSES, owned_queue
 from services.api.schemas import (
     ClaimIn,
     QueueItem,

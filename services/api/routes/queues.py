@@ -34,7 +34,6 @@ from shared.queues import (
 from shared.schema import queue_items, work_queues
 from shared.state import TenantState
 
-MAX_ID_LENGTH = 64
 # A PUT or DELETE decided on a revision another change overtook is decided again, a bounded number of times.
 ATTEMPTS = 3
 # Open items in the last fifth of their SLA (or that close to their deadline) are "at risk".

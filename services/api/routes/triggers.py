@@ -20,7 +20,7 @@ from services.api import responses
 from services.api.auth import require_tenant
 from services.api.bodies import check_json_value, read_json
 from services.api.context import ApiContext, context
-from services.api.ownership import owned
+from services.api.ownership import MAX_ID_LENGTH, owned
 from services.api.pagination import live_page, page_request
 from services.api.priority import check_priority
 from services.api.routes.workflows import owned_workflow
@@ -60,7 +60,6 @@ from shared.triggers import (
 )
 
 SAVE_ATTEMPTS = 3
-MAX_ID_LENGTH = 64
 WEBHOOK_PATH = "/api/triggers/webhook/{token}"
 
 

@@ -28,7 +28,6 @@ from shared.workflows import WorkflowDef
 
 # A PUT replaces the whole definition, so losing a race to another save is retried (last writer wins).
 SAVE_ATTEMPTS = 3
-MAX_ID_LENGTH = 64
 
 
 async def owned_workflow(ctx: ApiContext, tenant: TenantState, workflow_id: str) -> WorkflowState:

@@ -43,6 +43,7 @@ from services.api.feed import (
     trimmed_after,
     valid_stream_id,
 )
+from services.api.ownership import MAX_ID_LENGTH
 from shared.errors import BadRequest, Forbidden, OrqError, Unauthorized
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,6 @@ CLOSE_TRY_AGAIN = 1013
 
 # A client that stopped reading cannot take even the close frame: give up on it after this long.
 CLOSE_TIMEOUT_S = 10.0
-MAX_ID_LENGTH = 64
 MAX_TYPES = 50
 # With ``batch=1``, at most this many events per message.
 MAX_BATCH = 500
