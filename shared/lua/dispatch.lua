@@ -70,9 +70,12 @@ local function flush_counts()
   for tenant, l in pairs(limits_of) do
     if l.started > 0 then
       redis.call('HINCRBY', running_key, tenant, l.started)
-      local rk = prefix .. 'rate:' .. tenant .. ':' .. minute
-      redis.call('INCRBY', rk, l.started)
-      redis.call('EXPIRE', rk, 120)
+      -- Only dispatch reads the window counter, so tenants without a rate limit keep none.
+      if l.rate > 0 then
+        local rk = prefix .. 'rate:' .. tenant .. ':' .. minute
+        redis.call('INCRBY', rk, l.started)
+        redis.call('EXPIRE', rk, 120)
+      end
     end
   end
 end
@@ -99,6 +102,7 @@ if mode == 'next' then
     local ready = prefix .. 'ready:' .. k
     local taken = {}
     local served = nil
+    local emptied = false
     local guard = 0
     while want > 0 and guard < 4 * (want + SCAN) do
       guard = guard + 1
@@ -127,9 +131,10 @@ if mode == 'next' then
       end
       if redis.call('LLEN', backlog) == 0 then
         redis.call('ZREM', ready, tenant)
-        if redis.call('ZCARD', ready) == 0 then redis.call('ZREM', prefix .. 'levels', k) end
+        emptied = true
       end
     end
+    if emptied and redis.call('ZCARD', ready) == 0 then redis.call('ZREM', prefix .. 'levels', k) end
     if #taken > 0 then
       -- Only this call adds entries, and it delivers them at once: the new ones are all there is to read.
       redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', #taken, 'STREAMS', KEYS[k], '>')
