@@ -12,13 +12,14 @@ from bench.feed import fanout_latency
 from bench.latency import enqueue_to_start
 from bench.projector import projector_throughput
 from bench.queues import queue_throughput
+from bench.reference import bare_consumer
 
 
 async def main(selected: set[str]) -> None:
     results: list[Result] = []
-    suites = {"e2e": end_to_end, "executor": executor_throughput, "fairness": dispatch_by_tenants,
-              "latency": enqueue_to_start,
-              "queues": queue_throughput, "projector": projector_throughput, "feed": fanout_latency}
+    suites = {"reference": bare_consumer, "e2e": end_to_end, "executor": executor_throughput,
+              "fairness": dispatch_by_tenants, "latency": enqueue_to_start, "queues": queue_throughput,
+              "projector": projector_throughput, "feed": fanout_latency}
     for name, suite in suites.items():
         if not selected or name in selected:
             print(f"running {name} ...", file=sys.stderr, flush=True)
