@@ -6,9 +6,9 @@
 -- Modes:
 --   next    - from the backlogs, lowest-numbered level first; within a level, tenants are served by
 --             weighted fair share (stride scheduling on the level's 'ready' sorted set: the tenant with the
---             lowest virtual time goes next, then its virtual time advances by 1/weight). A tenant that is
---             paused, at its concurrency limit or at its rate per minute is skipped (its work waits, it is
---             never dropped). Each execution taken gets a work entry, delivered to this consumer at once.
+--             lowest virtual time takes up to QUANTUM, then its virtual time advances by taken/weight). A
+--             tenant that is paused, at its concurrency limit or at its rate per minute is skipped (its work
+--             waits, it is never dropped). Each execution taken gets a work entry, delivered to this consumer at once.
 --             (The tenant's 'queued' count drops when the executor's start commit moves it to running.)
 --             An execution of a paused workflow is set aside on the workflow's 'parked' list until resumed.
 --   due     - entries parked on the 'backoff' consumer whose idle time reached their retry delay (and whose
@@ -25,6 +25,10 @@ local plans = cmsgpack.unpack(ARGV[8])
 local exec_prefix = prefix .. 'exec:'
 local running_key = prefix .. 'running'
 local SCAN = 16
+-- Up to QUANTUM executions of one tenant per pick: the pick's fixed costs (ready set, limits, backlog
+-- length) are shared by several executions, and the tenant's virtual time advances by taken / weight, so
+-- long-run shares are exact and a tenant runs ahead of its share by at most QUANTUM - 1 executions.
+local QUANTUM = 4
 local out = {}
 
 local function load(k, entry_id, exec_id, previous)
@@ -63,6 +67,24 @@ local function has_room(tenant)
   if l.concurrent > 0 and l.running + l.started >= l.concurrent then return false end
   if l.rate > 0 and l.rate_used + l.started >= l.rate then return false end
   return true
+end
+
+-- How many executions a tenant may still start in this call (at least 1 once has_room said yes).
+local function room(l)
+  local n = want
+  if l.concurrent > 0 then n = math.min(n, l.concurrent - l.running - l.started) end
+  if l.rate > 0 then n = math.min(n, l.rate - l.rate_used - l.started) end
+  return n
+end
+
+local paused_workflows = {}
+local function workflow_paused(workflow_id)
+  local paused = paused_workflows[workflow_id]
+  if paused == nil then
+    paused = redis.call('HGET', prefix .. 'wf:' .. workflow_id, 'paused') == '1'
+    paused_workflows[workflow_id] = paused
+  end
+  return paused
 end
 
 -- Counters are kept in Lua while the call runs and written once per tenant at the end.
@@ -109,12 +131,15 @@ if mode == 'next' then
       local tenant, score = pick(ready)
       if not tenant then break end
       local backlog = prefix .. 'backlog:' .. k .. ':' .. tenant
-      local id = redis.call('LPOP', backlog)
-      if id then
+      local l = limits(tenant)
+      local asked = math.min(QUANTUM, want, room(l))
+      local ids = redis.call('LPOP', backlog, asked) or {}
+      local got = 0
+      for _, id in ipairs(ids) do
         local st = redis.call('HMGET', exec_prefix .. id, 'status', 'priority', 'workflow_id')
         -- Entries left behind by a cancel or a priority change are skipped here (lazy removal).
         local live = st[1] == 'queued' and tonumber(st[2]) == k
-        if live and redis.call('HGET', prefix .. 'wf:' .. st[3], 'paused') == '1' then
+        if live and workflow_paused(st[3]) then
           redis.call('RPUSH', prefix .. 'parked:' .. st[3], id)
           live = false
         end
@@ -122,16 +147,20 @@ if mode == 'next' then
           local entry_id = redis.call('XADD', KEYS[k], '*', 'e', id, 't', tenant)
           redis.call('HSET', exec_prefix .. id, 'work_stream', KEYS[k], 'work_id', entry_id)
           taken[#taken + 1] = {entry_id, id}
-          local l = limits(tenant)
-          l.started = l.started + 1
-          want = want - 1
-          served = score
-          redis.call('ZADD', ready, 'XX', score + 1 / l.weight, tenant)
+          got = got + 1
         end
       end
-      if redis.call('LLEN', backlog) == 0 then
+      if got > 0 then
+        l.started = l.started + got
+        want = want - got
+        served = score
+      end
+      -- A short pop emptied the backlog; a full one may have too.
+      if #ids < asked or redis.call('LLEN', backlog) == 0 then
         redis.call('ZREM', ready, tenant)
         emptied = true
+      elseif got > 0 then
+        redis.call('ZADD', ready, 'XX', score + got / l.weight, tenant)
       end
     end
     if emptied and redis.call('ZCARD', ready) == 0 then redis.call('ZREM', prefix .. 'levels', k) end
