@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import msgspec
 
 
@@ -35,6 +37,13 @@ def default_plans() -> dict[str, Plan]:
         "enterprise": Plan(name="enterprise", monthly_quota=0, rate_per_minute=1_000, max_concurrent=50,
                            default_priority=2, min_priority=1, weight=4, max_backlog=1_000_000),
     }
+
+
+def plan_named(plans: Mapping[str, Plan], name: str) -> Plan:
+    """The tenant's plan; a plan removed from the configuration falls back to the smallest quota."""
+    if name in plans:
+        return plans[name]
+    return min(plans.values(), key=lambda p: (p.monthly_quota == 0, p.monthly_quota))
 
 
 def load_plans(path: str) -> dict[str, Plan]:

@@ -35,10 +35,11 @@ from shared.admission import (
 from shared.clock import month_of, new_id
 from shared.commit import Applied, Committer, Refused, Unit
 from shared.events import QuotaExceeded, TriggerFired, TriggerSkipped, TriggerSkipReason
-from shared.plans import Plan
+from shared.pinned import PinnedDefinitions
+from shared.plans import Plan, plan_named
 from shared.redis import text
 from shared.settings import Settings
-from shared.state import Status, decode_definition, read_tenant, read_workflow
+from shared.state import Status, read_tenant, read_workflow
 from shared.triggers import REV_GUARD, TriggerState, read_trigger
 
 log = logging.getLogger(__name__)
@@ -128,12 +129,10 @@ class Firer:
         self.redis = redis
         self.committer = committer
         self.settings = settings
+        self.definitions = PinnedDefinitions()
 
     def plan(self, name: str) -> Plan:
-        plans = self.settings.plans
-        if name in plans:
-            return plans[name]
-        return min(plans.values(), key=lambda p: (p.monthly_quota == 0, p.monthly_quota))
+        return plan_named(self.settings.plans, name)
 
     async def fire(self, p: int, trigger_id: str, request: Request, now_ms: int) -> Outcome:
         """Fire ``trigger_id`` once for ``request`` (re-reading after a concurrent edit, a few times)."""
@@ -153,10 +152,10 @@ class Firer:
         if tenant is None:
             return NotFired("gone")
         workflow = await read_workflow(self.redis, p, trigger.workflow_id)
-        raw = None
+        definition = None
         if workflow is not None and not workflow.deleted:
-            raw = await self.redis.get(keys.workflow_version(p, workflow.id, workflow.version))
-        if workflow is None or raw is None:
+            definition = await self.definitions.read(self.redis, p, workflow.id, workflow.version)
+        if workflow is None or definition is None:
             return await self.skip(trigger, request, "workflow_deleted", now_ms)
         if request.skip_if_running and trigger.last_execution_id:
             status = text(await self.redis.hget(keys.execution(p, trigger.last_execution_id), "status"))
@@ -170,7 +169,7 @@ class Firer:
             tenant_id=trigger.tenant_id,
             plan=plan,
             workflow=workflow,
-            definition=decode_definition(raw if isinstance(raw, bytes) else raw.encode()),
+            definition=definition,
             runs=[Run(execution_id, priority, {**trigger.config.get("params", {}), **request.params})],
             now_ms=now_ms,
             trigger_type=trigger.type,

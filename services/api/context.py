@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 from redis.asyncio import Redis
@@ -12,7 +12,8 @@ from starlette.requests import Request
 
 from services.api.feed import FeedHub
 from shared.commit import Committer
-from shared.plans import Plan
+from shared.pinned import PinnedDefinitions
+from shared.plans import Plan, plan_named
 from shared.settings import Settings
 
 
@@ -26,13 +27,10 @@ class ApiContext:
     committer: Committer
     action_types: Mapping[str, type[msgspec.Struct]]
     feed: FeedHub
+    definitions: PinnedDefinitions = field(default_factory=PinnedDefinitions)
 
     def plan(self, name: str) -> Plan:
-        """The tenant's plan; a plan removed from the configuration falls back to the most restrictive one."""
-        plans = self.settings.plans
-        if name in plans:
-            return plans[name]
-        return min(plans.values(), key=lambda p: (p.monthly_quota == 0, p.monthly_quota))
+        return plan_named(self.settings.plans, name)
 
 
 def context(request: Request) -> ApiContext:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -35,7 +36,11 @@ async def _log(params: LogParams, ctx: ActionContext) -> None:
 
 
 async def _delay(params: DelayParams, _ctx: ActionContext) -> dict[str, int]:
-    await asyncio.sleep(params.ms / 1000)
+    # The event loop's timers have millisecond granularity and may fire up to 1 ms early: sleep again until
+    # the whole delay has passed, so a step's measured duration is never below what it asked for.
+    until = time.perf_counter() + params.ms / 1000
+    while (left := until - time.perf_counter()) > 0:
+        await asyncio.sleep(left)
     return {"slept_ms": params.ms}
 
 

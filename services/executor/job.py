@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
 from shared import keys
-from shared.state import decode_definition
+from shared.pinned import PinnedDefinitions
 from shared.workflows import WorkflowDef
 
 _decode_any = msgspec.msgpack.Decoder()
@@ -53,33 +52,13 @@ class Job:
         return {int(k[4:]): _decode_any.decode(v) for k, v in self.state.items() if k.startswith(b"out:")}
 
 
-class DefinitionCache:
-    """Decoded pinned definitions by key: they never change, so decode each once."""
-
-    def __init__(self, size: int = 2048) -> None:
-        self._size = size
-        self._items: OrderedDict[bytes, WorkflowDef] = OrderedDict()
-
-    def get(self, def_key: bytes, body: bytes) -> WorkflowDef | None:
-        found = self._items.get(def_key)
-        if found is not None:
-            return found
-        if not body:
-            return None
-        definition = decode_definition(body)
-        self._items[def_key] = definition
-        if len(self._items) > self._size:
-            self._items.popitem(last=False)
-        return definition
-
-
-def jobs_from_reply(p: int, streams: list[str], reply: list[Any], cache: DefinitionCache, order: int) -> list[Job]:
+def jobs_from_reply(p: int, streams: list[str], reply: list[Any], cache: PinnedDefinitions, order: int) -> list[Job]:
     """Parse the dispatch script's reply into jobs."""
     jobs = []
     for k, entry_id, exec_id, flat, body, previous in reply:
         it = iter(flat)
         state: dict[bytes, bytes] = dict(zip(it, it, strict=True))
-        definition = cache.get(state.get(b"def_key", b""), body) if state else None
+        definition = cache.decoded(state.get(b"def_key", b"").decode(), body) if state else None
         jobs.append(Job(p, streams[int(k) - 1], entry_id.decode(), exec_id.decode(), state, definition,
                         previous.decode(), order))
         order += 1

@@ -27,13 +27,14 @@ from redis.exceptions import ResponseError
 
 from services.executor.actions import Actions
 from services.executor.global_rate import GlobalRate
-from services.executor.job import DefinitionCache, Job, jobs_from_reply
+from services.executor.job import Job, jobs_from_reply
 from services.executor.run import ExecutionRun, RunEnv
 from shared import keys
 from shared.clock import now_ms
 from shared.commit import Committer, load_lua
 from shared.durability import ensure_durable
 from shared.metrics_server import gauge, start_metrics_server
+from shared.pinned import PinnedDefinitions
 from shared.redis import BLOCK_MS, PipelinedScript, connect, ensure_groups, run_pipeline, text
 from shared.settings import Settings
 
@@ -69,7 +70,7 @@ class Executor:
         self._dispatch = PipelinedScript(load_lua("dispatch.lua"))
         self._renew = PipelinedScript(load_lua("renew.lua"))
         self._handover: AsyncScript = redis.register_script(load_lua("handover.lua"))
-        self._cache = DefinitionCache()
+        self._cache = PinnedDefinitions()
         self._held: list[tuple[int, int, Job]] = []  # (priority, order, job): delivered, not yet started
         self._order = 0
         self._running: dict[str, tuple[asyncio.Task[None], ExecutionRun]] = {}

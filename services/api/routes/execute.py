@@ -30,7 +30,7 @@ from shared.commit import Applied, Duplicate, Refused, Unit
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.events import QuotaExceeded
 from shared.plans import Plan
-from shared.state import TenantState, decode_definition
+from shared.state import TenantState, WorkflowState
 
 IDEMPOTENCY_HEADER = "idempotency-key"
 MAX_IDEMPOTENCY_KEY = 200
@@ -62,26 +62,27 @@ def _idempotency_key(request: Request, tenant: TenantState) -> str | None:
     return keys.idempotency(tenant.partition, tenant.id, f"{request.method} {request.url.path} {raw}")
 
 
-async def _admit(request: Request, ctx: ApiContext, tenant: TenantState, runs: Sequence[Run], body: bytes,
-                 trigger_type: str = "api") -> Response:
-    """Queue ``runs`` and answer 202 with ``body`` (or with the first reply to the same idempotency key)."""
-    workflow_id = request.path_params["id"]
+async def _admit(request: Request, ctx: ApiContext, tenant: TenantState, workflow: WorkflowState,
+                 runs: Sequence[Run], body: bytes, trigger_type: str = "api") -> Response:
+    """Queue ``runs`` of ``workflow`` (as just read) and answer 202 with ``body`` (or with the first reply to
+    the same idempotency key)."""
     idem_key = _idempotency_key(request, tenant)
     if idem_key is not None and (stored := await ctx.redis.get(idem_key)) is not None:
         return responses.raw_json(as_bytes(stored), 202)
     plan = ctx.plan(tenant.plan)
-    for _ in range(ADMIT_ATTEMPTS):
-        workflow = await owned_workflow(ctx, tenant, workflow_id)
-        raw = await ctx.redis.get(keys.workflow_version(tenant.partition, workflow_id, workflow.version))
-        if raw is None:
-            raise NotFound(f"workflow {workflow_id} not found")
+    for attempt in range(ADMIT_ATTEMPTS):
+        if attempt:  # the workflow was saved under us: admit against its new version
+            workflow = await owned_workflow(ctx, tenant, workflow.id)
+        definition = await ctx.definitions.read(ctx.redis, tenant.partition, workflow.id, workflow.version)
+        if definition is None:
+            raise NotFound(f"workflow {workflow.id} not found")
         now = now_ms()
         unit = admission_unit(
             p=tenant.partition,
             tenant_id=tenant.id,
             plan=plan,
             workflow=workflow,
-            definition=decode_definition(as_bytes(raw)),
+            definition=definition,
             runs=runs,
             now_ms=now,
             trigger_type=trigger_type,
@@ -102,7 +103,7 @@ async def _admit(request: Request, ctx: ApiContext, tenant: TenantState, runs: S
             case Refused(label=label) if label == WORKFLOW_CHANGED_GUARD:
                 continue
             case Refused():
-                raise NotFound(f"workflow {workflow_id} not found")
+                raise NotFound(f"workflow {workflow.id} not found")
     raise Conflict("the workflow is being changed concurrently, try again")
 
 
@@ -135,22 +136,23 @@ async def _quota_exceeded(
 async def execute(request: Request) -> Response:
     tenant = await require_tenant(request)
     ctx = context(request)
-    await owned_workflow(ctx, tenant, request.path_params["id"])  # an unknown workflow is a 404, whatever the body
+    # An unknown workflow is a 404, whatever the body.
+    workflow = await owned_workflow(ctx, tenant, request.path_params["id"])
     body = await read_json(request, ExecuteIn, empty=ExecuteIn())
     run = _run(body, ctx.plan(tenant.plan), "")
     reply = Queued(execution_id=run.execution_id, status="queued", priority=run.priority)
-    return await _admit(request, ctx, tenant, [run], responses.encode(reply), body.trigger_type)
+    return await _admit(request, ctx, tenant, workflow, [run], responses.encode(reply), body.trigger_type)
 
 
 async def execute_bulk(request: Request) -> Response:
     tenant = await require_tenant(request)
     ctx = context(request)
-    await owned_workflow(ctx, tenant, request.path_params["id"])
+    workflow = await owned_workflow(ctx, tenant, request.path_params["id"])
     body = await read_json(request, BulkExecuteIn)
     plan = ctx.plan(tenant.plan)
     runs = [_run(run, plan, f"runs[{i}].") for i, run in enumerate(body.runs)]
     reply = BulkQueued(execution_ids=[r.execution_id for r in runs])
-    return await _admit(request, ctx, tenant, runs, responses.encode(reply), body.trigger_type)
+    return await _admit(request, ctx, tenant, workflow, runs, responses.encode(reply), body.trigger_type)
 
 
 routes = [
