@@ -13,8 +13,10 @@ Workflow hash ``orq:{p}:wf:<id>``: ``tenant``, ``name``, ``version``, ``deleted`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
@@ -68,7 +70,10 @@ class WorkflowState:
 
 async def read_tenant(redis: Redis, partitions: int, tenant_id: str) -> TenantState | None:
     p = keys.partition_of(tenant_id, partitions)
-    raw = await redis.hgetall(keys.tenant(p, tenant_id))
+    return tenant_from_hash(tenant_id, p, await redis.hgetall(keys.tenant(p, tenant_id)))
+
+
+def tenant_from_hash(tenant_id: str, p: int, raw: Mapping[Any, Any]) -> TenantState | None:
     if not raw:
         return None
     h = {text(k): text(v) for k, v in raw.items()}
@@ -76,7 +81,10 @@ async def read_tenant(redis: Redis, partitions: int, tenant_id: str) -> TenantSt
 
 
 async def read_workflow(redis: Redis, p: int, workflow_id: str) -> WorkflowState | None:
-    raw = await redis.hgetall(keys.workflow(p, workflow_id))
+    return workflow_from_hash(workflow_id, await redis.hgetall(keys.workflow(p, workflow_id)))
+
+
+def workflow_from_hash(workflow_id: str, raw: Mapping[Any, Any]) -> WorkflowState | None:
     if not raw:
         return None
     h = {text(k): text(v) for k, v in raw.items()}

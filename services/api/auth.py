@@ -10,12 +10,15 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Callable
+from typing import Any
 
 from starlette.requests import Request
 
 from services.api.context import context
+from shared import keys
 from shared.errors import Forbidden, Unauthorized
-from shared.state import TenantState, read_tenant
+from shared.state import TenantState, tenant_from_hash
 
 KEY_PREFIX = "orq_"
 _KEY = re.compile(r"^orq_(?P<tenant>[A-Za-z0-9-]{1,64})_(?P<secret>[A-Za-z0-9_-]{16,128})$")
@@ -59,6 +62,15 @@ async def require_admin(request: Request) -> None:
 
 async def require_tenant(request: Request) -> TenantState:
     """The tenant whose API key the caller holds; the admin token gets 403 (it acts on no tenant)."""
+    tenant, _ = await require_tenant_reading(request, None)
+    return tenant
+
+
+async def require_tenant_reading(request: Request, key_of: Callable[[int], str] | None,
+                                 ) -> tuple[TenantState, dict[Any, Any]]:
+    """:func:`require_tenant`, plus the hash at ``key_of(partition)`` read in the same round trip (a route
+    that needs one of the tenant's aggregates saves a round trip; the hash is only returned once the key is
+    verified)."""
     token = _bearer(request)
     ctx = context(request)
     match = _KEY.match(token)
@@ -66,8 +78,19 @@ async def require_tenant(request: Request) -> TenantState:
         if _is_admin(token, ctx.settings.admin_token):
             raise Forbidden("this operation needs a tenant API key, not the admin token")
         raise Unauthorized("invalid API key")
-    tenant = await read_tenant(ctx.redis, ctx.settings.partitions, match.group("tenant"))
+    tenant_id = match.group("tenant")
+    p = keys.partition_of(tenant_id, ctx.settings.partitions)
+    replies: list[dict[Any, Any]]
+    if key_of is None:
+        replies = [await ctx.redis.hgetall(keys.tenant(p, tenant_id)), {}]
+    else:
+        async with ctx.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.tenant(p, tenant_id))
+            pipe.hgetall(key_of(p))
+            replies = await pipe.execute()
+    tenant = tenant_from_hash(tenant_id, p, replies[0])
     expected = tenant.key_hash if tenant is not None else _NO_TENANT_HASH
     if not hmac.compare_digest(key_hash(token).encode(), expected.encode()) or tenant is None:
         raise Unauthorized("invalid API key")
-    return tenant  # a paused tenant keeps its API: its executions wait, nothing is refused or lost
+    # A paused tenant keeps its API: its executions wait, nothing is refused or lost.
+    return tenant, replies[1]

@@ -3,6 +3,7 @@ is a 4xx that appends nothing."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -156,7 +157,10 @@ async def test_malformed_json_is_400_and_no_key_is_401(client: httpx.AsyncClient
 async def test_list_and_get_from_the_projection(
     client: httpx.AsyncClient, settings: Settings, tenant: TenantHandle, other_tenant: TenantHandle
 ) -> None:
-    ids = [(await make_queue(client, tenant, name=f"q{i}"))["id"] for i in range(3)]
+    ids = []
+    for i in range(3):
+        ids.append((await make_queue(client, tenant, name=f"q{i}"))["id"])
+        await asyncio.sleep(0.002)  # newest first is by creation time; within one millisecond, by id
     await make_queue(client, other_tenant, name="theirs")
     gone = await make_queue(client, tenant, name="gone")
     await client.delete(f"/api/queues/{gone['id']}", headers=tenant.headers)

@@ -3,6 +3,7 @@ refused before anything is written."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -89,6 +90,7 @@ async def test_reads_come_from_the_projection(
     client: httpx.AsyncClient, settings: Settings, tenant: TenantHandle, other_tenant: TenantHandle
 ) -> None:
     first = await create_workflow(client, tenant, {**NOOP_WORKFLOW, "name": "first"})
+    await asyncio.sleep(0.002)  # newest first is by creation time; within one millisecond, by id
     second = await create_workflow(client, tenant, FULL)
     gone = await create_workflow(client, tenant, {**NOOP_WORKFLOW, "name": "gone"})
     await client.delete(f"/api/workflows/{gone['id']}", headers=tenant.headers)

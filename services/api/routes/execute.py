@@ -15,13 +15,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from services.api import responses
-from services.api.auth import require_tenant
 from services.api.bodies import check_json_value, read_json
 from services.api.context import ApiContext, context
 from services.api.errors import BacklogFull, QuotaRefused
 from services.api.priority import check_priority
 from services.api.responses import as_bytes
-from services.api.routes.workflows import owned_workflow
+from services.api.routes.workflows import owned_workflow, tenant_and_workflow
 from services.api.schemas import BulkExecuteIn, BulkQueued, ExecuteIn, Queued, RunIn
 from shared import keys
 from shared.admission import BACKLOG_GUARD, QUOTA_GUARD, WORKFLOW_CHANGED_GUARD, Run, admission_unit
@@ -134,10 +133,9 @@ async def _quota_exceeded(
 
 
 async def execute(request: Request) -> Response:
-    tenant = await require_tenant(request)
-    ctx = context(request)
     # An unknown workflow is a 404, whatever the body.
-    workflow = await owned_workflow(ctx, tenant, request.path_params["id"])
+    tenant, workflow = await tenant_and_workflow(request, request.path_params["id"])
+    ctx = context(request)
     body = await read_json(request, ExecuteIn, empty=ExecuteIn())
     run = _run(body, ctx.plan(tenant.plan), "")
     reply = Queued(execution_id=run.execution_id, status="queued", priority=run.priority)
@@ -145,9 +143,8 @@ async def execute(request: Request) -> Response:
 
 
 async def execute_bulk(request: Request) -> Response:
-    tenant = await require_tenant(request)
+    tenant, workflow = await tenant_and_workflow(request, request.path_params["id"])
     ctx = context(request)
-    workflow = await owned_workflow(ctx, tenant, request.path_params["id"])
     body = await read_json(request, BulkExecuteIn)
     plan = ctx.plan(tenant.plan)
     runs = [_run(run, plan, f"runs[{i}].") for i, run in enumerate(body.runs)]

@@ -8,11 +8,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from services.api import responses, views
-from services.api.auth import require_tenant
+from services.api.auth import require_tenant, require_tenant_reading
 from services.api.bodies import read_json
 from services.api.context import ApiContext, context
 from services.api.definitions import build_definition
-from services.api.ownership import owned
+from services.api.ownership import MAX_ID_LENGTH, owned
 from services.api.pagination import live_page, page_request
 from services.api.schemas import WorkflowIn, WorkflowPage
 from shared import keys
@@ -23,7 +23,7 @@ from shared.errors import Conflict, NotFound
 from shared.events import WorkflowDeleted, WorkflowSaved
 from shared.redis import text
 from shared.schema import workflows
-from shared.state import TenantState, WorkflowState, encode_definition, read_workflow
+from shared.state import TenantState, WorkflowState, encode_definition, read_workflow, workflow_from_hash
 from shared.workflows import WorkflowDef
 
 # A PUT replaces the whole definition, so losing a race to another save is retried (last writer wins).
@@ -33,6 +33,19 @@ SAVE_ATTEMPTS = 3
 async def owned_workflow(ctx: ApiContext, tenant: TenantState, workflow_id: str) -> WorkflowState:
     """The tenant's live workflow; anything else (unknown, deleted, another tenant's) is a 404."""
     return await owned("workflow", workflow_id, tenant, lambda i: read_workflow(ctx.redis, tenant.partition, i))
+
+
+async def tenant_and_workflow(request: Request, workflow_id: str) -> tuple[TenantState, WorkflowState]:
+    """The caller's tenant and its live workflow ``workflow_id``, read in one round trip."""
+    if len(workflow_id) > MAX_ID_LENGTH:
+        tenant = await require_tenant(request)
+        return tenant, await owned_workflow(context(request), tenant, workflow_id)
+    tenant, raw = await require_tenant_reading(request, lambda p: keys.workflow(p, workflow_id))
+
+    async def already_read(_: str) -> WorkflowState | None:
+        return workflow_from_hash(workflow_id, raw)
+
+    return tenant, await owned("workflow", workflow_id, tenant, already_read)
 
 
 def _save_unit(
