@@ -1,31 +1,22 @@
 """End to end through the HTTP API: from the execute command to the projected ``completed`` row in MariaDB.
 
-Real processes: ``orq api``, two ``orq executor`` and ``orq projector``; the client is this process. The
-load is sent with aiohttp: httpx spends ~2 ms of CPU per request, so with httpx this bench measured its own
-client (~330/s) instead of the API.
+Real processes: ``orq api``, two ``orq executor`` and ``orq projector``; the client is this process (aiohttp:
+with httpx this bench measured its own client, ~330/s, instead of the API).
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
-from typing import Any, cast
 
-import aiohttp
 from sqlalchemy import func, select, text
 
 from bench.common import BENCH_MYSQL_URL, Result, env, fresh_redis, processes
+from bench.http import call, free_port, session, wait_ready
 from shared.db import create_engine
 from shared.schema import executions, metadata
 
 ADMIN = "bench-admin"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _fresh_database() -> None:
@@ -58,36 +49,25 @@ async def _wait_completed(count: int, timeout: float) -> None:
         await asyncio.sleep(0.05)
 
 
-async def _post(client: aiohttp.ClientSession, url: str, body: object, auth: str) -> dict[str, Any]:
-    """POST ``body``; a reply other than 2xx raises (the session checks the status)."""
-    async with client.post(url, json=body, headers={"Authorization": auth}) as reply:
-        return cast(dict[str, Any], await reply.json())
-
-
 async def end_to_end(bulk_runs: int = 10_000, single_runs: int = 5_000, clients: int = 32) -> list[Result]:
     redis = await fresh_redis()
     await redis.aclose()
     await _fresh_database()
-    port = _free_port()
+    port = free_port()
     e = env(ORQ_DATABASE_URL=BENCH_MYSQL_URL, ORQ_EXECUTOR_CONCURRENCY="200")
     base = f"http://127.0.0.1:{port}"
     with processes((["api", "--port", str(port)], e), (["executor"], e), (["executor"], e), (["projector"], e)):
-        connector = aiohttp.TCPConnector(limit=clients)
-        async with aiohttp.ClientSession(base, connector=connector, raise_for_status=True) as client:
-            for _ in range(300):
-                try:
-                    async with client.get("/readyz"):
-                        break
-                except aiohttp.ClientError:
-                    await asyncio.sleep(0.1)
-            tenant = await _post(client, "/api/tenants", {"name": "bench", "plan": "bench"}, f"Bearer {ADMIN}")
+        async with session(base, clients) as client:
+            await wait_ready(client)
+            tenant = await call(client, "POST", "/api/tenants", {"name": "bench", "plan": "bench"}, f"Bearer {ADMIN}")
             auth = f"Bearer {tenant['api_key']}"
-            workflow = await _post(client, "/api/workflows", {"name": "noop", "steps": [{"action": "noop"}]}, auth)
+            noop = {"name": "noop", "steps": [{"action": "noop"}]}
+            workflow = await call(client, "POST", "/api/workflows", noop, auth)
             url = f"/api/workflows/{workflow['id']}/execute"
 
             start = time.perf_counter()
             bodies = [{"runs": [{} for _ in range(1000)]} for _ in range(bulk_runs // 1000)]
-            await asyncio.gather(*(_post(client, f"{url}/bulk", body, auth) for body in bodies))
+            await asyncio.gather(*(call(client, "POST", f"{url}/bulk", body, auth) for body in bodies))
             accepted = time.perf_counter() - start
             await _wait_completed(bulk_runs, timeout=600)
             bulk_seconds = time.perf_counter() - start
@@ -97,7 +77,7 @@ async def end_to_end(bulk_runs: int = 10_000, single_runs: int = 5_000, clients:
 
             async def one_client() -> None:
                 for _ in range(per_client):
-                    await _post(client, url, {}, auth)
+                    await call(client, "POST", url, {}, auth)
 
             await asyncio.gather(*(one_client() for _ in range(clients)))
             admitted = time.perf_counter() - start

@@ -10,16 +10,15 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
-import socket
 import tempfile
 import time
 from multiprocessing.queues import Queue
 from typing import Any
 
-import httpx
 import msgspec
 
 from bench.common import PARTITIONS, Result, env, fresh_redis, processes
+from bench.http import call, free_port, session, wait_ready
 from shared import keys
 from shared.commit import Committer, Unit
 from shared.events import ExecutionLog
@@ -31,12 +30,6 @@ def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _receiver(urls: list[str], expected: int, out: Queue[Any]) -> None:
@@ -81,19 +74,18 @@ async def fanout(
     """``sockets`` subscribers spread over ``tenants``; ``rate`` events a second spread over the tenants."""
     redis = await fresh_redis()
     committer = Committer(redis)
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
         e = env(ORQ_DATABASE_URL=f"sqlite+aiosqlite:///{os.path.join(tmp, 'feed.db')}")
         with processes((["api", "--host", "127.0.0.1", "--port", str(port)], e)):
-            async with httpx.AsyncClient(base_url=base, timeout=10) as client:
-                await _ready(client)
+            async with session(base, 2) as client:
+                await wait_ready(client, CONNECT_TIMEOUT_S)
                 handles = []
                 for n in range(tenants):
-                    r = await client.post("/api/tenants", json={"name": f"feed-{n}", "plan": "bench"},
-                                          headers={"Authorization": "Bearer bench-admin"})
-                    r.raise_for_status()
-                    handles.append((r.json()["id"], r.json()["api_key"]))
+                    created = await call(client, "POST", "/api/tenants", {"name": f"feed-{n}", "plan": "bench"},
+                                         "Bearer bench-admin")
+                    handles.append((created["id"], created["api_key"]))
             mode = "&batch=1" if batch else ""
             urls = [f"ws://127.0.0.1:{port}/ws/events?token={handles[i % tenants][1]}{mode}" for i in range(sockets)]
             total = int(rate * seconds)
@@ -120,19 +112,6 @@ async def fanout(
         Result(f"{label} p99 at {rate} ev/s", _percentile(latencies, 0.99), "ms", "<= 100 ms",
                f"{delivered:,} of {expected:,} deliveries"),
     ]
-
-
-async def _ready(client: httpx.AsyncClient) -> None:
-    deadline = time.monotonic() + CONNECT_TIMEOUT_S
-    while True:
-        try:
-            if (await client.get("/healthz")).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError("the api did not start")
-        await asyncio.sleep(0.1)
 
 
 async def _produce(committer: Committer, tenants: list[tuple[str, str]], total: int, rate: int) -> None:

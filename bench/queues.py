@@ -8,16 +8,16 @@ Redis side sets.
 from __future__ import annotations
 
 import asyncio
-import socket
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
+from aiohttp import ClientSession
 from redis.asyncio import Redis
 
 from bench.common import Result, env, fresh_redis, processes
+from bench.http import call, free_port, session, wait_ready
 from shared.clock import new_id, now_ms
 from shared.commit import Applied, Committer
 from shared.events import QueueSnapshot
@@ -30,54 +30,30 @@ ROBOTS = 8
 CYCLES = 4_000
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def _ready(base: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(base_url=base) as client:
-        while True:
-            try:
-                if (await client.get("/readyz", timeout=1)).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("orq api did not start")
-            await asyncio.sleep(0.1)
-
-
-async def _bulk_rate(client: httpx.AsyncClient, queue_id: str, rounds: int = 3) -> float:
+async def _bulk_rate(client: ClientSession, auth: str, queue_id: str, rounds: int = 3) -> float:
     """Median items/s of ``rounds`` bulk calls of 10,000 items (each a realistic small invoice)."""
     rates = []
     for r in range(rounds):
         items = [{"data": {"invoice": f"INV-{r}-{n}", "amount": n * 1.5, "vendor": "ACME"},
                   "reference": f"INV-{r}-{n}", "priority": 1 + n % 10} for n in range(BULK)]
         start = time.perf_counter()
-        reply = await client.post(f"/api/queues/{queue_id}/items/bulk", json={"items": items}, timeout=120)
-        elapsed = time.perf_counter() - start
-        assert reply.status_code == 201, reply.text
-        rates.append(BULK / elapsed)
+        await call(client, "POST", f"/api/queues/{queue_id}/items/bulk", {"items": items}, auth)
+        rates.append(BULK / (time.perf_counter() - start))
     return statistics.median(rates)
 
 
-async def _robots_http(client: httpx.AsyncClient, queue_id: str, cycles: int) -> float:
+async def _robots_http(client: ClientSession, auth: str, queue_id: str, cycles: int) -> float:
     """Cycles/s of ``ROBOTS`` robots each looping next → complete until ``cycles`` items are done."""
     done = 0
 
     async def robot(name: str) -> None:
         nonlocal done
         while done < cycles:
-            reply = await client.post(f"/api/queues/{queue_id}/items/next", json={"robot": name})
-            if reply.status_code == 204:
+            item = await call(client, "POST", f"/api/queues/{queue_id}/items/next", {"robot": name}, auth)
+            if item is None:
                 return
-            item = reply.json()
-            put = await client.put(f"/api/queues/{queue_id}/items/{item['id']}",
-                                   json={"status": "completed", "result": {"ok": True}})
-            assert put.status_code == 200, put.text
+            await call(client, "PUT", f"/api/queues/{queue_id}/items/{item['id']}",
+                       {"status": "completed", "result": {"ok": True}}, auth)
             done += 1
 
     start = time.perf_counter()
@@ -86,24 +62,22 @@ async def _robots_http(client: httpx.AsyncClient, queue_id: str, cycles: int) ->
 
 
 async def _over_http(redis: Redis) -> tuple[float, float]:
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
+    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         e = env(ORQ_DATABASE_URL=f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}",
                 ORQ_MAX_BODY_BYTES=str(16 * 1024 * 1024))
         with processes((["api", "--port", str(port)], e)):
-            await _ready(base)
-            async with httpx.AsyncClient(base_url=base, timeout=30,
-                                         limits=httpx.Limits(max_connections=ROBOTS + 2)) as client:
-                created = await client.post("/api/tenants", json={"name": "bench", "plan": "bench"},
-                                            headers={"Authorization": "Bearer bench-admin"})
-                client.headers["Authorization"] = f"Bearer {created.json()['api_key']}"
-                bulk_queue = (await client.post("/api/queues", json={"name": "bulk"})).json()["id"]
-                bulk = await _bulk_rate(client, bulk_queue)
-                work_queue = (await client.post("/api/queues", json={"name": "work"})).json()["id"]
-                await client.post(f"/api/queues/{work_queue}/items/bulk",
-                                  json={"items": [{"data": {"n": n}} for n in range(CYCLES)]}, timeout=120)
-                cycles = await _robots_http(client, work_queue, CYCLES)
+            async with session(f"http://127.0.0.1:{port}", ROBOTS + 2) as client:
+                await wait_ready(client)
+                created = await call(client, "POST", "/api/tenants", {"name": "bench", "plan": "bench"},
+                                     "Bearer bench-admin")
+                auth = f"Bearer {created['api_key']}"
+                bulk_queue = (await call(client, "POST", "/api/queues", {"name": "bulk"}, auth))["id"]
+                bulk = await _bulk_rate(client, auth, bulk_queue)
+                work_queue = (await call(client, "POST", "/api/queues", {"name": "work"}, auth))["id"]
+                await call(client, "POST", f"/api/queues/{work_queue}/items/bulk",
+                           {"items": [{"data": {"n": n}} for n in range(CYCLES)]}, auth)
+                cycles = await _robots_http(client, auth, work_queue, CYCLES)
     return bulk, cycles
 
 
