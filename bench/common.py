@@ -119,6 +119,29 @@ async def work_left(redis: Redis) -> int:
     return sum(sum(int(v) for v in r) if isinstance(r, list) else int(r) for r in replies)
 
 
+async def drained(redis: Redis) -> bool:
+    """No backlog level left and no work entry left, in O(partitions) commands: unlike ``work_left`` this
+    costs the same at 10,000 tenants as at one, so polling it does not load the Redis being measured."""
+    return await _levels_and_entries(redis) == (0, 0)
+
+
+async def dispatched(redis: Redis) -> bool:
+    """Some work entry exists: an executor has started taking work."""
+    return (await _levels_and_entries(redis))[1] > 0
+
+
+async def _levels_and_entries(redis: Redis) -> tuple[int, int]:
+    async with redis.pipeline(transaction=False) as pipe:
+        for p in range(PARTITIONS):
+            pipe.zcard(keys.levels(p))
+            for stream in keys.work_streams(p):
+                pipe.xlen(stream)
+        replies = await pipe.execute()
+    per = 1 + len(keys.work_streams(0))
+    levels = sum(int(replies[i]) for i in range(0, len(replies), per))
+    return levels, sum(int(r) for r in replies) - levels
+
+
 async def wait_until(check: Any, timeout: float, interval: float = 0.02) -> float:
     """Seconds until ``await check()`` is true (raises after ``timeout``)."""
     start = time.perf_counter()

@@ -9,6 +9,8 @@ from __future__ import annotations
 from bench.common import (
     Result,
     commands_total,
+    dispatched,
+    drained,
     env,
     fresh_redis,
     processes,
@@ -33,17 +35,11 @@ async def _drain(count: int, tenants: int, executors: int, concurrency: int) -> 
     await committer.close()
     queued = await work_left(redis)
     before = await commands_total(redis)
-
-    async def drained() -> bool:
-        return await work_left(redis) == 0
-
-    async def started() -> bool:
-        return await work_left(redis) < queued
-
     e = env(ORQ_EXECUTOR_CONCURRENCY=str(concurrency))
     with processes(*[(["executor"], e) for _ in range(executors)]):
-        await wait_until(started, timeout=60, interval=0.005)  # process start-up is not throughput
-        seconds = await wait_until(drained, timeout=600)
+        # process start-up is not throughput
+        await wait_until(lambda: dispatched(redis), timeout=60, interval=0.005)
+        seconds = await wait_until(lambda: drained(redis), timeout=600)
     per_exec = (await commands_total(redis) - before) / queued
     await redis.aclose()
     return queued / seconds, per_exec

@@ -15,6 +15,7 @@ import os
 import secrets
 import socket
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -207,8 +208,9 @@ class Executor:
                 counts = self._split(allowed, await self._best_partitions())
                 jobs = await self._call("next", counts)
                 await self._global.give_back(allowed - len(jobs), now)
+                taken = Counter(job.p for job in jobs)
                 for p, asked in counts.items():
-                    if asked and sum(job.p == p for job in jobs) < asked:
+                    if asked and taken[p] < asked:
                         self._may_have_work.discard(p)  # drained (or its tenants are at their limits)
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
