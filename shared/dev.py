@@ -43,10 +43,12 @@ async def serve_dev(settings: Settings, stop: asyncio.Event, *, host: str, port:
     ]
     try:
         base = f"http://{host}:{port}"
-        demo_key = await _demo_tenant(base, settings.admin_token, folder)
+        demo_key, demo_workflow = await _demo_tenant(base, settings.admin_token, folder)
         print(
             f"\nOrquesta is running.\n  dashboard:   {base}/\n  API:         {base}/api\n"
             f"  admin token: {settings.admin_token}\n  demo key:    {demo_key}\n"
+            f"  try:         curl -H 'Authorization: Bearer {demo_key}' -d '{{\"params\": {{\"name\": \"Ada\"}}}}' "
+            f"{base}/api/workflows/{demo_workflow}/execute\n"
             f"  mail:        smtp://{settings.smtp_host}:{settings.smtp_port} (email triggers: <token>@"
             f"{settings.email_domain})\n"
             f"  data:        {folder}\nPress Ctrl-C to stop.\n",
@@ -73,8 +75,9 @@ def _persisted_admin_token(folder: Path) -> str:
     return token
 
 
-async def _demo_tenant(base: str, admin_token: str, folder: Path) -> str:
-    """The demo tenant's key: the one saved in ``folder`` if Redis still knows it, else a new tenant's."""
+async def _demo_tenant(base: str, admin_token: str, folder: Path) -> tuple[str, str]:
+    """The demo tenant's key and its "hello" workflow: the ones saved in ``folder`` if Redis still knows the key,
+    else a new tenant's."""
     path = folder / "demo.json"
     async with httpx.AsyncClient(base_url=base, timeout=10) as client:
         for _ in range(200):
@@ -85,18 +88,17 @@ async def _demo_tenant(base: str, admin_token: str, folder: Path) -> str:
                 pass
             await asyncio.sleep(0.05)
         if path.exists():
-            key = str(json.loads(path.read_text())["api_key"])
+            saved = json.loads(path.read_text())
+            key = str(saved["api_key"])
             me = await client.get("/api/tenants/me", headers={"Authorization": f"Bearer {key}"})
             if me.status_code == 200:
-                return key
+                return key, str(saved.get("workflow_id", "<workflow id>"))
         created = await client.post(
             "/api/tenants", json={"name": "demo", "plan": "pro"}, headers={"Authorization": f"Bearer {admin_token}"}
         )
         created.raise_for_status()
         body = created.json()
-        path.write_text(json.dumps({"tenant_id": body["id"], "api_key": body["api_key"]}))
-        path.chmod(0o600)
-        await client.post(
+        workflow = await client.post(
             "/api/workflows",
             headers={"Authorization": f"Bearer {body['api_key']}"},
             json={"name": "hello", "steps": [
@@ -105,4 +107,8 @@ async def _demo_tenant(base: str, admin_token: str, folder: Path) -> str:
                 {"action": "set", "label": "result", "params": {"values": {"greeted": "{{ params.name }}"}}},
             ]},
         )
-        return str(body["api_key"])
+        workflow.raise_for_status()
+        workflow_id = str(workflow.json()["id"])
+        path.write_text(json.dumps({"tenant_id": body["id"], "api_key": body["api_key"], "workflow_id": workflow_id}))
+        path.chmod(0o600)
+        return str(body["api_key"]), workflow_id

@@ -1,0 +1,81 @@
+"""``orq dev`` as a newcomer meets it: one process, an embedded Redis, SQLite; what it prints works."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.helpers import assert_eventually
+from tests.processes import OrqProcess, orq_env
+
+READY_LINE = "Press Ctrl-C to stop."
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _started(process: OrqProcess, timeout: float = 90) -> dict[str, str]:
+    """What ``orq dev`` printed once it is up: label → value (dashboard, admin token, demo key, try)."""
+    deadline = time.monotonic() + timeout
+    while READY_LINE not in process.output():
+        assert process.process.poll() is None, process.output()
+        assert time.monotonic() < deadline, f"orq dev did not start:\n{process.output()}"
+        await asyncio.sleep(0.2)
+    printed = process.output().split("Orquesta is running.", 1)[1]
+    return {m["label"]: m["value"].strip() for m in re.finditer(r"^  (?P<label>[a-z ]+):\s+(?P<value>.+)$",
+                                                                 printed, re.MULTILINE)}
+
+
+def _dev(tmp_path: Path, port: int, smtp_port: int, name: str) -> OrqProcess:
+    env = orq_env(ORQ_SMTP_PORT=str(smtp_port))
+    del env["ORQ_ADMIN_TOKEN"]  # orq dev makes its own and keeps it in the data folder
+    return OrqProcess(["dev", "--port", str(port), "--data-dir", str(tmp_path / "data")], env,
+                      tmp_path / f"{name}.log")
+
+
+async def test_what_orq_dev_prints_runs_a_workflow_and_survives_a_restart(tmp_path: Path) -> None:
+    port, smtp_port = _free_port(), _free_port()
+    first = _dev(tmp_path, port, smtp_port, "first")
+    try:
+        printed = await _started(first)
+        base = f"http://127.0.0.1:{port}"
+        assert printed["dashboard"] == f"{base}/"
+        key = printed["demo key"]
+        execute_url = printed["try"].split()[-1]
+        assert execute_url.startswith(f"{base}/api/workflows/") and execute_url.endswith("/execute")
+        async with httpx.AsyncClient(timeout=10) as client:
+            page = await client.get(printed["dashboard"])
+            assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+            auth = {"Authorization": f"Bearer {key}"}
+            queued = await client.post(execute_url, json={"params": {"name": "Ada"}}, headers=auth)
+            assert queued.status_code == 202, queued.text
+            execution_id = queued.json()["execution_id"]
+
+            async def completed() -> None:
+                reply = await client.get(f"{base}/api/executions/{execution_id}", headers=auth)
+                assert reply.status_code == 200, reply.text  # 404 until the projector has written it
+                body = reply.json()
+                assert body["status"] == "completed", body
+                assert [s["status"] for s in body["steps"]] == ["completed"] * 3
+
+            await assert_eventually(completed, timeout=30, message="the demo workflow completed")
+    finally:
+        assert first.terminate() == 0, first.output()
+
+    second = _dev(tmp_path, port, smtp_port, "second")
+    try:
+        again = await _started(second)
+        assert again["demo key"] == key and again["admin token"] == printed["admin token"]
+        async with httpx.AsyncClient(timeout=10) as client:
+            seen = await client.get(f"{base}/api/executions/{execution_id}", headers={"Authorization": f"Bearer {key}"})
+            assert seen.status_code == 200 and seen.json()["status"] == "completed"
+    finally:
+        assert second.terminate() == 0, second.output()
