@@ -1,4 +1,5 @@
-"""Refuse to run on a Redis that may lose events: eviction policies, and a Redis rewound behind SQL.
+"""Refuse to run on a Redis that may lose events (eviction policies, a Redis rewound behind SQL) or that is too
+old for the scripts (before 6.2: no ``LPOP`` with a count, no ``XAUTOCLAIM``).
 
 Redis is the event log, not a cache. Under ``allkeys-*`` or ``volatile-*`` eviction a full Redis silently
 drops keys (log entries, execution state) instead of refusing writes; every service checks the policy on
@@ -28,6 +29,15 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 EVICTING_PREFIXES = ("allkeys-", "volatile-")
+MIN_REDIS = (6, 2)
+
+
+def check_version(version: str) -> None:
+    """Raise :class:`ConfigError` for a Redis server older than :data:`MIN_REDIS`."""
+    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    if parts < MIN_REDIS:
+        raise ConfigError(f"Redis {version} is too old: Orquesta needs Redis {'.'.join(map(str, MIN_REDIS))} or "
+                          "newer (LPOP with a count, XAUTOCLAIM)", version=version)
 
 
 def check_policy(policy: str | None, *, allow: bool) -> None:
@@ -56,7 +66,8 @@ async def eviction_policy(redis: Redis) -> str | None:
 
 
 async def ensure_durable(redis: Redis, settings: Settings) -> None:
-    """Every service's first step: stop with a clear message on an evicting Redis."""
+    """Every service's first step: stop with a clear message on an evicting or too old Redis."""
+    check_version(text((await redis.info("server"))["redis_version"]))
     check_policy(await eviction_policy(redis), allow=settings.allow_eviction)
 
 

@@ -1,4 +1,4 @@
-"""The eviction-policy check every service runs on start, and the rewound-Redis guard of the projector."""
+"""The checks every service runs on start (Redis version, eviction policy), and the rewound-Redis guard."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import keys
-from shared.durability import check_policy, check_rewind, ensure_durable
+from shared.durability import check_policy, check_rewind, check_version, ensure_durable
 from shared.errors import ConfigError
 from shared.settings import Settings
 from tests.projector.factories import append, random_history, snapshot
@@ -28,6 +28,18 @@ def test_evicting_policies_are_refused(policy: str) -> None:
 def test_noeviction_passes() -> None:
     check_policy("noeviction", allow=False)
     check_policy(None, allow=False)  # CONFIG not available (managed Redis): cannot tell, goes on
+
+
+@pytest.mark.parametrize("version", ["5.0.14", "6.0.16", "6.1.0"])
+def test_a_redis_before_6_2_is_refused(version: str) -> None:
+    with pytest.raises(ConfigError, match="needs Redis 6.2 or newer") as refused:
+        check_version(version)
+    assert version in refused.value.message
+
+
+@pytest.mark.parametrize("version", ["6.2.0", "6.2.14", "7.0.15", "7.4.2", "10.0.0"])
+def test_redis_6_2_and_newer_pass(version: str) -> None:
+    check_version(version)
 
 
 async def test_services_refuse_a_redis_that_evicts(redis: Redis, settings: Settings) -> None:
