@@ -53,12 +53,21 @@ class Job:
 
 
 def jobs_from_reply(p: int, streams: list[str], reply: list[Any], cache: PinnedDefinitions, order: int) -> list[Job]:
-    """Parse the dispatch script's reply into jobs."""
+    """Parse the dispatch script's reply into jobs.
+
+    The reply carries each definition once; ``in_reply`` keeps them for the later jobs of the same reply,
+    whatever the cache's bound.
+    """
     jobs = []
+    in_reply: dict[bytes, WorkflowDef | None] = {}
     for k, entry_id, exec_id, flat, body, previous in reply:
         it = iter(flat)
         state: dict[bytes, bytes] = dict(zip(it, it, strict=True))
-        definition = cache.decoded(state.get(b"def_key", b"").decode(), body) if state else None
+        definition = None
+        if state:
+            def_key = state.get(b"def_key", b"")
+            definition = in_reply.get(def_key) or cache.decoded(def_key.decode(), body)
+            in_reply[def_key] = definition
         jobs.append(Job(p, streams[int(k) - 1], entry_id.decode(), exec_id.decode(), state, definition,
                         previous.decode(), order))
         order += 1

@@ -14,7 +14,8 @@
 --   due     - entries parked on the 'backoff' consumer whose idle time reached their retry delay (and whose
 --             tenant has room).
 --   expired - entries of other consumers idle past the lease (their executor died).
--- Result: list of {key index, entry id, execution id, flat execution hash, pinned definition, previous owner}.
+-- Result: list of {key index, entry id, execution id, flat execution hash, pinned definition ('' when an
+-- earlier item of the reply carries it), previous owner}.
 
 local mode, group, consumer = ARGV[1], ARGV[2], ARGV[3]
 local want = tonumber(ARGV[4])
@@ -31,11 +32,17 @@ local SCAN = 16
 local QUANTUM = 4
 local out = {}
 
+-- A definition goes into the reply once: later executions pinned to the same version get '' and the executor
+-- takes it from the earlier one.
+local sent_defs = {}
 local function load(k, entry_id, exec_id, previous)
   local state = redis.call('HGETALL', exec_prefix .. exec_id)
   local def = false
   for i = 1, #state, 2 do
-    if state[i] == 'def_key' then def = redis.call('GET', state[i + 1]) end
+    if state[i] == 'def_key' and not sent_defs[state[i + 1]] then
+      def = redis.call('GET', state[i + 1])
+      sent_defs[state[i + 1]] = true
+    end
   end
   out[#out + 1] = {k, entry_id, exec_id, state, def or '', previous}
 end
