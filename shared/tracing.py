@@ -8,8 +8,7 @@ The tracer provider is process-wide by OpenTelemetry's design, so it is configur
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -46,14 +45,16 @@ def _traces_url(endpoint: str) -> str:
     return endpoint if endpoint.rstrip("/").endswith("/v1/traces") else endpoint.rstrip("/") + "/v1/traces"
 
 
-@contextmanager
-def span(name: str, **attributes: str | int | float | bool) -> Iterator[None]:
-    """A span around the block (a no-op when tracing is off); an exception marks it as an error."""
+_NO_SPAN = nullcontext()
+
+
+def span(name: str, **attributes: str | int | float | bool) -> AbstractContextManager[object]:
+    """A span around the block (a shared no-op when tracing is off: it runs per execution and per step); an
+    exception marks it as an error."""
     if _State.tracer is None:
-        yield
-        return
-    with _State.tracer.start_as_current_span(name, attributes=attributes):
-        yield
+        return _NO_SPAN
+    started: AbstractContextManager[object] = _State.tracer.start_as_current_span(name, attributes=attributes)
+    return started
 
 
 def shutdown_tracing() -> None:
