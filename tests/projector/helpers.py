@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from redis.asyncio import Redis
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.projector.projector import Projector
-from services.projector.store import CHECKPOINT_NAME
+from services.projector.store import CHECKPOINT_NAME, Store
 from shared import keys, schema
+from shared.db import create_engine
+from shared.events import EventBase
+from shared.projection import Projection, needs_of
 from tests.helpers import assert_eventually
+from tests.projector.factories import fold, snapshot
 
 TEST_LOCK_TTL_MS = 1_500
 
@@ -70,3 +74,25 @@ async def caught_up(redis: Redis, engine: AsyncEngine, partitions: int, timeout:
         return True
 
     await assert_eventually(check, timeout=timeout, message="projector caught up")
+
+
+async def fold_in_batches(url: str, history: Sequence[EventBase], cuts: Sequence[int]) -> None:
+    """Project ``history`` through SQL in batches split at ``cuts`` (each batch loads what it needs, folds,
+    writes); the tables must equal one in-memory fold of the whole history."""
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            for table in schema.PROJECTION_TABLES:
+                await conn.execute(delete(table))
+        store = Store(engine)
+        bounds = [0, *sorted(set(cuts)), len(history)]
+        for lo, hi in zip(bounds, bounds[1:], strict=False):
+            batch = history[lo:hi]
+            projection = Projection()
+            async with engine.begin() as conn:
+                await store.load(conn, projection, needs_of(batch))
+                projection.apply_all(batch)  # type: ignore[arg-type]
+                await store.write(conn, projection)
+        assert await snapshot(engine) == fold(history)
+    finally:
+        await engine.dispose()

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 
 import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import delete
 
-from services.projector.store import Store
-from shared import schema
-from shared.db import create_engine
 from shared.events import (
     EventBase,
     ExecutionCompleted,
@@ -30,8 +25,9 @@ from shared.events import (
     TenantCreated,
     WorkflowSaved,
 )
-from shared.projection import Projection, needs_of
-from tests.projector.factories import MID_MONTH_MS, definition, fold, histories, snapshot, with_ids
+from shared.projection import Projection
+from tests.projector.factories import MID_MONTH_MS, definition, fold, histories, with_ids
+from tests.projector.helpers import fold_in_batches
 
 T, W, X = "t" * 32, "w" * 32, "x" * 32
 
@@ -159,32 +155,12 @@ def test_queued_twice_counts_usage_once_even_without_ids() -> None:
     assert projection.rows["usage_monthly"][(T, "202601")]["executions"] == 1
 
 
-async def _fold_in_batches(url: str, history: Sequence[EventBase], cuts: Sequence[int]) -> None:
-    engine = create_engine(url)
-    try:
-        async with engine.begin() as conn:
-            for table in schema.PROJECTION_TABLES:
-                await conn.execute(delete(table))
-        store = Store(engine)
-        bounds = [0, *sorted(set(cuts)), len(history)]
-        for lo, hi in zip(bounds, bounds[1:], strict=False):
-            batch = history[lo:hi]
-            projection = Projection()
-            async with engine.begin() as conn:
-                await store.load(conn, projection, needs_of(batch))
-                projection.apply_all(batch)  # type: ignore[arg-type]
-                await store.write(conn, projection)
-        assert await snapshot(engine) == fold(history)
-    finally:
-        await engine.dispose()
-
-
 @given(history=histories(), data=st.data())
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 def test_batches_through_sql_equal_one_fold(database_url: str, history: list[EventBase], data: st.DataObject) -> None:
     cuts = data.draw(st.lists(st.integers(0, len(history)), max_size=6), label="cuts")
-    asyncio.run(_fold_in_batches(database_url, history, cuts))
+    asyncio.run(fold_in_batches(database_url, history, cuts))
 
 
 def test_log_rows_with_the_same_stream_id_in_two_partitions_are_both_kept() -> None:

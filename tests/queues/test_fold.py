@@ -4,16 +4,11 @@ same rows whether a log is folded at once or in batches through SQL (SQLite and 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 
 import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import delete
 
-from services.projector.store import Store
-from shared import schema
-from shared.db import create_engine
 from shared.events import (
     EventBase,
     QueueCreated,
@@ -27,7 +22,8 @@ from shared.events import (
     QueueSnapshot,
 )
 from shared.projection import Projection, needs_of
-from tests.projector.factories import MID_MONTH_MS, fold, snapshot, with_ids
+from tests.projector.factories import MID_MONTH_MS, fold, with_ids
+from tests.projector.helpers import fold_in_batches
 from tests.queues.factories import queue_histories, random_queue_history
 
 T, Q, ITEM, R = "t" * 32, "q" * 32, "i" * 32, "r" * 32
@@ -96,29 +92,9 @@ def test_apply_twice_changes_nothing() -> None:
     assert once.rows["queue_items"] and once.rows["queue_item_history"] and once.rows["work_queues"]
 
 
-async def _fold_in_batches(url: str, history: Sequence[EventBase], cuts: Sequence[int]) -> None:
-    engine = create_engine(url)
-    try:
-        async with engine.begin() as conn:
-            for table in schema.PROJECTION_TABLES:
-                await conn.execute(delete(table))
-        store = Store(engine)
-        bounds = [0, *sorted(set(cuts)), len(history)]
-        for lo, hi in zip(bounds, bounds[1:], strict=False):
-            batch = history[lo:hi]
-            projection = Projection()
-            async with engine.begin() as conn:
-                await store.load(conn, projection, needs_of(batch))
-                projection.apply_all(batch)  # type: ignore[arg-type]
-                await store.write(conn, projection)
-        assert await snapshot(engine) == fold(history)
-    finally:
-        await engine.dispose()
-
-
 @given(history=queue_histories(), data=st.data())
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 def test_batches_through_sql_equal_one_fold(database_url: str, history: list[EventBase], data: st.DataObject) -> None:
     cuts = data.draw(st.lists(st.integers(0, len(history)), max_size=5), label="cuts")
-    asyncio.run(_fold_in_batches(database_url, history, cuts))
+    asyncio.run(fold_in_batches(database_url, history, cuts))

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from shared.events import EventBase, TriggerDeleted, TriggerFired, TriggerSaved, TriggerSkipped, TriggerSnapshot
 from shared.projection import TRIGGERS, Projection
 from tests.projector.factories import MID_MONTH_MS, with_ids
-from tests.projector.test_projection import _fold_in_batches
+from tests.projector.helpers import fold_in_batches
 
 TENANTS = ("t" * 32, "u" * 32)
 CONFIGS: list[dict[str, Any]] = [{}, {"cron": "* * * * *", "timezone": "Europe/Madrid"}, {"token": "ab" * 20},
@@ -102,4 +102,4 @@ def test_apply_is_idempotent(history: list[EventBase]) -> None:
                                                                  HealthCheck.too_slow])
 def test_batches_through_sql_equal_one_fold(database_url: str, history: list[EventBase], data: st.DataObject) -> None:
     cuts: Sequence[int] = data.draw(st.lists(st.integers(0, len(history)), max_size=4), label="cuts")
-    asyncio.run(_fold_in_batches(database_url, history, cuts))
+    asyncio.run(fold_in_batches(database_url, history, cuts))
