@@ -39,7 +39,7 @@ from shared.durability import check_rewind, ensure_durable
 from shared.metrics_server import counter, start_metrics_server
 from shared.projection import Projection, needs_of
 from shared.redis import connect, ensure_groups
-from shared.settings import Settings
+from shared.settings import PROJECTOR_BATCH, Settings
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class Projector:
         engine: AsyncEngine,
         *,
         partitions: int,
-        batch: int = 500,
+        batch: int = PROJECTOR_BATCH,
         consumer: str | None = None,
         lock_ttl_ms: int = LOCK_TTL_MS,
         idle_block_ms: int = IDLE_BLOCK_MS,

@@ -19,6 +19,7 @@ from services.projector.replay import Replayer
 from shared.db import create_engine, create_schema
 from shared.redis import connect
 from shared.schema import metadata
+from shared.settings import PROJECTOR_BATCH
 from tests.projector.factories import append, random_history
 from tests.projector.helpers import caught_up
 
@@ -89,7 +90,7 @@ if __name__ == "__main__":
     parser.add_argument("--db", choices=["sqlite", "mysql"], default="mysql")
     parser.add_argument("--events", type=int, default=60_000)
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--batch", type=int, default=PROJECTOR_BATCH)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     asyncio.run(main(args.db, args.events, args.partitions, args.batch))
