@@ -11,7 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from shared.schema import metadata
 
-SCHEMA_ATTEMPTS = 5
+SCHEMA_ATTEMPTS = 8
+SCHEMA_RACES = ("already exists", "Duplicate", "database is locked")
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -38,7 +39,8 @@ async def create_schema(engine: AsyncEngine) -> None:
     """Create missing tables and indexes, and add columns a newer version declares (idempotent).
 
     Services starting together race to create the same tables; the loser of a race sees "already exists"
-    and simply looks again.
+    (or, on SQLite, "database is locked": a schema change there does not wait for the busy timeout) and
+    simply looks again.
     """
     for attempt in range(SCHEMA_ATTEMPTS):
         try:
@@ -47,9 +49,9 @@ async def create_schema(engine: AsyncEngine) -> None:
                 await conn.run_sync(_add_missing_columns)
             return
         except (OperationalError, ProgrammingError) as exc:
-            if "already exists" not in str(exc) and "Duplicate" not in str(exc) or attempt == SCHEMA_ATTEMPTS - 1:
+            if not any(race in str(exc) for race in SCHEMA_RACES) or attempt == SCHEMA_ATTEMPTS - 1:
                 raise
-            await asyncio.sleep(0.05 * (attempt + 1))
+            await asyncio.sleep(0.1 * (attempt + 1))
 
 
 def _add_missing_columns(conn: Connection) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from shared.db import create_engine, create_schema
 from shared.embedded_redis import EmbeddedRedis
 from shared.settings import Settings
 
@@ -34,6 +35,7 @@ async def serve_dev(settings: Settings, stop: asyncio.Event, *, host: str, port:
         database_url=f"sqlite+aiosqlite:///{folder / 'orq.db'}",
         admin_token=_persisted_admin_token(folder),
     )
+    await _create_schema_once(settings.database_url)
     services = [
         asyncio.create_task(serve_api(settings, stop, host=host, port=port), name="api"),
         asyncio.create_task(serve_executor(settings, stop), name="executor"),
@@ -73,6 +75,15 @@ def _persisted_admin_token(folder: Path) -> str:
     path.write_text(token)
     path.chmod(0o600)
     return token
+
+
+async def _create_schema_once(database_url: str) -> None:
+    """Before the services start: on a new data folder they would otherwise all create it at once."""
+    engine = create_engine(database_url)
+    try:
+        await create_schema(engine)
+    finally:
+        await engine.dispose()
 
 
 async def _demo_tenant(base: str, admin_token: str, folder: Path) -> tuple[str, str]:
