@@ -8,7 +8,8 @@
 --             weighted fair share (stride scheduling on the level's 'ready' sorted set: the tenant with the
 --             lowest virtual time takes up to QUANTUM, then its virtual time advances by taken/weight). A
 --             tenant that is paused, at its concurrency limit or at its rate per minute is skipped (its work
---             waits, it is never dropped). Each execution taken gets a work entry, delivered to this consumer at once.
+--             waits, it is never dropped). Each execution taken gets a work entry, delivered to this
+--             consumer at once.
 --             (The tenant's 'queued' count drops when the executor's start commit moves it to running.)
 --             An execution of a paused workflow is set aside on the workflow's 'parked' list until resumed.
 --   due     - entries parked on the 'backoff' consumer whose idle time reached their retry delay (and whose
@@ -76,9 +77,9 @@ local function has_room(tenant)
   return true
 end
 
--- How many executions a tenant may still start in this call (at least 1 once has_room said yes).
+-- How many executions a tenant may still start under its limits (at least 1 once has_room said yes).
 local function room(l)
-  local n = want
+  local n = math.huge
   if l.concurrent > 0 then n = math.min(n, l.concurrent - l.running - l.started) end
   if l.rate > 0 then n = math.min(n, l.rate - l.rate_used - l.started) end
   return n

@@ -37,10 +37,9 @@ async def owned_workflow(ctx: ApiContext, tenant: TenantState, workflow_id: str)
 
 async def tenant_and_workflow(request: Request, workflow_id: str) -> tuple[TenantState, WorkflowState]:
     """The caller's tenant and its live workflow ``workflow_id``, read in one round trip."""
-    if len(workflow_id) > MAX_ID_LENGTH:
-        tenant = await require_tenant(request)
-        return tenant, await owned_workflow(context(request), tenant, workflow_id)
-    tenant, raw = await require_tenant_reading(request, lambda p: keys.workflow(p, workflow_id))
+    # An id too long to exist is not read: owned() answers 404 for it without looking.
+    key_of = (lambda p: keys.workflow(p, workflow_id)) if len(workflow_id) <= MAX_ID_LENGTH else None
+    tenant, raw = await require_tenant_reading(request, key_of)
 
     async def already_read(_: str) -> WorkflowState | None:
         return workflow_from_hash(workflow_id, raw)
