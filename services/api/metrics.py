@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.projector.store import CHECKPOINT_NAME
 from shared import keys
+from shared.inspection import LAG_COUNT_CAP
 from shared.redis import text
 from shared.schema import executions, projection_checkpoints
 from shared.state import Status
@@ -39,8 +40,6 @@ DEAD_LETTERED = "dead_lettered"
 COUNTED = (*(s.value for s in Status), DEAD_LETTERED)
 # /metrics is scraped every few seconds by every Prometheus: its SQL figures are reused this long.
 METRICS_CACHE_S = 5.0
-# When Redis cannot tell a group's lag (entries were deleted), count undelivered entries up to this many.
-LAG_COUNT_CAP = 10_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,3 +96,17 @@ async def fold_in_batches(url: str, history: Sequence[EventBase], cuts: Sequence
         assert await snapshot(engine) == fold(history)
     finally:
         await engine.dispose()
+
+
+def assert_apply_is_idempotent(history: Sequence[EventBase]) -> Projection:
+    """Applying each event twice (the second is refused) and then the whole history again leaves the rows of
+    one plain fold; that fold is returned for further checks."""
+    once = Projection()
+    once.apply_all(history)  # type: ignore[arg-type]
+    twice = Projection()
+    for event in history:
+        twice.apply(event)
+        assert not twice.apply(event)
+    twice.apply_all(history)  # type: ignore[arg-type]
+    assert twice.rows == once.rows
+    return once

@@ -27,7 +27,7 @@ from shared.events import (
 )
 from shared.projection import Projection
 from tests.projector.factories import MID_MONTH_MS, definition, fold, histories, with_ids
-from tests.projector.helpers import fold_in_batches
+from tests.projector.helpers import assert_apply_is_idempotent, fold_in_batches
 
 T, W, X = "t" * 32, "w" * 32, "x" * 32
 
@@ -138,14 +138,7 @@ def test_events_without_a_queued_execution_are_ignored() -> None:
 @given(history=histories())
 @settings(max_examples=60, deadline=None)
 def test_apply_is_idempotent(history: list[EventBase]) -> None:
-    once = Projection()
-    once.apply_all(history)  # type: ignore[arg-type]
-    twice = Projection()
-    for ev in history:
-        twice.apply(ev)
-        assert not twice.apply(ev)
-    twice.apply_all(history)  # type: ignore[arg-type]
-    assert twice.rows == once.rows
+    assert_apply_is_idempotent(history)
 
 
 def test_queued_twice_counts_usage_once_even_without_ids() -> None:

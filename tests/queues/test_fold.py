@@ -21,9 +21,9 @@ from shared.events import (
     QueueItemStarted,
     QueueSnapshot,
 )
-from shared.projection import Projection, needs_of
+from shared.projection import needs_of
 from tests.projector.factories import MID_MONTH_MS, fold, with_ids
-from tests.projector.helpers import fold_in_batches
+from tests.projector.helpers import assert_apply_is_idempotent, fold_in_batches
 from tests.queues.factories import queue_histories, random_queue_history
 
 T, Q, ITEM, R = "t" * 32, "q" * 32, "i" * 32, "r" * 32
@@ -81,14 +81,7 @@ def test_queue_events_need_no_rows_loaded() -> None:
 
 
 def test_apply_twice_changes_nothing() -> None:
-    events = with_ids(random_queue_history(5))
-    once = Projection()
-    once.apply_all(events)  # type: ignore[arg-type]
-    twice = Projection()
-    for event in events:
-        twice.apply(event)
-        assert not twice.apply(event)
-    assert twice.rows == once.rows
+    once = assert_apply_is_idempotent(with_ids(random_queue_history(5)))
     assert once.rows["queue_items"] and once.rows["queue_item_history"] and once.rows["work_queues"]
 
 
