@@ -7,17 +7,14 @@ benchmark sharing two cores with the server it measures must not spend them on i
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from typing import Any
 
 import aiohttp
 
+from tests.helpers import free_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["call", "free_port", "session", "wait_ready"]
 
 
 def session(base: str, connections: int) -> aiohttp.ClientSession:

@@ -9,7 +9,6 @@ fuzzed too), sometimes random. Bounded to a few examples per operation to stay w
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from shared import keys
 from shared.commit import Committer
 from shared.settings import Settings
 from tests.api.support import NOOP_WORKFLOW, TenantHandle, admin_headers, mark_failed
-from tests.helpers import assert_eventually
+from tests.helpers import assert_eventually, free_port
 
 POSITIVE_EXAMPLES = 15
 NEGATIVE_EXAMPLES = 8
@@ -48,16 +47,9 @@ class Live:
     ids: dict[tuple[str, str], dict[str, str]]  # (method, path prefix) -> path parameters that exist
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 async def live(settings: Settings, redis: Redis) -> AsyncIterator[Live]:
-    port = _free_port()
+    port = free_port()
     stop = asyncio.Event()
     task = asyncio.create_task(serve(settings, stop, "127.0.0.1", port))
     base = f"http://127.0.0.1:{port}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 
 import httpx
@@ -13,14 +12,7 @@ from redis.asyncio import Redis
 from services.api.server import serve
 from shared.settings import Settings
 from tests.api.support import admin_headers
-from tests.helpers import assert_eventually
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.helpers import assert_eventually, free_port
 
 
 async def _raw_request(port: int, head: bytes, chunks: list[bytes]) -> bytes:
@@ -40,7 +32,7 @@ async def _raw_request(port: int, head: bytes, chunks: list[bytes]) -> bytes:
 
 @pytest.fixture
 async def server(settings: Settings, redis: Redis) -> AsyncIterator[tuple[str, int]]:
-    port = _free_port()
+    port = free_port()
     stop = asyncio.Event()
     task = asyncio.create_task(serve(settings.with_overrides(max_body_bytes=2048), stop, "127.0.0.1", port))
     base = f"http://127.0.0.1:{port}"
@@ -60,7 +52,7 @@ async def server(settings: Settings, redis: Redis) -> AsyncIterator[tuple[str, i
 
 
 async def test_serves_until_stopped(settings: Settings, redis: Redis) -> None:
-    port = _free_port()
+    port = free_port()
     stop = asyncio.Event()
     task = asyncio.create_task(serve(settings, stop, "127.0.0.1", port))
     base = f"http://127.0.0.1:{port}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -11,16 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import REDIS_URL
+from tests.helpers import REDIS_URL, free_port
 from tests.processes import OrqProcess, orq_env, orq_processes
 
 ADMIN = "e2e-admin-token"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -38,7 +31,7 @@ class Deployment:
 
 @pytest.fixture
 def deployment(database_url: str, redis: object, tmp_path: Path) -> Iterator[Deployment]:
-    port = _free_port()
+    port = free_port()
     env = orq_env(ORQ_REDIS_URL=REDIS_URL, ORQ_DATABASE_URL=database_url, ORQ_ADMIN_TOKEN=ADMIN,
                   ORQ_PARTITIONS="4", ORQ_EXECUTOR_CONCURRENCY="5", ORQ_LEASE_SECONDS="5")
     with orq_processes() as procs:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from shared.db import create_engine, create_schema
 from shared.redis import connect
 from shared.settings import Settings
 from tests.api.support import TenantHandle, create_tenant
-from tests.helpers import REDIS_URL, assert_eventually
+from tests.helpers import REDIS_URL, assert_eventually, free_port
 
 
 class _Server(uvicorn.Server):
@@ -30,13 +29,6 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

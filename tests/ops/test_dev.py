@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import time
 from pathlib import Path
 
 import httpx
 
-from tests.helpers import assert_eventually
+from tests.helpers import assert_eventually, free_port
 from tests.processes import OrqProcess, orq_env
 
 READY_LINE = "Press Ctrl-C to stop."
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _started(process: OrqProcess, timeout: float = 90) -> dict[str, str]:
@@ -42,7 +35,7 @@ def _dev(tmp_path: Path, port: int, smtp_port: int, name: str) -> OrqProcess:
 
 
 async def test_what_orq_dev_prints_runs_a_workflow_and_survives_a_restart(tmp_path: Path) -> None:
-    port, smtp_port = _free_port(), _free_port()
+    port, smtp_port = free_port(), free_port()
     first = _dev(tmp_path, port, smtp_port, "first")
     try:
         printed = await _started(first)

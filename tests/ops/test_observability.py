@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 
 import httpx
 import pytest
@@ -15,7 +14,7 @@ from shared import keys
 from shared.metrics_server import counter, start_metrics_server
 from shared.runtime import configure_logging
 from shared.settings import Settings
-from tests.helpers import REDIS_URL
+from tests.helpers import REDIS_URL, free_port
 
 
 def test_json_logs_carry_the_ids_from_extra(capsys: pytest.CaptureFixture[str]) -> None:
@@ -34,17 +33,11 @@ def test_json_logs_carry_the_ids_from_extra(capsys: pytest.CaptureFixture[str]) 
     assert record["ts"].endswith("Z")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_metrics_port_serves_prometheus_text(redis: Redis) -> None:
     await redis.xadd(keys.log(1), {"t": "x"})
     await redis.xgroup_create(keys.log(1), "projector", id="0")
     await redis.xadd(keys.dlq(2), {"e": "x"})
-    settings = Settings(redis_url=REDIS_URL, partitions=4, metrics_port=_free_port())
+    settings = Settings(redis_url=REDIS_URL, partitions=4, metrics_port=free_port())
     stop = asyncio.Event()
     task = await start_metrics_server(settings, stop, redis, extra=lambda: [counter("orq_test_total", "t", 7)],
                                       host="127.0.0.1")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from email.message import EmailMessage
@@ -19,23 +18,16 @@ from shared.events import ExecutionQueued, TriggerFired
 from shared.settings import Settings
 from shared.triggers_firing import Firer
 from tests.api.support import TenantHandle
-from tests.helpers import assert_eventually
+from tests.helpers import assert_eventually, free_port
 from tests.trigger.conftest import events_of, make_trigger
 
 DOMAIN = "robots.example"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 async def smtp(redis: Redis, firer: Firer, settings: Settings) -> AsyncIterator[Settings]:
     """The listener on a free port; yields the settings it runs with."""
-    mail_settings = replace(settings, smtp_port=_free_port(), email_domain=DOMAIN, smtp_max_bytes=64 * 1024)
+    mail_settings = replace(settings, smtp_port=free_port(), email_domain=DOMAIN, smtp_max_bytes=64 * 1024)
     stop = asyncio.Event()
     task = asyncio.create_task(serve_smtp(redis, firer, mail_settings, stop))
 

@@ -6,7 +6,6 @@ no injected clock), its runs complete on the executors, and a chained workflow f
 
 from __future__ import annotations
 
-import socket
 from datetime import datetime
 from typing import Any
 
@@ -19,18 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.events import TriggerFired
 from shared.schema import executions
 from tests.e2e.conftest import Deployment, admin, deployment, tenant
-from tests.helpers import assert_eventually
+from tests.helpers import assert_eventually, free_port
 from tests.trigger.conftest import events_of
 
 __all__ = ["admin", "deployment", "tenant"]
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def _post(client: httpx.AsyncClient, path: str, body: dict[str, Any], status: int = 201) -> dict[str, Any]:
@@ -43,7 +35,7 @@ async def _post(client: httpx.AsyncClient, path: str, body: dict[str, Any], stat
 async def test_two_trigger_services_fire_each_tick_once_and_chains_follow(
     deployment: Deployment, tenant: httpx.AsyncClient, redis: Redis, engine: AsyncEngine
 ) -> None:
-    smtp_port = str(_free_port())  # both ask for it: one listens, the other waits for it (not fatal)
+    smtp_port = str(free_port())  # both ask for it: one listens, the other waits for it (not fatal)
     for name in ("trigger-1", "trigger-2"):
         deployment.env.update(ORQ_TRIGGER_POLL_SECONDS="0.2", ORQ_SMTP_PORT=smtp_port)
         deployment.start("trigger", name=name)
