@@ -132,39 +132,44 @@ class Unit:
         self.ops.append(["hdel", key, *fields])
         return self
 
-    def enqueue(self, stream: str, state_key: str, entry: Mapping[str, Value]) -> Unit:
-        """Add a work entry and record its stream and id in ``state_key`` so it can be taken back."""
-        flat: list[Value] = ["work", stream, state_key]
-        for k, v in entry.items():
-            flat += (k, self._arg(v))
-        self.ops.append(flat)
-        return self
-
     def to_backlog(self, p: int, priority: int, tenant_id: str, execution_id: str) -> Unit:
         """Queue an execution at ``priority`` behind the tenant's other queued ones (dispatch is fair-share)."""
-        self.ops.append(["backlog", keys.ready(p, priority), keys.backlog(p, priority, tenant_id),
-                         keys.virtual_time(p, priority), keys.bell(p), tenant_id, execution_id, keys.levels(p),
-                         priority])
+        self.ops.append(["backlog", keys.prefix(p), tenant_id, execution_id, priority])
+        return self
+
+    def unqueue(self, p: int, execution_id: str) -> Unit:
+        """Take a queued, not yet dispatched execution out of its backlog (or its workflow's parked list)."""
+        self.ops.append(["unqueue", keys.prefix(p), execution_id])
+        return self
+
+    def reprioritize(self, p: int, tenant_id: str, execution_id: str, previous: int, priority: int) -> Unit:
+        """Move a queued execution's backlog entry from level ``previous`` to the back of ``priority``."""
+        self.ops.append(["reprioritize", keys.prefix(p), tenant_id, execution_id, previous, priority])
         return self
 
     def unpark(self, p: int, workflow_id: str) -> Unit:
-        """Put a resumed workflow's set-aside executions back in front of their backlogs."""
-        self.ops.append(["unpark", keys.parked(p, workflow_id), keys.tag(p) + ":"])
+        """Put a workflow's set-aside executions back in front of their backlogs (resumed or deleted)."""
+        self.ops.append(["unpark", keys.parked(p, workflow_id), keys.prefix(p)])
         return self
 
     def ring(self, p: int) -> Unit:
-        """Wake idle executors: work may have become available (a tenant resumed, a limit raised)."""
+        """Wake idle executors: work may have become available."""
         self.ops.append(["ring", keys.bell(p)])
         return self
 
-    def release(self, p: int, tenant_id: str) -> Unit:
-        """An execution of ``tenant_id`` stopped running on this executor: free its concurrency slot."""
-        self.ops.append(["release", keys.running(p), keys.queued(p), keys.bell(p), tenant_id])
+    def wake(self, p: int, tenant_id: str) -> Unit:
+        """The tenant's limits changed (resumed, new plan): dispatch looks at it again now."""
+        self.ops.append(["wake", keys.prefix(p), tenant_id])
         return self
 
-    def dequeue(self, state_key: str, group: str = keys.GROUP_EXECUTOR) -> Unit:
-        """Take back (ack and delete) the work entry recorded in ``state_key``, if there is one."""
-        self.ops.append(["unwork", state_key, group])
+    def release(self, p: int, tenant_id: str, execution_id: str) -> Unit:
+        """End the execution's hand-out: free the tenant's concurrency slot if it held one (at most once)."""
+        self.ops.append(["release", keys.prefix(p), execution_id, tenant_id])
+        return self
+
+    def unwork(self, p: int, execution_id: str, group: str = keys.GROUP_EXECUTOR) -> Unit:
+        """Take back (ack and delete) the execution's work entry, if it has one, and drop a pending retry."""
+        self.ops.append(["unwork", keys.prefix(p), execution_id, group])
         return self
 
     def xadd(self, stream: str, entry: Mapping[str, Value], ref: tuple[str, str] | None = None) -> Unit:
@@ -184,10 +189,6 @@ class Unit:
         self.ops.append(["xack", stream, group, entry_id, 1 if delete else 0])
         return self
 
-    def xdel(self, stream: str, entry_id: str) -> Unit:
-        self.ops.append(["xdel", stream, entry_id])
-        return self
-
     def claim(self, stream: str, group: str, consumer: str, entry_id: str) -> Unit:
         """Hand a pending entry to ``consumer`` (e.g. the ``backoff`` pseudo-consumer); resets its idle time."""
         self.ops.append(["xclaim", stream, group, consumer, entry_id])
@@ -199,10 +200,6 @@ class Unit:
 
     def incrby(self, key: str, amount: int, ttl_s: int = 0) -> Unit:
         self.ops.append(["incrby", key, amount, ttl_s])
-        return self
-
-    def sadd(self, key: str, member: str) -> Unit:
-        self.ops.append(["sadd", key, member])
         return self
 
     def delete(self, key: str) -> Unit:

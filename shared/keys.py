@@ -35,6 +35,13 @@ def tag(p: int) -> str:
 
 
 @cache
+def prefix(p: int) -> str:
+    """``orq:{p}:``: the scripts that manage backlogs, hand-outs and retries build the partition's keys from it
+    (the names below, with the same suffixes)."""
+    return f"{tag(p)}:"
+
+
+@cache
 def log(p: int) -> str:
     return f"{tag(p)}:log"
 
@@ -85,6 +92,19 @@ def running(p: int) -> str:
 def queued(p: int) -> str:
     """Hash tenant → executions waiting in backlogs."""
     return f"{tag(p)}:queued"
+
+
+@cache
+def blocked(p: int) -> str:
+    """Tenants with queued work but no room (paused, at their concurrency or rate limit), out of the ready sets:
+    a sorted set scored by when dispatch looks at them again (0: now, e.g. a slot was freed)."""
+    return f"{tag(p)}:blocked"
+
+
+@cache
+def due(p: int) -> str:
+    """Executions waiting to retry: a sorted set of execution ids scored by when the retry is due (ms)."""
+    return f"{tag(p)}:due"
 
 
 def rate(p: int, tenant_id: str, minute: int) -> str:

@@ -3,10 +3,13 @@
 Execution hash ``orq:{p}:exec:<id>`` fields (all strings):
 ``tenant``, ``workflow_id``, ``def_key`` (the pinned, immutable definition), ``priority``, ``status``,
 ``attempt`` (the attempt now running or next to run, from 1 in each attempt series), ``retry_count``,
-``crash_count``, ``step`` (index to resume from), ``owner`` (executor consumer while running),
+``crash_count``, ``step`` (index to resume from), ``fence`` (the fencing token: moves on at every hand-out
+to an executor and at every command that revokes one; every commit of a run checks it), ``owner`` (the
+executor consumer it is handed out to; set exactly while it counts in the tenant's ``running``),
 ``queued_at``, ``started_at``, ``params`` (msgpack), ``out:<i>`` (msgpack output of step i),
-``work_stream``/``work_id`` (its work entry), ``retry_at`` (ms, while in backoff), ``dead_lettered``
-("1" once in the DLQ), ``dlq_id`` (its DLQ entry), ``trigger_type``.
+``work_stream``/``work_id`` (its work entry, while it has one), ``retry_at`` (ms, while waiting to retry;
+the ``due`` sorted set holds the same time), ``dead_lettered`` ("1" once in the DLQ), ``dlq_id`` (its DLQ
+entry), ``trigger_type``.
 Tenant hash ``orq:{p}:tenant:<id>``: ``name``, ``plan``, ``key_hash``, ``key_id``, ``created_at``, ``paused``.
 Workflow hash ``orq:{p}:wf:<id>``: ``tenant``, ``name``, ``version``, ``deleted`` ("0"/"1").
 """
@@ -34,6 +37,8 @@ class Status(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
 
+
+FENCE = "fence"
 
 FINISHED = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
 

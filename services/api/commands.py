@@ -102,6 +102,8 @@ async def change_priority(ctx: ApiContext, tenant: TenantState, execution_id: st
         status = status_of(state)
         if status is not Status.QUEUED:
             raise conflict(status)
+        if text(state.get("work_id")):
+            raise Conflict("execution is being started: its priority can no longer change", status="starting")
         previous = _priority(state)
         if previous == priority:
             break

@@ -29,11 +29,13 @@ class Job:
     priority: int = field(init=False)
     tenant_id: str = field(init=False)
     state_key: str = field(init=False)
+    fence: str = field(init=False)
 
     def __post_init__(self) -> None:
         self.priority = int(self.state.get(b"priority", b"10"))
         self.tenant_id = self.state.get(b"tenant", b"").decode()
         self.state_key = keys.execution(self.p, self.execution_id)
+        self.fence = self.state.get(b"fence", b"").decode()  # this hand-out's token: every commit checks it
 
     @property
     def recovered(self) -> bool:

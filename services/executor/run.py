@@ -1,7 +1,9 @@
 """Running one execution: start, steps in order, then complete, retry later, or dead-letter.
 
-Every commit after the start guards ``status=running`` and ``owner=<this executor>``: a cancel or a
-takeover by another executor makes the next commit refused, and the run stops there.
+Every commit of a run, logs and progress included, requires the fencing token the execution was handed out
+with. A takeover, a cancel or a new series of attempts moves the token on (and does its own clean-up in the
+same atomic step), so the run's next commit is refused and it just stops: a refused run never acks, deletes
+or releases anything.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from services.executor.actions import Actions
 from services.executor.job import Job
 from shared import keys
 from shared.clock import now_ms
-from shared.commit import Applied, Committer, Refused, Unit
+from shared.commit import Committer, Refused, Unit
 from shared.errors import StepFailed
 from shared.events import (
     ExecutionCompleted,
@@ -35,7 +37,7 @@ from shared.events import (
 from shared.events import (
     StepFailed as StepFailedEvent,
 )
-from shared.state import Status
+from shared.state import FENCE, Status
 from shared.templates import render
 from shared.tracing import span
 from shared.workflows import StepDef, WorkflowDef
@@ -76,12 +78,12 @@ class StepContext:
     async def log(self, message: str, level: str = "info") -> None:
         event = ExecutionLog(tenant_id=self.tenant_id, aggregate_id=self.execution_id, ts=now_ms(),
                              step_index=self.step_index, message=message, level=level)
-        self._run.env.committer.submit(Unit(self._run.job.p).event(event))
+        self._run.env.committer.submit(self._run.fenced().event(event))
 
     async def progress(self, percent: float, message: str | None = None) -> None:
         event = ExecutionProgress(tenant_id=self.tenant_id, aggregate_id=self.execution_id, ts=now_ms(),
                                   step_index=self.step_index, percent=max(0.0, min(100.0, percent)), message=message)
-        self._run.env.committer.submit(Unit(self._run.job.p).event(event))
+        self._run.env.committer.submit(self._run.fenced().event(event))
 
 
 class ExecutionRun:
@@ -97,16 +99,12 @@ class ExecutionRun:
         self.started_ms = job.int_field(b"started_at")
 
     # --- units ----------------------------------------------------------------------------------------------
-    def _unit(self) -> Unit:
-        return Unit(self.job.p)
+    def fenced(self) -> Unit:
+        """A unit that applies only while the execution is still handed out to this run."""
+        return Unit(self.job.p).require(self.job.state_key, FENCE, [self.job.fence], FENCE)
 
     def _guarded(self) -> Unit:
-        key = self.job.state_key
-        return (
-            self._unit()
-            .require(key, "status", [Status.RUNNING.value], "status")
-            .require(key, "owner", [self.env.consumer], "owner")
-        )
+        return self.fenced().require(self.job.state_key, "status", [Status.RUNNING.value], "status")
 
     def _ids(self) -> dict[str, Any]:
         return {"tenant_id": self.job.tenant_id, "aggregate_id": self.job.execution_id}
@@ -114,19 +112,7 @@ class ExecutionRun:
     async def _commit(self, unit: Unit) -> None:
         outcome = await self.env.committer.commit(unit)
         if isinstance(outcome, Refused):
-            await self._stop_refused(outcome)
-
-    async def _stop_refused(self, refused: Refused) -> None:
-        if refused.label != "owner":
-            # Cancelled (or finished elsewhere): this entry is done with; someone must ack it, and we hold it.
-            await self._give_up()
-        raise RunStopped(f"{refused.label} is {refused.actual!r}")
-
-    async def _give_up(self) -> None:
-        """Ack the entry without running further, freeing the tenant's concurrency slot."""
-        self.finishing = True
-        unit = self._unit().ack(self.job.stream, keys.GROUP_EXECUTOR, self.job.entry_id)
-        await self.env.committer.commit(unit.release(self.job.p, self.job.tenant_id))
+            raise RunStopped(f"{outcome.label} is {outcome.actual!r}")
 
     # --- lifecycle ------------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -135,14 +121,11 @@ class ExecutionRun:
             await self._run()
 
     async def _run(self) -> None:
-        definition = self.job.definition
         try:
-            if definition is None or not self.job.state:
-                await self._stop_refused(Refused("status", "missing"))
+            if not await self._start():
                 return
-            if not await self._start(definition):
-                return
-            await self._steps(definition)
+            assert self.job.definition is not None  # _start dead-letters a run without one
+            await self._steps(self.job.definition)
         except HandedOver as handed:
             self.handed_over = True
             log.info("execution %s handed over %s", self.job.execution_id, handed,
@@ -150,18 +133,20 @@ class ExecutionRun:
         except RunStopped as stop:
             log.info("execution %s stopped: %s", self.job.execution_id, stop,
                      extra={"execution_id": self.job.execution_id})
-        except asyncio.CancelledError:
-            if not self.cancel_requested:
-                raise  # shutdown or lost lease: leave the entry pending, another executor takes over
-            await self._give_up()
 
-    async def _start(self, definition: WorkflowDef) -> bool:
+    async def _start(self) -> bool:
         job, key, ts = self.job, self.job.state_key, now_ms()
+        if not job.fence:  # dispatch hands out only executions it found (and fenced); this is not one
+            raise RunStopped("handed out without a fencing token")
         observed = job.state.get(b"status", b"").decode()
-        unit = self._unit().require(key, "work_id", [job.entry_id], "work")
-        unit.require(key, "status", [observed], "status")  # as loaded when the entry was handed to us
+        unit = self.fenced().require(key, "status", [observed], "status")  # as handed out
         if observed == Status.QUEUED.value:
             unit.hincrby(keys.queued(job.p), job.tenant_id, -1)
+        if job.definition is None:  # its pinned definition is gone: nothing can ever run it
+            self._dead_letter(unit, ts, "its pinned workflow definition is missing", reason="poison",
+                              step=job.int_field(b"step"))
+            await self._commit(unit)
+            return False
         if job.recovered:
             crashes = job.int_field(b"crash_count") + 1
             unit.hincrby(key, "crash_count", 1)
@@ -172,21 +157,20 @@ class ExecutionRun:
                 self._dead_letter(unit, ts, error, reason="poison", step=job.int_field(b"step"))
                 await self._commit(unit)
                 return False
+        definition = job.definition
         from_step = job.int_field(b"step")
-        unit.hset(key, {"status": Status.RUNNING.value, "owner": self.env.consumer})
+        unit.hset(key, {"status": Status.RUNNING.value})
         if not self.started_ms:
             unit.hsetnx(key, "started_at", ts)
             self.started_ms = ts
-        if b"retry_delay" in job.state:
-            unit.hdel(key, "retry_delay")
+        if b"retry_at" in job.state:
+            unit.hdel(key, "retry_at")
         unit.event(ExecutionStarted(**self._ids(), ts=ts, attempt=self.attempt, executor=self.env.consumer,
                                     from_step=from_step))
         if from_step < len(definition.steps):  # the first step starts with the execution: one commit less
             unit.event(self._step_started(definition, from_step, ts))
-        outcome = await self.env.committer.commit(unit)
-        if isinstance(outcome, Refused):
-            await self._stop_refused(outcome)
-        return isinstance(outcome, Applied)
+        await self._commit(unit)
+        return True
 
     async def _steps(self, definition: WorkflowDef) -> None:
         params = self.job.params()
@@ -257,13 +241,17 @@ class ExecutionRun:
             raise StepFailed(f"{type(exc).__name__}: {exc}") from exc
 
     # --- endings --------------------------------------------------------------------------------------------
-    def _complete(self, unit: Unit, result: Any) -> Unit:
+    def _end(self, unit: Unit) -> Unit:
+        """The hand-out ends with this commit: its work entry goes, its concurrency slot is freed."""
         self.finishing = True
+        return unit.unwork(self.job.p, self.job.execution_id).release(self.job.p, self.job.tenant_id,
+                                                                       self.job.execution_id)
+
+    def _complete(self, unit: Unit, result: Any) -> Unit:
         ts = now_ms()
         unit.event(ExecutionCompleted(**self._ids(), ts=ts, result=result, duration_ms=max(0, ts - self.started_ms)))
         unit.hset(self.job.state_key, {"status": Status.COMPLETED.value})
-        unit.release(self.job.p, self.job.tenant_id)
-        return unit.ack(self.job.stream, keys.GROUP_EXECUTOR, self.job.entry_id)
+        return self._end(unit)
 
     async def _fail(self, definition: WorkflowDef, index: int, error: str, duration: int) -> None:
         self.finishing = True
@@ -275,14 +263,16 @@ class ExecutionRun:
         policy = definition.retry
         if self.attempt < policy.attempts:
             delay = policy.backoff.delay_before(self.attempt + 1)
+            retry_at = ts + delay
             unit.event(ExecutionRetrying(**self._ids(), ts=ts, failed_attempt=self.attempt,
                                          next_attempt=self.attempt + 1, delay_ms=delay, error=error))
             unit.hset(key, {"status": Status.RETRYING.value, "attempt": self.attempt + 1, "step": resume_at,
-                            "retry_delay": delay})
+                            "retry_at": retry_at})
             unit.hincrby(key, "retry_count", 1)
-            unit.hdel(key, "owner")
-            unit.release(self.job.p, self.job.tenant_id)
+            # The entry waits on the backoff consumer; the 'due' index says when the retry may be taken.
+            unit.release(self.job.p, self.job.tenant_id, self.job.execution_id)
             unit.claim(self.job.stream, keys.GROUP_EXECUTOR, keys.CONSUMER_BACKOFF, self.job.entry_id)
+            unit.zadd(keys.due(self.job.p), retry_at, self.job.execution_id)
         else:
             self._dead_letter(unit, ts, error, reason="exhausted", step=resume_at)
         await self._commit(unit)
@@ -292,9 +282,7 @@ class ExecutionRun:
         unit.event(ExecutionFailed(**self._ids(), ts=ts, error=error, attempt=self.attempt, dead_lettered=True))
         unit.event(ExecutionDeadLettered(**self._ids(), ts=ts, reason=reason, error=error))  # type: ignore[arg-type]
         unit.hset(key, {"status": Status.FAILED.value, "dead_lettered": "1", "step": step})
-        unit.hdel(key, "owner", "work_stream", "work_id")
         unit.xadd(keys.dlq(self.job.p),
                   {"e": self.job.execution_id, "t": self.job.tenant_id, "reason": reason, "error": error[:2000]},
                   ref=(key, "dlq_id"))
-        unit.ack(self.job.stream, keys.GROUP_EXECUTOR, self.job.entry_id)
-        unit.release(self.job.p, self.job.tenant_id)
+        self._end(unit)

@@ -38,9 +38,12 @@ from shared.metrics_server import gauge, start_metrics_server
 from shared.pinned import PinnedDefinitions
 from shared.redis import BLOCK_MS, PipelinedScript, connect, ensure_groups, run_pipeline, text
 from shared.settings import Settings
+from shared.state import Status
 
 log = logging.getLogger(__name__)
 BACKOFF_POLL_S = 0.2
+CANCEL_RETRY_S = 0.5
+CANCEL_RETRY_MAX_S = 5.0
 REFILL_WAIT_S = 0.002
 GLOBAL_WAIT_S = 0.25
 
@@ -93,18 +96,23 @@ class Executor:
 
     # --- main -----------------------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop``; then take nothing new, let running executions finish within the lease, return."""
+        """Run until ``stop``; then take nothing new, let running executions finish within the grace period,
+        hand the rest over, return. Leases are renewed until the very end, so nothing is taken over early."""
         await self._ensure_groups()
         log.info("executor %s started with %d slots", self.name, self.slots)
+        renewing = asyncio.Event()  # set once nothing is held any more
         loops = [
             asyncio.create_task(self._dispatch_loop(stop), name="dispatch"),
             asyncio.create_task(self._every(BACKOFF_POLL_S, stop, self._take_due), name="backoff"),
             asyncio.create_task(self._every(self.settings.lease_s / 3, stop, self._take_expired), name="expired"),
-            asyncio.create_task(self._every(self.settings.lease_s / 3, stop, self._renew_leases), name="leases"),
             asyncio.create_task(self._listen_for_cancels(stop), name="cancels"),
         ]
+        leases = asyncio.create_task(self._every(self.settings.lease_s / 3, renewing, self._renew_leases),
+                                     name="leases")
         await stop.wait()
         await self._drain(loops)
+        renewing.set()
+        await leases
 
     async def _ensure_groups(self) -> None:
         for p in self.partitions:
@@ -113,7 +121,6 @@ class Executor:
     async def _drain(self, loops: list[asyncio.Task[None]]) -> None:
         """Take nothing new; let running steps finish within the grace period (each run stops before its
         next step); then hand every entry still held over to the other executors at once."""
-        leases = loops.pop(3)
         for task in loops:
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
@@ -126,8 +133,6 @@ class Executor:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
-        leases.cancel()
-        await asyncio.gather(leases, return_exceptions=True)
         await self._hand_over(unfinished)
         log.info("executor %s stopped", self.name)
 
@@ -173,16 +178,18 @@ class Executor:
         self._order += len(jobs)
         return jobs
 
-    def _split(self, free: int, partitions: list[int] | None = None) -> dict[int, int]:
-        """Spread ``free`` slots over partitions, starting from a rotating one so none is always last."""
+    def _rotated(self, partitions: list[int] | None = None) -> list[int]:
+        """The partitions, starting from a rotating one so none is always last."""
         partitions = self.partitions if partitions is None else partitions
-        n = len(partitions)
-        counts = {}
-        for i in range(n):
-            p = partitions[(self._rotation + i) % n]
-            counts[p] = free // n + (1 if i < free % n else 0)
+        first = self._rotation % len(partitions)
         self._rotation += 1
-        return counts
+        return partitions[first:] + partitions[:first]
+
+    def _split(self, free: int, partitions: list[int] | None = None) -> dict[int, int]:
+        """Spread ``free`` slots over partitions, the first ones of the rotation getting the remainder."""
+        rotated = self._rotated(partitions)
+        n = len(rotated)
+        return {p: free // n + (1 if i < free % n else 0) for i, p in enumerate(rotated)}
 
     async def _dispatch_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -268,11 +275,15 @@ class Executor:
             self._admit(jobs)
 
     async def _take_expired(self) -> None:
-        if self.free > 0:
-            jobs = await self._call("expired", self._split(self.free), min_idle=self.lease_ms)
+        """Take over entries whose executor stopped renewing them: as many as there are free slots, from
+        each partition in turn (a hand-over or a crash may have left them all in one partition)."""
+        for p in self._rotated():
+            if self.free <= 0:
+                return
+            jobs = await self._call("expired", {p: self.free}, min_idle=self.lease_ms)
             for job in jobs:
-                log.warning("taking over execution %s from %s", job.execution_id, job.previous_owner,
-                            extra={"execution_id": job.execution_id})
+                log.info("taking over execution %s from %s", job.execution_id, job.previous_owner,
+                         extra={"execution_id": job.execution_id})
             self._admit(jobs)
 
     def _admit(self, jobs: list[Job]) -> None:
@@ -283,14 +294,22 @@ class Executor:
             self._start(job)
 
     def _start(self, job: Job) -> None:
+        superseded = self._running.get(job.execution_id)
+        if superseded is not None:
+            # Handed out to us again (our own orphan, reclaimed): the old run's token is stale, it can commit
+            # nothing more; stop it so it does not keep a slot.
+            superseded[0].cancel()
         run = ExecutionRun(job, self.env)
         task = asyncio.create_task(run.run(), name=f"execution {job.execution_id}")
         self._running[job.execution_id] = (task, run)
-        task.add_done_callback(functools.partial(self._finished, job.execution_id))
+        task.add_done_callback(functools.partial(self._finished, job.execution_id, run))
 
-    def _finished(self, execution_id: str, task: asyncio.Task[None]) -> None:
-        self._running.pop(execution_id, None)
+    def _finished(self, execution_id: str, run: ExecutionRun, task: asyncio.Task[None]) -> None:
+        current = self._running.get(execution_id)
+        if current is not None and current[1] is run:
+            del self._running[execution_id]
         if not task.cancelled() and task.exception() is not None:
+            # Its entry stays pending to us, unrenewed: the expired scan takes it back after one lease.
             log.error("execution %s crashed in the executor", execution_id, exc_info=task.exception(),
                       extra={"execution_id": execution_id})
         if self._held:
@@ -320,19 +339,51 @@ class Executor:
                 task.cancel()
 
     async def _listen_for_cancels(self, stop: asyncio.Event) -> None:
+        """Interrupt running steps of cancelled executions. Supervised: after any error (a Redis restart drops
+        the subscription) it subscribes again, then looks up what it may have missed meanwhile."""
+        delay = CANCEL_RETRY_S
+        while not stop.is_set():
+            try:
+                await self._cancel_subscription(stop)
+                return
+            except Exception as exc:
+                log.warning("cancel notices interrupted (%s); subscribing again in %.1fs", exc, delay)
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except TimeoutError:
+                pass
+            delay = min(delay * 2, CANCEL_RETRY_MAX_S)
+
+    async def _cancel_subscription(self, stop: asyncio.Event) -> None:
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(*(keys.cancel_channel(p) for p in self.partitions))
         try:
+            await pubsub.subscribe(*(keys.cancel_channel(p) for p in self.partitions))
+            await self._stop_cancelled()
             while not stop.is_set():
                 message = await pubsub.get_message(timeout=1.0)
-                if message is None:
-                    continue
-                found = self._running.get(text(message["data"]))
-                if found is not None:
-                    found[1].cancel_requested = True
-                    found[0].cancel()
+                if message is not None:
+                    self._interrupt(text(message["data"]))
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _stop_cancelled(self) -> None:
+        """Interrupt runs whose execution was cancelled while no notice could reach us."""
+        runs = [run for _, run in self._running.values()]
+        if not runs:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for run in runs:
+                pipe.hget(run.job.state_key, "status")
+            statuses = await pipe.execute()
+        for run, status in zip(runs, statuses, strict=True):
+            if text(status) == Status.CANCELLED.value:
+                self._interrupt(run.job.execution_id)
+
+    def _interrupt(self, execution_id: str) -> None:
+        found = self._running.get(execution_id)
+        if found is not None:
+            found[1].cancel_requested = True
+            found[0].cancel()
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

@@ -28,7 +28,6 @@ from shared.events import (
     Event,
     ExecutionCancelled,
     ExecutionCompleted,
-    ExecutionDeadLettered,
     ExecutionFailed,
     QueueItemAdded,
 )
@@ -53,9 +52,7 @@ def outcome_of(event: Event) -> tuple[str, Any, str] | None:
             return "failed", None, event.error
         case ExecutionCancelled():
             return "cancelled", None, event.reason
-        case ExecutionDeadLettered() if event.reason == "poison":
-            return "failed", None, event.error
-        case _:
+        case _:  # execution.dead_lettered follows the execution.failed that ended the run: not a second end
             return None
 
 

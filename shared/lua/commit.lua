@@ -40,6 +40,31 @@ local function xadd_fields(stream, fields, from)
   return redis.call(unpack(args))
 end
 
+-- Backlogs: one list per level and tenant ('backlog:<level>:<tenant>'); a level's 'ready' sorted set holds the
+-- tenants with work there, by virtual time; 'levels' marks the levels with work. An execution id is in at
+-- most one backlog, and only while queued and not yet dispatched.
+local function push_backlog(prefix, tenant, id, level, front)
+  local backlog = prefix .. 'backlog:' .. level .. ':' .. tenant
+  local n
+  if front then n = redis.call('LPUSH', backlog, id) else n = redis.call('RPUSH', backlog, id) end
+  if n == 1 then
+    -- A tenant becoming active joins the level at its current virtual time.
+    redis.call('ZADD', prefix .. 'ready:' .. level, 'NX', tonumber(redis.call('GET', prefix .. 'vt:' .. level) or '0'),
+               tenant)
+  end
+  redis.call('ZADD', prefix .. 'levels', 'NX', level, level)
+  redis.call('XADD', prefix .. 'bell', 'MAXLEN', '1', '*', 'n', '1')
+end
+
+-- Remove an id from its backlog at ``level``; true if it was there.
+local function unbacklog(prefix, tenant, id, level)
+  if not tenant or not level then return false end
+  local backlog = prefix .. 'backlog:' .. level .. ':' .. tenant
+  if redis.call('LREM', backlog, 1, id) == 0 then return false end
+  if redis.call('LLEN', backlog) == 0 then redis.call('ZREM', prefix .. 'ready:' .. level, tenant) end
+  return true
+end
+
 local function apply(op, ids, base)
   for i = 2, #op do
     if type(op[i]) == 'table' then op[i] = ARGV[base + op[i][1]] end
@@ -55,53 +80,60 @@ local function apply(op, ids, base)
     redis.call('HINCRBY', op[2], op[3], op[4])
   elseif kind == 'hdel' then
     redis.call('HDEL', unpack(op, 2))
-  elseif kind == 'work' then
-    -- {work, stream, state key, field, value, ...}: enqueue and remember where, so it can be taken back.
-    local id = xadd_fields(op[2], op, 4)
-    redis.call('HSET', op[3], 'work_stream', op[2], 'work_id', id)
   elseif kind == 'backlog' then
-    -- {backlog, ready zset, backlog list, level virtual-time key, bell stream, tenant, execution id, levels
-    -- zset, level}: queue the id behind the tenant's others; a tenant becoming active joins the level at its
-    -- virtual time; the level is marked as having work (executors look there first).
-    if redis.call('RPUSH', op[3], op[7]) == 1 then
-      redis.call('ZADD', op[2], 'NX', tonumber(redis.call('GET', op[4]) or '0'), op[6])
+    -- {backlog, partition prefix, tenant, execution id, level}: queue the id behind the tenant's others.
+    push_backlog(op[2], op[3], op[4], op[5], false)
+  elseif kind == 'unqueue' then
+    -- {unqueue, partition prefix, execution id}: a queued execution leaves the queue (cancelled): its one
+    -- backlog entry, or its place on its paused workflow's parked list, is removed now, not skipped later.
+    local st = redis.call('HMGET', op[2] .. 'exec:' .. op[3], 'priority', 'tenant', 'workflow_id')
+    if not unbacklog(op[2], st[2], op[3], st[1]) then
+      redis.call('LREM', op[2] .. 'parked:' .. tostring(st[3]), 1, op[3])
     end
-    redis.call('ZADD', op[8], 'NX', op[9], op[9])
-    redis.call('XADD', op[5], 'MAXLEN', '1', '*', 'n', '1')
+  elseif kind == 'reprioritize' then
+    -- {reprioritize, partition prefix, tenant, execution id, old level, new level}: move its backlog entry
+    -- to the back of the new level. Parked (its workflow is paused), it stays parked: resume reads the
+    -- priority from its state.
+    if unbacklog(op[2], op[3], op[4], op[5]) then push_backlog(op[2], op[3], op[4], op[6], false) end
   elseif kind == 'unpark' then
-    -- {unpark, parked list, partition prefix}: a resumed workflow's set-aside executions go back to the front
-    -- of their tenants' backlogs (they were queued before anything behind them), and executors are woken.
+    -- {unpark, parked list, partition prefix}: a resumed (or deleted) workflow's set-aside executions go back
+    -- to the front of their tenants' backlogs (they were queued before anything behind them).
     local ids = redis.call('LRANGE', op[2], 0, -1)
     redis.call('DEL', op[2])
     for i = #ids, 1, -1 do
       local st = redis.call('HMGET', op[3] .. 'exec:' .. ids[i], 'status', 'priority', 'tenant')
-      if st[1] == 'queued' then
-        local level = st[2]
-        if redis.call('LPUSH', op[3] .. 'backlog:' .. level .. ':' .. st[3], ids[i]) == 1 then
-          local vt = tonumber(redis.call('GET', op[3] .. 'vt:' .. level) or '0')
-          redis.call('ZADD', op[3] .. 'ready:' .. level, 'NX', vt, st[3])
-        end
-        redis.call('ZADD', op[3] .. 'levels', 'NX', level, level)
-      end
+      if st[1] == 'queued' then push_backlog(op[3], st[3], ids[i], st[2], true) end
     end
     redis.call('XADD', op[3] .. 'bell', 'MAXLEN', '1', '*', 'n', '1')
   elseif kind == 'ring' then
     redis.call('XADD', op[2], 'MAXLEN', '1', '*', 'n', '1')
   elseif kind == 'release' then
-    -- {release, running hash, queued hash, bell stream, tenant}: an execution stopped running here; if the
-    -- tenant has work waiting (perhaps held back by its concurrency limit), wake the executors.
-    redis.call('HINCRBY', op[2], op[5], -1)
-    if tonumber(redis.call('HGET', op[3], op[5]) or '0') > 0 then
-      redis.call('XADD', op[4], 'MAXLEN', '1', '*', 'n', '1')
+    -- {release, partition prefix, execution id, tenant}: the execution's hand-out ends. Its concurrency slot
+    -- is freed only if it held one ('owner' is set exactly while it counts as running), so a second release
+    -- changes nothing. A tenant set aside for want of room is looked at again by the next dispatch, and
+    -- idle executors are woken when the tenant has work waiting.
+    if redis.call('HDEL', op[2] .. 'exec:' .. op[3], 'owner') == 1 then
+      redis.call('HINCRBY', op[2] .. 'running', op[4], -1)
+      redis.call('ZADD', op[2] .. 'blocked', 'XX', 0, op[4])
+      if tonumber(redis.call('HGET', op[2] .. 'queued', op[4]) or '0') > 0 then
+        redis.call('XADD', op[2] .. 'bell', 'MAXLEN', '1', '*', 'n', '1')
+      end
     end
+  elseif kind == 'wake' then
+    -- {wake, partition prefix, tenant}: the tenant's limits changed (resumed, new plan): look at it again.
+    redis.call('ZADD', op[2] .. 'blocked', 'XX', 0, op[3])
+    redis.call('XADD', op[2] .. 'bell', 'MAXLEN', '1', '*', 'n', '1')
   elseif kind == 'unwork' then
-    -- {unwork, state key, group}: take the recorded work entry back (ack and delete), if any.
-    local where = redis.call('HMGET', op[2], 'work_stream', 'work_id')
+    -- {unwork, partition prefix, execution id, group}: take its work entry back (ack and delete), if it has
+    -- one, and forget any retry it was waiting for.
+    local key = op[2] .. 'exec:' .. op[3]
+    local where = redis.call('HMGET', key, 'work_stream', 'work_id')
     if where[1] and where[2] then
-      redis.call('XACK', where[1], op[3], where[2])
+      redis.call('XACK', where[1], op[4], where[2])
       redis.call('XDEL', where[1], where[2])
-      redis.call('HDEL', op[2], 'work_stream', 'work_id')
+      redis.call('HDEL', key, 'work_stream', 'work_id')
     end
+    redis.call('ZREM', op[2] .. 'due', op[3])
   elseif kind == 'xadd' then
     -- {xadd, stream, ref key or '', ref field, field, value, ...}
     local id = xadd_fields(op[2], op, 5)
@@ -116,8 +148,6 @@ local function apply(op, ids, base)
   elseif kind == 'xack' then
     redis.call('XACK', op[2], op[3], op[4])
     if op[5] == 1 then redis.call('XDEL', op[2], op[4]) end
-  elseif kind == 'xdel' then
-    redis.call('XDEL', op[2], op[3])
   elseif kind == 'xclaim' then
     redis.call('XCLAIM', op[2], op[3], op[4], 0, op[5], 'JUSTID')
   elseif kind == 'set' then
@@ -125,10 +155,6 @@ local function apply(op, ids, base)
   elseif kind == 'incrby' then
     redis.call('INCRBY', op[2], op[3])
     if op[4] > 0 then redis.call('EXPIRE', op[2], op[4], 'NX') end
-  elseif kind == 'sadd' then
-    redis.call('SADD', op[2], op[3])
-  elseif kind == 'srem' then
-    redis.call('SREM', op[2], op[3])
   elseif kind == 'del' then
     redis.call('DEL', op[2])
   elseif kind == 'publish' then

@@ -89,13 +89,15 @@ async def execution_state(redis: Redis, tenant: TenantHandle, execution_id: str)
 
 
 async def mark_running(committer: Committer, tenant: TenantHandle, execution_id: str) -> None:
-    """What the executor's start unit does, enough for the API's guards."""
+    """What dispatch's hand-out and the executor's start unit do, enough for the API's guards: the execution
+    is owned by an executor and holds one of the tenant's running slots."""
     state_key = keys.execution(tenant.partition, execution_id)
     unit = Unit(tenant.partition).require(state_key, "status", [Status.QUEUED.value], "status")
     unit.event(
         ExecutionStarted(tenant_id=tenant.id, aggregate_id=execution_id, ts=now_ms(), attempt=1, executor="test")
     )
     unit.hset(state_key, {"status": Status.RUNNING.value, "owner": "test", "started_at": now_ms()})
+    unit.hincrby(keys.running(tenant.partition), tenant.id, 1)
     assert isinstance(await committer.commit(unit), Applied)
 
 
@@ -107,7 +109,7 @@ async def mark_failed(committer: Committer, tenant: TenantHandle, execution_id: 
     unit = Unit(p).event(
         ExecutionFailed(tenant_id=tenant.id, aggregate_id=execution_id, ts=ts, error="boom", dead_lettered=dead_letter)
     )
-    unit.dequeue(state_key)
+    unit.unwork(p, execution_id).release(p, tenant.id, execution_id)
     unit.hset(state_key, {"status": Status.FAILED.value})
     if dead_letter:
         unit.event(ExecutionDeadLettered(tenant_id=tenant.id, aggregate_id=execution_id, ts=ts, error="boom"))

@@ -21,8 +21,9 @@ from services.api.schemas import TenantAdmin, TenantUpdate, WorkflowPause
 from shared import keys
 from shared.clock import now_ms
 from shared.commit import Applied, Unit
+from shared.control import workflow_pause_unit
 from shared.errors import Conflict, NotFound, ValidationFailed
-from shared.events import TenantPaused, TenantPlanChanged, TenantResumed, WorkflowPaused, WorkflowResumed
+from shared.events import TenantPaused, TenantPlanChanged, TenantResumed
 from shared.state import read_tenant
 
 
@@ -52,7 +53,7 @@ async def update_tenant(request: Request) -> Response:
         unit.event(event).hset(tenant_key, {"paused": "1" if body.paused else "0"})
         paused = body.paused
     if unit.ops:
-        unit.ring(p)  # new limits or a resume may let waiting work run now
+        unit.wake(p, tenant.id)  # new limits or a resume may let waiting work run now
         if not isinstance(await ctx.committer.commit(unit), Applied):
             raise Conflict("the tenant changed meanwhile, try again")
     return responses.json(TenantAdmin(id=tenant.id, name=tenant.name, plan=plan, paused=paused))
@@ -63,14 +64,9 @@ async def _set_workflow_paused(request: Request, paused: bool) -> Response:
     ctx = context(request)
     workflow = await owned_workflow(ctx, tenant, request.path_params["id"])
     p, ts = tenant.partition, now_ms()
-    wf_key = keys.workflow(p, workflow.id)
-    current = await ctx.redis.hget(wf_key, "paused")
+    current = await ctx.redis.hget(keys.workflow(p, workflow.id), "paused")
     if (current == b"1") != paused:
-        unit = Unit(p).require(wf_key, "deleted", ["0"], "workflow_deleted")
-        event = (WorkflowPaused if paused else WorkflowResumed)(tenant_id=tenant.id, aggregate_id=workflow.id, ts=ts)
-        unit.event(event).hset(wf_key, {"paused": "1" if paused else "0"})
-        if not paused:
-            unit.unpark(p, workflow.id)
+        unit = workflow_pause_unit(p=p, tenant_id=tenant.id, workflow_id=workflow.id, paused=paused, now_ms=ts)
         if not isinstance(await ctx.committer.commit(unit), Applied):
             raise NotFound(f"workflow {workflow.id} not found")
     return responses.json(WorkflowPause(id=workflow.id, paused=paused))

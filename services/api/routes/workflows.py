@@ -19,8 +19,9 @@ from shared import keys
 from shared.admission import WORKFLOW_CHANGED_GUARD, WORKFLOW_GONE_GUARD
 from shared.clock import new_id, now_ms
 from shared.commit import Applied, Refused, Unit
+from shared.control import workflow_delete_unit
 from shared.errors import Conflict, NotFound
-from shared.events import WorkflowDeleted, WorkflowSaved
+from shared.events import WorkflowSaved
 from shared.redis import text
 from shared.schema import workflows
 from shared.state import TenantState, WorkflowState, encode_definition, read_workflow, workflow_from_hash
@@ -112,12 +113,7 @@ async def delete_workflow(request: Request) -> Response:
     ctx = context(request)
     workflow_id = request.path_params["id"]
     await owned_workflow(ctx, tenant, workflow_id)
-    p = tenant.partition
-    wf_key = keys.workflow(p, workflow_id)
-    ts = now_ms()
-    unit = Unit(p).require(wf_key, "deleted", ["0"], WORKFLOW_GONE_GUARD)
-    unit.event(WorkflowDeleted(tenant_id=tenant.id, aggregate_id=workflow_id, ts=ts))
-    unit.hset(wf_key, {"deleted": "1", "updated_at": ts})
+    unit = workflow_delete_unit(p=tenant.partition, tenant_id=tenant.id, workflow_id=workflow_id, now_ms=now_ms())
     if not isinstance(await ctx.committer.commit(unit), Applied):
         raise NotFound(f"workflow {workflow_id} not found")
     return responses.no_content()

@@ -1,0 +1,267 @@
+"""Model-based test of the execution lifecycle: hypothesis explores interleavings of commands, executors'
+protocol steps and faults on the real Redis, and after every step the lifecycle invariants must hold.
+
+Executors are real (:mod:`tests.executor.lifecycle`), driven one protocol step at a time; their steps wait at
+a gate the test opens. The clock seam for leases is Redis's own idle time, set with ``XCLAIM … IDLE``. At the
+end every live execution must reach exactly one ending once the faults stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any, cast
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from services.api import commands
+from services.api.context import ApiContext
+from shared import keys
+from shared.admission import Run, admission_unit
+from shared.clock import new_id, now_ms
+from shared.commit import Applied, Committer
+from shared.control import workflow_delete_unit, workflow_pause_unit
+from shared.errors import Conflict, NotFound
+from shared.redis import connect
+from shared.settings import Settings
+from shared.state import WorkflowState
+from shared.workflows import Backoff, RetryPolicy, StepDef, WorkflowDef
+from tests.executor.lifecycle import PLANS, Node, Rig, check_invariants, executions
+from tests.executor.seed import PARTITIONS, seed_workflow, tenants_in_one_partition
+from tests.helpers import REDIS_URL
+
+pytestmark = pytest.mark.slow
+TENANTS = tenants_in_one_partition(2, prefix="model")
+P = keys.partition_of(TENANTS[0], PARTITIONS)
+MAX_NODES = 4
+MAX_EXECUTIONS = 12
+
+
+def _definition(name: str, retry_from: str) -> WorkflowDef:
+    return WorkflowDef(
+        name=name,
+        steps=[StepDef(action="gate"), StepDef(action="noop"), StepDef(action="gate")],
+        retry=RetryPolicy(attempts=2, backoff=Backoff(type="fixed", delay_ms=1)),
+        retry_from=retry_from,  # type: ignore[arg-type]
+    )
+
+
+class Lifecycle(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.redis = connect(REDIS_URL)
+        self.client = httpx.AsyncClient()
+        self.committer = Committer(self.redis)
+        self.rig = Rig(self.redis, self.client, PARTITIONS)
+        self.workflows: list[tuple[WorkflowState, WorkflowDef]] = []
+        self.ids: list[str] = []
+        ctx = ApiContext(Settings(redis_url=REDIS_URL, partitions=PARTITIONS, plans=PLANS), self.redis,
+                         cast(Any, None), self.committer, {}, cast(Any, None))
+        self.ctx = ctx
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    @initialize()
+    def setup(self) -> None:
+        async def seed() -> None:
+            await self.redis.flushdb()
+            for tenant, plan, retry_from in ((TENANTS[0], "tight", "failed_step"), (TENANTS[1], "enterprise",
+                                                                                     "start")):
+                definition = _definition(f"wf-{tenant}", retry_from)
+                workflow = await seed_workflow(self.committer, tenant, definition, plan=plan)
+                self.workflows.append((workflow, definition))
+            await self.rig.start_node()
+            await self.rig.start_node()
+
+        self.run(seed())
+
+    def teardown(self) -> None:
+        try:
+            if self.workflows:
+                self.run(self._finish_everything())
+        finally:
+            self.run(self.rig.close())
+            self.run(self.committer.close())
+            self.run(self.client.aclose())
+            self.run(self.redis.aclose())
+            self.loop.close()
+
+    # --- helpers ----------------------------------------------------------------------------------------------
+    def _tenant(self, execution_id: str) -> Any:
+        async def read() -> Any:
+            from shared.state import read_tenant
+
+            raw = await self.redis.hget(keys.execution(P, execution_id), "tenant")
+            return await read_tenant(self.redis, PARTITIONS, raw.decode())
+
+        return self.run(read())
+
+    def _node(self, index: int, *, draining_ok: bool = False) -> Node | None:
+        live = [n for n in self.rig.live() if draining_ok or not n.draining]
+        return live[index % len(live)] if live else None
+
+    async def _step(self, node: Node, action: str) -> None:
+        await getattr(node, action)()
+        await self.rig.settle()
+
+    # --- commands ---------------------------------------------------------------------------------------------
+    @precondition(lambda self: len(self.ids) < MAX_EXECUTIONS)
+    @rule(which=st.integers(0, 1), priority=st.sampled_from([3, 5]))
+    def execute(self, which: int, priority: int) -> None:
+        workflow, definition = self.workflows[which]
+        plan = PLANS["tight" if which == 0 else "enterprise"]
+        run = Run(new_id(), priority, {})
+        unit = admission_unit(p=P, tenant_id=workflow.tenant_id, plan=plan, workflow=workflow, definition=definition,
+                              runs=[run], now_ms=now_ms())
+        if isinstance(self.run(self.committer.commit(unit)), Applied):
+            self.ids.append(run.execution_id)
+
+    @precondition(lambda self: self.ids)
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        execution_id = data.draw(st.sampled_from(self.ids))
+        try:
+            self.run(commands.cancel(self.ctx, self._tenant(execution_id), execution_id))
+        except (Conflict, NotFound):
+            pass
+        self.run(self.rig.settle())
+
+    @precondition(lambda self: self.ids)
+    @rule(data=st.data())
+    def retry(self, data: st.DataObject) -> None:
+        execution_id = data.draw(st.sampled_from(self.ids))
+        try:
+            self.run(commands.retry(self.ctx, self._tenant(execution_id), execution_id, from_dlq=None))
+        except (Conflict, NotFound):
+            pass
+
+    @precondition(lambda self: self.ids)
+    @rule(data=st.data(), priority=st.sampled_from([3, 5, 7]))
+    def change_priority(self, data: st.DataObject, priority: int) -> None:
+        execution_id = data.draw(st.sampled_from(self.ids))
+        try:
+            self.run(commands.change_priority(self.ctx, self._tenant(execution_id), execution_id, priority))
+        except (Conflict, NotFound):
+            pass
+
+    @rule(which=st.integers(0, 1), paused=st.booleans())
+    def pause(self, which: int, paused: bool) -> None:
+        workflow = self.workflows[which][0]
+        self.run(self.committer.commit(workflow_pause_unit(p=P, tenant_id=workflow.tenant_id, workflow_id=workflow.id,
+                                                           paused=paused, now_ms=now_ms())))
+
+    @rule(which=st.integers(0, 1))
+    def delete_workflow(self, which: int) -> None:
+        workflow = self.workflows[which][0]
+        self.run(self.committer.commit(workflow_delete_unit(p=P, tenant_id=workflow.tenant_id,
+                                                            workflow_id=workflow.id, now_ms=now_ms())))
+
+    # --- executors --------------------------------------------------------------------------------------------
+    @rule(index=st.integers(0, MAX_NODES),
+          action=st.sampled_from(["dispatch", "take_due", "take_expired", "renew"]))
+    def executor_step(self, index: int, action: str) -> None:
+        node = self._node(index, draining_ok=action == "renew")
+        if node is not None:
+            if action == "take_due":
+                self.run(asyncio.sleep(0.002))  # retries are due 1 ms after they fail
+            self.run(self._step(node, action))
+
+    @precondition(lambda self: self.rig.gate.waiting())
+    @rule(data=st.data(), ok=st.booleans())
+    def finish_step(self, data: st.DataObject, ok: bool) -> None:
+        self.rig.gate.open(data.draw(st.sampled_from(self.rig.gate.waiting())), ok)
+        self.run(self.rig.settle())
+
+    # --- faults -----------------------------------------------------------------------------------------------
+    @rule(index=st.integers(0, MAX_NODES))
+    def crash(self, index: int) -> None:
+        node = self._node(index, draining_ok=True)
+        if node is not None:
+            node.crash()
+            self.run(self.rig.settle())
+
+    @rule(index=st.integers(0, MAX_NODES), data=st.data())
+    def drop_a_run(self, index: int, data: st.DataObject) -> None:
+        """A run of a live executor dies (a dropped connection): the executor itself must take it back."""
+        node = self._node(index)
+        if node is not None and node.executor._running:
+            node.drop_run(data.draw(st.sampled_from(sorted(node.executor._running))))
+            self.run(self.rig.settle())
+
+    @rule(index=st.integers(0, MAX_NODES))
+    def lease_runs_out(self, index: int) -> None:
+        """A whole lease passes without renewals for one executor (dead, paused, or cut off)."""
+        nodes = self.rig.nodes
+        if nodes:
+            self.run(self.rig.expire(nodes[index % len(nodes)]))
+
+    @rule(index=st.integers(0, MAX_NODES))
+    def sigterm(self, index: int) -> None:
+        node = self._node(index)
+        if node is not None:
+            node.sigterm()
+
+    @rule(index=st.integers(0, MAX_NODES))
+    def grace_ends(self, index: int) -> None:
+        draining = [n for n in self.rig.live() if n.draining]
+        if draining:
+            self.run(draining[index % len(draining)].hand_over())
+            self.run(self.rig.settle())
+
+    @precondition(lambda self: len(self.rig.nodes) < MAX_NODES + 2)
+    @rule()
+    def start_executor(self) -> None:
+        self.run(self.rig.start_node())
+
+    # --- invariants -------------------------------------------------------------------------------------------
+    @invariant()
+    def lifecycle_invariants_hold(self) -> None:
+        if self.workflows:
+            self.run(check_invariants(self.redis, P))
+
+    async def _finish_everything(self) -> None:
+        """No more faults: resume what is paused, open every gate; every execution must reach one ending."""
+        for workflow, _ in self.workflows:
+            await self.committer.commit(workflow_pause_unit(p=P, tenant_id=workflow.tenant_id,
+                                                            workflow_id=workflow.id, paused=False, now_ms=now_ms()))
+        for node in self.rig.live():
+            if node.draining:
+                await node.hand_over()
+        if not self.rig.live():
+            await self.rig.start_node()
+        for _ in range(200):
+            states = await executions(self.redis, P)
+            if all(s.get("status") in ("completed", "failed", "cancelled") for s in states.values()):
+                break
+            for execution_id in self.rig.gate.waiting():
+                self.rig.gate.open(execution_id, True)
+            for node in self.rig.live():
+                for action in ("dispatch", "take_due", "take_expired", "renew"):
+                    await self._step(node, action)
+            for node in self.rig.nodes:
+                if not node.alive:
+                    await self.rig.expire(node)  # dead executors' leases run out
+            await asyncio.sleep(0.002)
+            await check_invariants(self.redis, P)
+        else:
+            raise AssertionError(f"executions never ended: {await executions(self.redis, P)}")
+        running = await self.redis.hgetall(keys.running(P))
+        assert all(int(v) == 0 for v in running.values()), f"running counters left over: {running}"
+
+
+Lifecycle.TestCase.settings = settings(
+    max_examples=int(os.environ.get("ORQ_MODEL_EXAMPLES", "60")),
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+
+
+def test_lifecycle_model() -> None:
+    Lifecycle.TestCase().runTest()
