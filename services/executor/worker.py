@@ -267,10 +267,13 @@ class Executor:
             await self._take_expired()
 
     async def _take_due(self) -> None:
-        now = now_ms()
-        allowed = await self._global.reserve(self.free, now)
-        if allowed > 0:
-            jobs = await self._call("due", self._split(allowed))
+        """Take retries whose time has come: as many as there are free slots, from each partition in turn."""
+        for p in self._rotated():
+            now = now_ms()
+            allowed = await self._global.reserve(self.free, now)
+            if allowed <= 0:
+                return
+            jobs = await self._call("due", {p: allowed})
             await self._global.give_back(allowed - len(jobs), now)
             self._admit(jobs)
 

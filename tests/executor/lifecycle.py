@@ -36,6 +36,8 @@ PLANS = {
     # Two at a time, no rate limit: the concurrency limit is reached often in a short test.
     "tight": Plan(name="tight", monthly_quota=0, rate_per_minute=0, max_concurrent=2, default_priority=5,
                   min_priority=1, weight=1, max_backlog=0),
+    "single": Plan(name="single", monthly_quota=0, rate_per_minute=0, max_concurrent=1, default_priority=5,
+                   min_priority=1, weight=1, max_backlog=0),
 }
 
 
@@ -95,7 +97,7 @@ class Node:
     async def dispatch(self) -> None:
         ex = self.executor
         if ex.free > 0:
-            ex._admit(await ex._call("next", ex._split(ex.free)))
+            ex._admit(await ex._call("next", ex._split(ex.free, await ex._best_partitions())))
 
     async def take_due(self) -> None:
         await self.executor._take_due()

@@ -57,7 +57,9 @@ class Lifecycle(RuleBasedStateMachine):
         self.redis = connect(REDIS_URL)
         self.client = httpx.AsyncClient()
         self.committer = Committer(self.redis)
-        self.rig = Rig(self.redis, self.client, PARTITIONS)
+        # Every tenant of the model is in partition 0; executors that serve only that partition spend every
+        # call of the rules there.
+        self.rig = Rig(self.redis, self.client, 1)
         self.workflows: list[tuple[WorkflowState, WorkflowDef]] = []
         self.ids: list[str] = []
         ctx = ApiContext(Settings(redis_url=REDIS_URL, partitions=PARTITIONS, plans=PLANS), self.redis,
@@ -71,8 +73,8 @@ class Lifecycle(RuleBasedStateMachine):
     def setup(self) -> None:
         async def seed() -> None:
             await self.redis.flushdb()
-            for tenant, plan, retry_from in ((TENANTS[0], "tight", "failed_step"), (TENANTS[1], "enterprise",
-                                                                                     "start")):
+            for tenant, plan, retry_from in ((TENANTS[0], "tight", "failed_step"), (TENANTS[1], "enterprise", "start"),
+                                             (TENANTS[1], "enterprise", "failed_step")):
                 definition = _definition(f"wf-{tenant}", retry_from)
                 workflow = await seed_workflow(self.committer, tenant, definition, plan=plan)
                 self.workflows.append((workflow, definition))
@@ -112,7 +114,7 @@ class Lifecycle(RuleBasedStateMachine):
 
     # --- commands ---------------------------------------------------------------------------------------------
     @precondition(lambda self: len(self.ids) < MAX_EXECUTIONS)
-    @rule(which=st.integers(0, 1), priority=st.sampled_from([3, 5]))
+    @rule(which=st.integers(0, 2), priority=st.sampled_from([3, 5]))
     def execute(self, which: int, priority: int) -> None:
         workflow, definition = self.workflows[which]
         plan = PLANS["tight" if which == 0 else "enterprise"]
@@ -150,27 +152,43 @@ class Lifecycle(RuleBasedStateMachine):
         except (Conflict, NotFound):
             pass
 
-    @rule(which=st.integers(0, 1), paused=st.booleans())
+    @rule(which=st.integers(0, 2), paused=st.booleans())
     def pause(self, which: int, paused: bool) -> None:
         workflow = self.workflows[which][0]
         self.run(self.committer.commit(workflow_pause_unit(p=P, tenant_id=workflow.tenant_id, workflow_id=workflow.id,
                                                            paused=paused, now_ms=now_ms())))
 
-    @rule(which=st.integers(0, 1))
-    def delete_workflow(self, which: int) -> None:
-        workflow = self.workflows[which][0]
+    @precondition(lambda self: len(self.ids) >= 3)
+    @rule()
+    def delete_workflow(self) -> None:
+        """Only the third workflow is ever deleted, so the others can still be run."""
+        workflow = self.workflows[2][0]
         self.run(self.committer.commit(workflow_delete_unit(p=P, tenant_id=workflow.tenant_id,
                                                             workflow_id=workflow.id, now_ms=now_ms())))
 
     # --- executors --------------------------------------------------------------------------------------------
-    @rule(index=st.integers(0, MAX_NODES),
-          action=st.sampled_from(["dispatch", "take_due", "take_expired", "renew"]))
-    def executor_step(self, index: int, action: str) -> None:
+    def _executor_step(self, index: int, action: str) -> None:
         node = self._node(index, draining_ok=action == "renew")
         if node is not None:
             if action == "take_due":
                 self.run(asyncio.sleep(0.002))  # retries are due 1 ms after they fail
             self.run(self._step(node, action))
+
+    @rule(index=st.integers(0, MAX_NODES))
+    def dispatch(self, index: int) -> None:
+        self._executor_step(index, "dispatch")
+
+    @rule(index=st.integers(0, MAX_NODES))
+    def take_due(self, index: int) -> None:
+        self._executor_step(index, "take_due")
+
+    @rule(index=st.integers(0, MAX_NODES))
+    def take_expired(self, index: int) -> None:
+        self._executor_step(index, "take_expired")
+
+    @rule(index=st.integers(0, MAX_NODES))
+    def renew(self, index: int) -> None:
+        self._executor_step(index, "renew")
 
     @precondition(lambda self: self.rig.gate.waiting())
     @rule(data=st.data(), ok=st.booleans())
@@ -257,7 +275,7 @@ class Lifecycle(RuleBasedStateMachine):
 
 Lifecycle.TestCase.settings = settings(
     max_examples=int(os.environ.get("ORQ_MODEL_EXAMPLES", "60")),
-    stateful_step_count=30,
+    stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
