@@ -162,6 +162,33 @@ projection_checkpoints = Table(
     Column("updated_at", BigInteger, nullable=False),
 )
 
+# Events the projector could not project (services/projector/quarantine.py): set aside, with the checkpoint
+# moved past them in the same transaction, so their partition goes on. Below a checkpoint every event is in
+# exactly one of event_archive (projected) and this table (not projected). A body too large for one statement
+# (MySQL's max_allowed_packet) is stored in pieces: row ``chunk`` 0 holds everything and the first piece,
+# rows 1..chunks-1 the rest of the body in order (their other columns repeat row 0's).
+projection_quarantine = Table(
+    "projection_quarantine",
+    metadata,
+    Column("partition", Integer, primary_key=True, autoincrement=False),
+    Column("ms", BigInteger, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("chunk", Integer, primary_key=True, autoincrement=False),
+    Column("stream_id", String(40), nullable=False),
+    Column("type", String(60), nullable=False),
+    Column("tenant_id", ID, nullable=False),
+    Column("aggregate_id", String(64), nullable=False),
+    Column("error", LongText, nullable=False),
+    Column("body", Blob, nullable=False),
+    Column("body_bytes", BigInteger, nullable=False),
+    Column("chunks", Integer, nullable=False),
+    Column("quarantined_at", BigInteger, nullable=False),
+    Column("retries", Integer, nullable=False, default=0),
+    Column("retried_at", BigInteger, nullable=True),
+    # Set by `orq quarantine retry`; the projector holding the partition applies the event and clears it.
+    Column("retry_requested_at", BigInteger, nullable=True),
+)
+
 notifications = Table(
     "notifications",
     metadata,

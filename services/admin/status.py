@@ -7,8 +7,10 @@ from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import keys
+from shared import keys, schema
 from shared.clock import iso, now_ms
 from shared.db import create_engine, create_schema
 from shared.inspection import PartitionStatus, partition_status
@@ -22,11 +24,22 @@ async def _last_maintenance(redis: Redis) -> dict[str, Any] | None:
     return None if raw is None else dict(msgspec.json.decode(raw))
 
 
-def _table(statuses: list[PartitionStatus], marks: dict[int, str], last: dict[str, Any] | None) -> list[str]:
+async def _quarantined(engine: AsyncEngine) -> dict[int, int]:
+    """Events set aside by the projector, per partition (``orq quarantine list`` shows them)."""
+    table = schema.projection_quarantine
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(table.c.partition, func.count()).where(table.c.chunk == 0)
+                                  .group_by(table.c.partition))
+        return {int(p): int(n) for p, n in rows}
+
+
+def _table(statuses: list[PartitionStatus], marks: dict[int, str], aside: dict[int, int],
+           last: dict[str, Any] | None) -> list[str]:
     lines = []
     for s in statuses:
         lines.append(f"partition {s.partition}: log {s.log_length} entries ({s.log_first_id or '-'} .. "
-                     f"{s.log_last_id}), checkpoint {marks.get(s.partition, '-')}, DLQ {s.dlq}, "
+                     f"{s.log_last_id}), checkpoint {marks.get(s.partition, '-')}, "
+                     f"quarantined {aside.get(s.partition, 0)}, DLQ {s.dlq}, "
                      f"work {s.work_length}, notify {s.notify_length}")
         for g in s.groups:
             lines.append(f"  {g.stream:<6} {g.name:<10} consumers {g.consumers:<3} lag {g.lag:<8} "
@@ -47,20 +60,21 @@ async def status(settings: Settings, *, as_json: bool) -> int:
     try:
         statuses = await partition_status(redis, settings.partitions)
         try:
-            marks = await checkpoints(engine)
-        except Exception as exc:  # the SQL side may be down: the Redis side is still worth showing
+            marks, aside = await checkpoints(engine), await _quarantined(engine)
+        except Exception as exc:  # the SQL side may be down (or not set up yet): the Redis side is still worth showing
             print(f"(projection checkpoints unavailable: {str(exc).splitlines()[0][:200]})")
-            marks = {}
+            marks, aside = {}, {}
         last = await _last_maintenance(redis)
     finally:
         await redis.aclose()
         await engine.dispose()
     if as_json:
         body = {"partitions": [msgspec.to_builtins(s) for s in statuses],
-                "checkpoints": {str(p): c for p, c in marks.items()}, "maintenance": last}
+                "checkpoints": {str(p): c for p, c in marks.items()},
+                "quarantined": {str(p): n for p, n in aside.items()}, "maintenance": last}
         print(json.dumps(body, indent=2))
     else:
-        print("\n".join(_table(statuses, marks, last)))
+        print("\n".join(_table(statuses, marks, aside, last)))
     return 0
 
 

@@ -17,6 +17,9 @@ from shared import keys
 from shared.consumer import Record
 from shared.redis import text
 
+# A partition's lock expires this long after its holder last renewed it (every ~3 s, and on every read).
+LOCK_TTL_MS = 10_000
+
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])

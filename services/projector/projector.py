@@ -12,6 +12,11 @@ instances)``) of partition locks; each held partition runs its own loop:
 4. ack them (the next read's script does, saving a round trip; or the release when the partition is let
    go). A crash between commit and ack redelivers entries the checkpoint already covers: they are skipped,
    so nothing is applied twice and nothing is lost.
+
+A batch that fails because of its data is split to find the events that cannot be projected; those are
+quarantined and the partition goes on (:mod:`services.projector.quarantine`). A batch that fails because of
+the database is retried whole, with exponential backoff (:mod:`services.projector.failures`). Between
+batches, requested retries of quarantined events are applied (:mod:`services.projector.retry`).
 """
 
 from __future__ import annotations
@@ -21,33 +26,38 @@ import logging
 import math
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
+from functools import partial
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.projector.locks import PartitionLocks, ReadResult
+from services.projector import quarantine
+from services.projector.failures import backoff_s, describe, is_data_error
+from services.projector.locks import LOCK_TTL_MS, PartitionLocks, ReadResult
+from services.projector.retry import RETRY_POLL_S, requested, retry_all
 from services.projector.store import Fenced, Store, decode_records
 from shared import keys
 from shared.clock import now_ms, stream_id_parts
 from shared.consumer import Record
 from shared.db import create_engine, create_schema, is_sqlite
 from shared.durability import check_rewind, ensure_durable
-from shared.metrics_server import counter, start_metrics_server
+from shared.metrics_server import Metric, counter, start_metrics_server
 from shared.projection import Projection, needs_of
 from shared.redis import connect, ensure_groups
 from shared.settings import PROJECTOR_BATCH, Settings
 
 log = logging.getLogger(__name__)
 
-LOCK_TTL_MS = 10_000
 IDLE_BLOCK_MS = 500
 # Rows kept in memory per held partition between batches (saves the SELECTs of rows a batch touches again).
 CACHE_ROWS = 50_000
-ERROR_BACKOFF_S = 1.0
+# More than a pool holds (10 + 10 overflow): looking for a current session ends by opening a new one.
+STALE_SESSIONS_MAX = 25
 
 # Called after a batch of partition ``p`` committed (last id applied), before it is acked.
 AfterCommit = Callable[[int, str], None]
@@ -75,6 +85,8 @@ class HeldPartition:
     conn: AsyncConnection | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    failures: int = 0  # consecutive failed attempts (for the backoff)
+    retries_due: float = 0.0  # monotonic time to look for requested retries of quarantined events again
 
     async def connection(self, engine: AsyncEngine) -> AsyncConnection:
         if self.conn is None:
@@ -122,6 +134,7 @@ class Projector:
         self.store = Store(engine)
         self.held: dict[int, HeldPartition] = {}
         self.applied = 0  # events folded (for metrics and benchmarks)
+        self.quarantined = 0  # events set aside (orq_projection_quarantined_total)
         # SQLite has one writer: concurrent partition transactions would only fail with "database is locked".
         self._db_slots = asyncio.Semaphore(1 if is_sqlite(engine) else max(1, partitions))
         self._stop = asyncio.Event()
@@ -222,20 +235,27 @@ class Projector:
     async def step(self, held: HeldPartition) -> bool:
         """Read and apply one batch of ``held``'s partition; False when there was nothing to read."""
         try:
+            await self._retry_quarantined(held)
             result = await self.locks.read(held.p, self.consumer, self.batch, held.ack_upto)
             if result is None:
                 raise LostPartition(held.p)
             held.ack_upto = ""
             held.last_id = result.last_id
-            if not result.ids:
-                return False
-            await self.apply(held, result)
-            return True
+            if result.ids:
+                await self.apply(held, result)
+            held.failures = 0
+            return bool(result.ids)
         except LostPartition:
             raise
-        except Exception:  # a failed batch stays in our pending list: the next read takes it again
-            log.exception("partition %d: batch failed; retrying", held.p)
-            await asyncio.sleep(ERROR_BACKOFF_S)
+        except Exception as exc:  # the database failed (not the data): the batch stays pending, read again later
+            delay = backoff_s(held.failures)
+            held.failures += 1
+            # Loud once (with the traceback), then one line per attempt: the backoff bounds the noise.
+            log.log(logging.ERROR if held.failures == 1 else logging.WARNING,
+                    "partition %d: batch failed (attempt %d; again in %.0f s): %s", held.p, held.failures, delay,
+                    describe(exc), exc_info=held.failures == 1)
+            with suppress(TimeoutError):  # a stop (SIGTERM, hand-over) ends the wait
+                await asyncio.wait_for(held.stop.wait(), delay)
             with suppress(Exception):  # the database may be what failed; the next attempt will tell
                 await self._reload_checkpoint(held)
             return True
@@ -250,8 +270,9 @@ class Projector:
         await self.redis.xread({keys.log(held.p): held.last_id}, count=1, block=self.idle_block_ms)
 
     async def apply(self, held: HeldPartition, batch: ReadResult) -> None:
-        """Apply entries not yet covered by the checkpoint in one transaction; they are acked after that
-        (by the next read, or when the partition is let go)."""
+        """Apply entries not yet covered by the checkpoint in one transaction (or, when their data fails it,
+        in parts, quarantining what cannot be applied); they are acked after that (by the next read, or when
+        the partition is let go)."""
         p = held.p
         records = batch.records
         for attempt in range(2):
@@ -260,7 +281,8 @@ class Projector:
             if not fresh:
                 break
             try:
-                await self._commit(held, fresh)
+                await quarantine.apply_or_set_aside(fresh, partial(self._commit, held), partial(self._set_aside, held),
+                                                    label=f"partition {p}")
                 break
             except Fenced:
                 if attempt or not await self.locks.renew(p):
@@ -285,12 +307,8 @@ class Projector:
                 cache.apply_all(events)
                 await self.store.write(conn, cache)
                 await self.store.archive(conn, [d.archive for d in decoded])
-        except Fenced:
-            held.cache = Projection()  # it holds changes that were rolled back
-            raise
-        except BaseException:
-            held.cache = Projection()
-            await held.close()  # the next batch starts on a fresh connection
+        except BaseException as exc:
+            await self._failed(held, exc)
             raise
         held.checkpoint = last_id
         cache.drop_written()
@@ -299,6 +317,75 @@ class Projector:
         self.applied += len(records)
         if self.after_commit is not None:
             self.after_commit(held.p, last_id)
+
+    async def _set_aside(self, held: HeldPartition, record: Record, exc: BaseException) -> None:
+        """Quarantine ``record`` (it failed alone, because of its data) and move the checkpoint past it, in
+        one transaction."""
+        [decoded] = decode_records(held.p, [record])
+        error, now = describe(exc), now_ms()
+        try:
+            conn = await held.connection(self.engine)
+            async with self._db_slots, conn.begin():
+                await self.store.move_checkpoint(conn, held.p, held.checkpoint, record.id, now)
+                rows = quarantine.rows_for(decoded, error, now, await self.store.body_chunk_bytes(conn))
+                await quarantine.insert_rows(conn, rows)
+        except BaseException as failure:
+            await self._failed(held, failure)
+            raise
+        held.checkpoint = record.id
+        self.quarantined += 1
+        quarantine.report(held.p, decoded, error)
+
+    async def _failed(self, held: HeldPartition, exc: BaseException) -> None:
+        """A transaction failed: the cache holds changes that were rolled back. Unless the data or a moved
+        checkpoint was the reason, the connection may be what broke: the next attempt starts on a new one, and
+        reads the server's settings again (it may be another server, with another max_allowed_packet)."""
+        held.cache = Projection()
+        if isinstance(exc, Fenced) or (isinstance(exc, Exception) and is_data_error(exc)):
+            return
+        self.store.forget_server()
+        await held.close()
+
+    async def _retry_quarantined(self, held: HeldPartition) -> None:
+        """Apply the retries ``orq quarantine retry`` requested for this partition (looked for every
+        ``RETRY_POLL_S``), on a new connection: the fix may be a server setting only new sessions see."""
+        if time.monotonic() < held.retries_due:
+            return
+        held.retries_due = time.monotonic() + RETRY_POLL_S
+        if not (wanted := await requested(await held.connection(self.engine), held.p)):
+            return
+        held.cache = Projection()  # retried events change rows this cache may hold
+        try:
+            async with self._db_slots:
+                await retry_all(await self._current_connection(held), self.store, wanted, held.checkpoint,
+                                partial(self.locks.renew, held.p))
+        except Fenced:
+            await self._reload_checkpoint(held)
+        except BaseException as exc:
+            await self._failed(held, exc)
+            raise
+        finally:
+            held.retries_due = time.monotonic() + RETRY_POLL_S
+
+    async def _current_connection(self, held: HeldPartition) -> AsyncConnection:
+        """A connection whose session sees the server's current settings: the fix being retried may be a
+        larger ``max_allowed_packet``, which only sessions opened since have. Closing ours discards it from
+        the pool (invalidated), so each round gets another pooled session or a new one."""
+        for _ in range(STALE_SESSIONS_MAX):
+            await held.close()
+            conn = await held.connection(self.engine)
+            if await self.store.session_is_current(conn):
+                return conn
+        return conn
+
+
+def projector_metrics(projector: Projector) -> list[Metric]:
+    """The projector's own counters for ``/metrics``."""
+    return [
+        counter("orq_projector_events_applied_total", "events this projector folded", projector.applied),
+        counter("orq_projection_quarantined_total", "events this projector could not project and set aside "
+                "(orq quarantine list)", projector.quarantined),
+    ]
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
@@ -310,8 +397,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         await create_schema(engine)
         projector = Projector(redis, engine, partitions=settings.partitions, batch=settings.projector_batch,
                               accept_rewind=settings.accept_rewound_redis)
-        await start_metrics_server(settings, stop, redis, extra=lambda: [counter(
-            "orq_projector_events_applied_total", "events this projector folded", projector.applied)])
+        await start_metrics_server(settings, stop, redis, extra=lambda: projector_metrics(projector))
         log.info("projector %s starting on %d partitions", projector.consumer, settings.partitions)
         await projector.run(stop)
     finally:

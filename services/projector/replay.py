@@ -7,7 +7,13 @@ while a live projector holds one, and a projector started meanwhile waits until 
 2. folds every archived event, partition by partition in (ms, seq) order, with the live projector's fold
    and writes (rows are cached across batches and written once per batch);
 3. folds the tail of each stream after its checkpoint (entries not projected yet), archiving them and
-   moving the checkpoint in the same transaction, exactly as the live projector would.
+   moving the checkpoint in the same transaction, exactly as the live projector would — including setting
+   aside (quarantining) an event that cannot be projected.
+
+Quarantined events are not in the archive (``projection_quarantine`` keeps them), so replay skips them just
+as the live projection did, and gives the same rows; the quarantine table is left as it is. An event retried
+successfully (``orq quarantine retry``) is in the archive at its own place in the stream, so replay folds it
+in order.
 
 Step 1 commits on its own (MySQL's ``TRUNCATE`` always does): a replay that dies midway leaves partial
 tables, and running it again rebuilds them.
@@ -21,6 +27,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import suppress
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -29,8 +36,9 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tqdm import tqdm
 
-from services.projector.locks import PartitionLocks
-from services.projector.projector import LOCK_TTL_MS
+from services.projector import quarantine
+from services.projector.failures import describe
+from services.projector.locks import LOCK_TTL_MS, PartitionLocks
 from services.projector.store import Store, Writes, decode_records
 from shared import keys, schema
 from shared.clock import now_ms, stream_id_parts
@@ -69,6 +77,8 @@ class Replayer:
         self.locks = PartitionLocks(redis, token=f"replay-{uuid.uuid4().hex}", ttl_ms=lock_ttl_ms)
         self.projection = Projection()
         self.count = 0
+        self.quarantined = 0  # tail events set aside
+        self._checkpoint: str | None = None  # of the partition whose tail is being folded
         self._lost = False
 
     async def run(self, show_progress: bool = False) -> int:
@@ -115,7 +125,7 @@ class Replayer:
             for p in range(self.partitions):
                 last = await self._replay_archive(p, bar)
                 await self._replay_tail(p, last, bar)
-        log.info("replayed %d events (%d from the archive)", self.count, archived)
+        log.info("replayed %d events (%d from the archive, %d quarantined)", self.count, archived, self.quarantined)
         return self.count
 
     async def _replay_archive(self, p: int, bar: tqdm[Any]) -> tuple[int, int]:
@@ -204,10 +214,12 @@ class Replayer:
                 await reader
 
     async def _replay_tail(self, p: int, archived: tuple[int, int], bar: tqdm[Any]) -> None:
-        """Fold, archive and checkpoint the entries of ``orq:{p}:log`` after the checkpoint."""
+        """Fold, archive and checkpoint the entries of ``orq:{p}:log`` after the checkpoint (quarantining those
+        that cannot be projected, as live)."""
         async with self.engine.connect() as conn:
-            checkpoint = await self.store.checkpoint(conn, p)
-        start = max(stream_id_parts(checkpoint) if checkpoint else (0, 0), archived if archived[0] >= 0 else (0, 0))
+            self._checkpoint = await self.store.checkpoint(conn, p)
+        start = max(stream_id_parts(self._checkpoint) if self._checkpoint else (0, 0),
+                    archived if archived[0] >= 0 else (0, 0))
         after = f"{start[0]}-{start[1]}"
         while True:
             self._check_locks()
@@ -216,16 +228,37 @@ class Replayer:
                 return
             records = records_of(entries)  # type: ignore[arg-type]  # redis-py's reply type is too loose
             bar.total = (bar.total or 0) + len(records)
-            decoded = decode_records(p, records)
-            last_id = records[-1].id
+            await quarantine.apply_or_set_aside(records, partial(self._commit_tail, p), partial(self._set_aside, p),
+                                                label=f"replay of partition {p}")
+            after = records[-1].id
+            self.count += len(records)
+            bar.update(len(records))
+
+    async def _commit_tail(self, p: int, records: list[Record]) -> None:
+        decoded = decode_records(p, records)
+        last_id = records[-1].id
+        try:
             async with self.engine.begin() as conn:
                 await self._fold(conn, [d.event for d in decoded if d.event is not None])
                 await self.store.archive(conn, [d.archive for d in decoded])
-                await self.store.move_checkpoint(conn, p, checkpoint, last_id, now_ms())
-            checkpoint = after = last_id
-            self.count += len(records)
-            bar.update(len(records))
-            self._trim_cache()
+                await self.store.move_checkpoint(conn, p, self._checkpoint, last_id, now_ms())
+        except BaseException:
+            self.projection = Projection()  # it holds changes that were rolled back
+            self.store.forget_server()
+            raise
+        self._checkpoint = last_id
+        self._trim_cache()
+
+    async def _set_aside(self, p: int, record: Record, exc: BaseException) -> None:
+        [decoded] = decode_records(p, [record])
+        error, now = describe(exc), now_ms()
+        async with self.engine.begin() as conn:
+            await self.store.move_checkpoint(conn, p, self._checkpoint, record.id, now)
+            rows = quarantine.rows_for(decoded, error, now, await self.store.body_chunk_bytes(conn))
+            await quarantine.insert_rows(conn, rows)
+        self._checkpoint = record.id
+        self.quarantined += 1
+        quarantine.report(p, decoded, error)
 
     async def _fold(self, conn: AsyncConnection, events: list[Event]) -> None:
         await self.store.load(conn, self.projection, self.projection.missing(needs_of(events, never_applied=True)))

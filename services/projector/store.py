@@ -30,6 +30,8 @@ from shared.projection import EXECUTIONS, STEPS, TABLES, TENANTS, USAGE, WORKFLO
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "main"
+# SQLite has no packet limit (a value may reach a billion bytes): quarantined bodies are stored in 16 MiB pieces.
+SQLITE_BODY_CHUNK = 16 * 1024 * 1024
 # Keeps each IN (…) list well under SQLite's bound-parameter limit.
 IN_CHUNK = 900
 
@@ -179,9 +181,32 @@ class Store:
         return writes.rows
 
     async def prepare(self, conn: AsyncConnection) -> None:
-        """What :meth:`render` needs to know about the server (once)."""
+        """What :meth:`render` needs to know about the server (once, and again after :meth:`forget_server`)."""
         if self._bulk is not None:
             await self._bulk.prepare(conn)
+
+    def forget_server(self) -> None:
+        """A transaction failed: the next connection may be to a server with other settings; read them again."""
+        if self._bulk is not None:
+            self._bulk.forget_server()
+
+    async def session_is_current(self, conn: AsyncConnection) -> bool:
+        """Whether ``conn``'s session has the server's current ``max_allowed_packet`` (a session copies it
+        when it connects; a pool may hold sessions older than an operator's ``SET GLOBAL``)."""
+        if self._bulk is None:
+            return True
+        async with conn.begin():
+            self._bulk.forget_server()
+            await self._bulk.prepare(conn)
+        return not self._bulk.stale_session
+
+    async def body_chunk_bytes(self, conn: AsyncConnection) -> int:
+        """How much of a body one quarantine row may hold: a quarter of MySQL's packet (escaping may double
+        it, and the row has other columns), so each piece fits one statement."""
+        if self._bulk is None:
+            return SQLITE_BODY_CHUNK
+        await self._bulk.prepare(conn)
+        return max(1024, self._bulk.max_packet // 4)
 
     def render(self, projection: Projection) -> Writes:
         """Snapshot the changed rows as the writes to run (later folds do not change them); marks them clean."""
