@@ -280,6 +280,12 @@ class Committer:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._in_flight = 0
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waiting to be sent and nothing sent still waiting for its reply."""
+        return not self._pending and not self._in_flight
 
     async def commit(self, unit: Unit) -> Outcome:
         """Apply one unit (batched with whatever else is pending) and return its outcome."""
@@ -317,7 +323,11 @@ class Committer:
             self._wakeup.clear()
             while self._pending:
                 batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
-                await self._flush(batch)
+                self._in_flight = len(batch)
+                try:
+                    await self._flush(batch)
+                finally:
+                    self._in_flight = 0
             if self._closed:
                 return
 

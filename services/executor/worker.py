@@ -335,9 +335,11 @@ class Executor:
                 self._renew.queue(pipe, [keys.log(p)], [keys.GROUP_EXECUTOR, self.name, *pairs])
 
         replies = await run_pipeline(self.redis, build, [self._renew])
-        lost = {text(x) for reply in replies for x in reply[1::2]}
+        # Entry ids are unique per stream only (two levels can hand out the same id): match both.
+        lost = {(text(stream), text(entry)) for reply in replies for stream, entry in zip(reply[::2], reply[1::2],
+                                                                                         strict=True)}
         for execution_id, (task, run) in list(self._running.items()):
-            if run.job.entry_id in lost and not run.finishing:  # a finishing run acked it itself
+            if (run.job.stream, run.job.entry_id) in lost and not run.finishing:  # a finishing run acked it
                 log.warning("lost the lease of execution %s; stopping it", execution_id)
                 task.cancel()
 
@@ -394,7 +396,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     redis = connect(settings.redis_url, max_connections=max(16, settings.executor_concurrency))
     committer = Committer(redis)
     async with httpx.AsyncClient(follow_redirects=False) as client:
-        executor = Executor(settings, redis, committer, Actions(client))
+        executor = Executor(settings, redis, committer, Actions(client, allow_private=settings.allow_private_networks))
         try:
             await ensure_durable(redis, settings)
             await start_metrics_server(settings, stop, redis, extra=lambda: [gauge("orq_executor_slots_busy", "execution slots in use", executor.slots - executor.free), gauge("orq_executor_slots", "execution slots", executor.slots)])  # noqa: E501

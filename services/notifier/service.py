@@ -21,7 +21,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import suppress
 from typing import Any, cast
 
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 DELIVERY_SLOTS = 16
 RECLAIM_EVERY_S = 0.25
+PENDING_PAGE = 200
 # Short blocking reads: the loops notice stop within this (the socket timeout is far longer).
 READ_BLOCK_MS = 500
 MAINTENANCE_CHECK_S = 30.0
@@ -218,9 +219,8 @@ class Notifier:
     async def reclaim(self, p: int) -> int:
         """Attempt again the entries of ``p`` whose backoff passed or whose notifier died; returns how many."""
         stream = keys.notify(p)
-        pending: list[dict[str, Any]] = await self.redis.xpending_range(stream, keys.GROUP_NOTIFIER, "-", "+", 200)
         taken = 0
-        for entry in pending:
+        async for entry in self._pending(stream):
             if DELIVERY_SLOTS - len(self._inflight) <= 0:
                 break
             entry_id = text(entry["message_id"])
@@ -239,6 +239,19 @@ class Notifier:
                     self._spawn(p, text(claimed_id), text(fields.get(b"n")))
                     taken += 1
         return taken
+
+    async def _pending(self, stream: str) -> AsyncIterator[dict[str, Any]]:
+        """Every pending entry, a page at a time: entries waiting out a long backoff at the head of the list
+        never hide the ones behind them."""
+        start = "-"
+        while True:
+            page: list[dict[str, Any]] = await self.redis.xpending_range(stream, keys.GROUP_NOTIFIER, start, "+",
+                                                                         PENDING_PAGE)
+            for entry in page:
+                yield entry
+            if len(page) < PENDING_PAGE:
+                return
+            start = "(" + text(page[-1]["message_id"])
 
     async def _retry_delay(self, stream: str, p: int, entry_id: str) -> int | None:
         entries = cast(Entries, await self.redis.xrange(stream, entry_id, entry_id))

@@ -281,7 +281,9 @@ elseif mode == 'expired' then
             local exec_id = field(claimed[1][2], 'e')
             local exec_key = exec_prefix .. exec_id
             local st = redis.call('HMGET', exec_key, 'status', 'tenant', 'work_id', 'owner')
-            if (st[1] == 'queued' or st[1] == 'running') and st[3] == p[1] then
+            -- Queued or retrying with a hand-out in progress (its executor died before the start commit),
+            -- or running: the entry is the execution's live one.
+            if (st[1] == 'queued' or st[1] == 'running' or st[1] == 'retrying') and st[3] == p[1] then
               hand_out(exec_key, st[2], st[4] ~= false)
               load(k, p[1], exec_id, name)
               want = want - 1

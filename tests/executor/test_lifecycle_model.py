@@ -274,7 +274,7 @@ class Lifecycle(RuleBasedStateMachine):
 
 
 Lifecycle.TestCase.settings = settings(
-    max_examples=int(os.environ.get("ORQ_MODEL_EXAMPLES", "60")),
+    max_examples=int(os.environ.get("ORQ_MODEL_EXAMPLES", "150")),
     stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],

@@ -218,3 +218,29 @@ async def test_email_without_smtp_configured_fails_at_once(redis: Redis) -> None
         await end_execution(redis, notifier.committer, settings.partitions, notify, execution_id="n" * 32)
         events = await wait_for(redis, lambda ev: "notification.failed" in types(ev))
     assert events[-1].final is True and "ORQ_SMTP_URL" in events[-1].error
+
+
+async def test_a_due_retry_is_found_behind_a_long_pending_list(redis: Redis) -> None:
+    """201 deliveries wait out a long backoff; the one whose delay is over is attempted again all the same,
+    though it is not among the first 200 pending entries (issue 11, defect 5)."""
+    settings = _settings(notify_attempts=3, notify_backoff_ms=3_600_000)
+    count = 201
+    with webhook_server(503) as server:
+        notify = [NotifyDef(on=["failed"], webhook=server.url)]
+        async with running(settings, redis) as notifier:
+            for n in range(count):
+                await end_execution(redis, notifier.committer, settings.partitions, notify,
+                                    execution_id=f"{n:032x}", failed=True)
+
+            async def all_failed_once() -> bool:
+                return len(server.requests) == count
+
+            await assert_eventually(all_failed_once, timeout=30, message="every first attempt made")
+            p = keys.partition_of(TENANT, settings.partitions)
+            last = (await redis.xrevrange(keys.notify(p), count=1))[0][1][b"n"].decode()
+            await redis.hset(keys.notification(p, last), "retry_delay", 0)  # its backoff is over
+
+            async def attempted_again() -> bool:
+                return len(server.requests) == count + 1
+
+            await assert_eventually(attempted_again, timeout=10, message="the due retry was attempted")
