@@ -50,6 +50,22 @@ async def assert_eventually(
         await asyncio.sleep(interval)
 
 
+async def assert_always(
+    check: Callable[[], Awaitable[object]], duration: float, interval: float = 0.1, message: str = ""
+) -> None:
+    """Call ``check`` for ``duration`` seconds; each call must pass (for what must *stay* true, e.g. a cancelled
+    execution staying cancelled while another executor looks at it)."""
+    deadline = time.monotonic() + duration
+    while True:
+        try:
+            await check()
+        except AssertionError as exc:
+            raise AssertionError(f"stopped being true: {message}") from exc
+        if time.monotonic() >= deadline:
+            return
+        await asyncio.sleep(interval)
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now, for a server a test starts."""
     with socket.socket() as s:
