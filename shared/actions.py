@@ -3,6 +3,10 @@
 Built-ins are listed here with their parameter types; the executor implements them. More actions plug in
 through the entry-point group ``orq.actions``: each entry point loads an object with a ``params``
 attribute (a ``msgspec.Struct`` type) and an async ``run(params, ctx)`` returning the step's output.
+
+Params are checked twice with the same code: when a workflow is saved (:func:`validate_step`, where a
+template stands in for a value of the field's type) and when a step runs, after its templates are rendered
+(:func:`parse_params`), so a template cannot carry a value the save-time check would have refused.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any, Literal, Protocol
 import msgspec
 
 from shared.errors import ValidationFailed
+from shared.ssrf import check_literal, check_url
 from shared.templates import has_template, references, valid_reference
 from shared.workflows import StepDef
 
@@ -60,6 +65,7 @@ BUILTIN_PARAMS: dict[str, type[msgspec.Struct]] = {
     "http_request": HttpRequestParams,
     "fail": FailParams,
 }
+# The longest a ``delay`` step may sleep (1 h): longer waits belong to a schedule trigger, not an executor slot.
 MAX_DELAY_MS = 3_600_000
 
 
@@ -113,8 +119,13 @@ def _stand_in(field_type: Any) -> Any:
     return None
 
 
-def validate_step(index: int, step: StepDef, types: Mapping[str, type[msgspec.Struct]]) -> Any:
-    """Check a step's action exists and its params fit; raise ``ValidationFailed`` naming the field."""
+def validate_step(
+    index: int, step: StepDef, types: Mapping[str, type[msgspec.Struct]], *, allow_private: bool = False
+) -> Any:
+    """Check a step's action exists and its params fit; raise ``ValidationFailed`` naming the field.
+
+    ``allow_private`` (``ORQ_ALLOW_PRIVATE_NETWORKS``) lets a literal ``http_request`` URL name a loopback,
+    private or link-local address; a templated URL is checked when the step runs."""
     where = f"steps[{index}]"
     params_type = types.get(step.action)
     if params_type is None:
@@ -133,13 +144,25 @@ def validate_step(index: int, step: StepDef, types: Mapping[str, type[msgspec.St
         k: (_stand_in(fields[k]) if k in fields and has_template(v) and fields[k] is not str else v)
         for k, v in step.params.items()
     }
+    parsed = parse_params(params_type, checked, f"{where}.params")
+    if isinstance(parsed, HttpRequestParams) and not has_template(parsed.url):
+        field = f"{where}.params.url"
+        check_literal(check_url(parsed.url, field, allow_credentials=True), field, allow_private=allow_private)
+    return parsed
+
+
+def parse_params(params_type: type[msgspec.Struct], params: Mapping[str, Any], where: str = "params") -> Any:
+    """``params`` as ``params_type``, within the bounds a type cannot say; ``ValidationFailed`` naming the field.
+
+    The one check of step params, at save time (templates replaced by stand-ins) and at run time (rendered)."""
     try:
-        parsed = msgspec.convert(checked, params_type)
+        parsed = msgspec.convert(params, params_type)
     except msgspec.ValidationError as exc:
         detail = str(exc)
         path = detail.rsplit("at `$.", 1)[-1].rstrip("`") if "at `$." in detail else ""
-        field_name = f"{where}.params.{path}" if path else f"{where}.params"
+        field_name = f"{where}.{path}" if path else where
         raise ValidationFailed(f"{field_name}: {detail}", field=field_name) from None
     if isinstance(parsed, DelayParams) and not 0 <= parsed.ms <= MAX_DELAY_MS:
-        raise ValidationFailed(f"{where}.params.ms: must be between 0 and {MAX_DELAY_MS}", field=f"{where}.params.ms")
+        raise ValidationFailed(f"{where}.ms: {parsed.ms} is not between 0 and {MAX_DELAY_MS} (the longest delay, 1 h)",
+                               field=f"{where}.ms", limit=MAX_DELAY_MS)
     return parsed

@@ -34,6 +34,7 @@ async def serve_dev(settings: Settings, stop: asyncio.Event, *, host: str, port:
         redis_url=redis_server.url,
         database_url=f"sqlite+aiosqlite:///{folder / 'orq.db'}",
         admin_token=_persisted_admin_token(folder),
+        allow_private_networks=True, allow_private_webhooks=True,  # steps and webhooks may call local servers
     )
     await _create_schema_once(settings.database_url)
     services = [
@@ -53,7 +54,9 @@ async def serve_dev(settings: Settings, stop: asyncio.Event, *, host: str, port:
             f"{base}/api/workflows/{demo_workflow}/execute\n"
             f"  mail:        smtp://{settings.smtp_host}:{settings.smtp_port} (email triggers: <token>@"
             f"{settings.email_domain})\n"
-            f"  data:        {folder}\nPress Ctrl-C to stop.\n",
+            f"  data:        {folder}\n"
+            "  network:     private and loopback addresses open to http_request steps and webhooks "
+            "(ORQ_ALLOW_PRIVATE_NETWORKS=1, development only)\nPress Ctrl-C to stop.\n",
             flush=True,
         )
         done, _ = await asyncio.wait([*services, asyncio.create_task(stop.wait())],

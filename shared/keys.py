@@ -226,6 +226,11 @@ def trigger_rate(p: int, trigger_id: str, minute: int) -> str:
     return f"{tag(p)}:trigger:{trigger_id}:rate:{minute}"
 
 
+def trigger_refused_rate(p: int, trigger_id: str, minute: int) -> str:
+    """Refused calls (bad or missing signature) to one webhook trigger in one minute: a budget of their own."""
+    return f"{tag(p)}:trigger:{trigger_id}:refused:{minute}"
+
+
 def trigger_chains(p: int, tenant_id: str) -> str:
     """Hash trigger id → watched workflow id of a tenant's ``workflow_completed`` triggers (``rev``: its version)."""
     return f"{tag(p)}:chains:{tenant_id}"

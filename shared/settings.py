@@ -38,7 +38,10 @@ class Settings:
     accept_rewound_redis: bool = False
     metrics_port: int = 0
     otel_endpoint: str = ""
+    # ORQ_ALLOW_PRIVATE_NETWORKS (or its older name ORQ_ALLOW_PRIVATE_WEBHOOKS) sets both: http_request steps
+    # and webhook notifications may then reach loopback, private and link-local addresses (shared/ssrf.py).
     allow_private_webhooks: bool = False
+    allow_private_networks: bool = False
     smtp_url: str = ""
     notify_attempts: int = 5
     notify_backoff_ms: int = 1000
@@ -54,8 +57,11 @@ class Settings:
     smtp_max_bytes: int = 10 * 1024 * 1024
     public_url: str = ""
     hook_rate_per_minute: int = 60
+    hook_refused_per_minute: int = 10
     watch_root: str = ""
     trigger_poll_s: float = 0.5
+    # API limits (services/api, see docs/operations.md "Limits").
+    sql_timeout_s: float = 5.0
     # Work queues (shared/queues*.py, see docs/queues.md).
     queue_sweep_s: float = 30.0
 
@@ -103,6 +109,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     defaults = Settings()
     plans_file = env.get("ORQ_PLANS_FILE")
+    private_networks = _flag(env, "ORQ_ALLOW_PRIVATE_NETWORKS") or _flag(env, "ORQ_ALLOW_PRIVATE_WEBHOOKS")
     return Settings(
         redis_url=env.get("ORQ_REDIS_URL") or defaults.redis_url,
         database_url=env.get("ORQ_DATABASE_URL") or defaults.database_url,
@@ -121,7 +128,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         accept_rewound_redis=_flag(env, "ORQ_ACCEPT_REWOUND_REDIS"),
         metrics_port=_int(env, "ORQ_METRICS_PORT", defaults.metrics_port, minimum=0),
         otel_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
-        allow_private_webhooks=_flag(env, "ORQ_ALLOW_PRIVATE_WEBHOOKS"),
+        allow_private_webhooks=private_networks,
+        allow_private_networks=private_networks,
         smtp_url=env.get("ORQ_SMTP_URL", ""),
         notify_attempts=_int(env, "ORQ_NOTIFY_ATTEMPTS", defaults.notify_attempts),
         notify_backoff_ms=_int(env, "ORQ_NOTIFY_BACKOFF_MS", defaults.notify_backoff_ms, minimum=0),
@@ -136,6 +144,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         smtp_max_bytes=_int(env, "ORQ_SMTP_MAX_BYTES", defaults.smtp_max_bytes),
         public_url=(env.get("ORQ_PUBLIC_URL") or "").rstrip("/"),
         hook_rate_per_minute=_int(env, "ORQ_HOOK_RATE_PER_MINUTE", defaults.hook_rate_per_minute),
+        hook_refused_per_minute=_int(env, "ORQ_HOOK_REFUSED_PER_MINUTE", defaults.hook_refused_per_minute),
+        sql_timeout_s=_float(env, "ORQ_SQL_TIMEOUT_S", defaults.sql_timeout_s),
         watch_root=env.get("ORQ_WATCH_ROOT", ""),
         trigger_poll_s=_float(env, "ORQ_TRIGGER_POLL_SECONDS", defaults.trigger_poll_s),
         queue_sweep_s=_float(env, "ORQ_QUEUE_SWEEP_SECONDS", defaults.queue_sweep_s),

@@ -22,7 +22,9 @@ from shared.workflows import Backoff, NotifyDef, RetryPolicy, StepDef, WorkflowD
 _PARAM = re.compile(r"Object (?:missing required|contains unknown) field `(?P<name>[^`]+)`")
 
 
-def build_definition(body: WorkflowIn, action_types: Mapping[str, type[msgspec.Struct]]) -> WorkflowDef:
+def build_definition(body: WorkflowIn, action_types: Mapping[str, type[msgspec.Struct]], *,
+                     allow_private: bool = False) -> WorkflowDef:
+    """``allow_private`` (``ORQ_ALLOW_PRIVATE_NETWORKS``): literal ``http_request`` URLs may name private hosts."""
     steps = [
         StepDef(action=s.action, label=s.label, params=s.params, timeout_s=s.timeout_s, on_error=s.on_error)
         for s in body.steps
@@ -30,7 +32,7 @@ def build_definition(body: WorkflowIn, action_types: Mapping[str, type[msgspec.S
     for index, step in enumerate(steps):
         check_json_value(step.params, f"steps[{index}].params")
         try:
-            validate_step(index, step, action_types)
+            validate_step(index, step, action_types, allow_private=allow_private)
         except ValidationFailed as exc:
             raise _naming_the_param(exc) from None
     return WorkflowDef(

@@ -1,13 +1,15 @@
 """The one place where exceptions become HTTP error responses: ``{"error": {"code", "message", ...}}``.
 
 Errors raised on purpose are :class:`shared.errors.OrqError`s and carry their status and code. Starlette's
-own (unknown route, wrong method) are reshaped the same way. A store that does not answer is a 503; anything
-else is a bug and a 500 whose details stay in the log.
+own (unknown route, wrong method) are reshaped the same way. A store that does not answer (down, or slower
+than ``ORQ_SQL_TIMEOUT_S`` for SQL) is a 503 with ``Retry-After``; anything else is a bug and a 500 whose
+details stay in the log.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +23,7 @@ from starlette.responses import Response
 from starlette.types import ExceptionHandler
 
 from services.api import responses
+from shared.db import SqlTimeout
 from shared.errors import OrqError, QuotaExceeded
 
 log = logging.getLogger(__name__)
@@ -84,6 +87,13 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
     return error_response(Unavailable("a backing store is unavailable, try again"), {"Retry-After": "1"})
 
 
+async def _sql_timeout(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, SqlTimeout)
+    log.warning("SQL timed out on %s %s: %s", request.method, request.url.path, exc)
+    retry_after = str(max(1, math.ceil(exc.timeout_s)))
+    return error_response(Unavailable(f"{exc}; try again"), {"Retry-After": retry_after})
+
+
 async def _internal(request: Request, exc: Exception) -> Response:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return responses.json(error_body("internal", "internal error"), 500)
@@ -99,5 +109,6 @@ def exception_handlers() -> dict[Any, ExceptionHandler]:
         OperationalError: _unavailable,
         InterfaceError: _unavailable,
         PoolTimeoutError: _unavailable,
+        SqlTimeout: _sql_timeout,
         Exception: _internal,
     }

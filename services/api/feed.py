@@ -48,10 +48,18 @@ def position(stream_id: str) -> Position:
     return stream_id_parts(stream_id)
 
 
+# Both parts of a Redis stream id are unsigned 64-bit integers.
+MAX_ID_PART = 2**64 - 1
+
+
 def valid_stream_id(value: str) -> bool:
-    """``<ms>`` or ``<ms>-<seq>``, both decimal (what ``since`` accepts)."""
+    """``<ms>`` or ``<ms>-<seq>``, both decimal and at most 2^64 - 1, as Redis has them (what ``since`` accepts)."""
     ms, dash, seq = value.partition("-")
-    return ms.isdigit() and len(ms) <= 20 and (not dash or (seq.isdigit() and len(seq) <= 20))
+    return _id_part(ms) and (not dash or _id_part(seq))
+
+
+def _id_part(digits: str) -> bool:
+    return digits.isascii() and digits.isdigit() and len(digits) <= 20 and int(digits) <= MAX_ID_PART
 
 
 class TypeFilter:

@@ -1,4 +1,8 @@
-"""``orq api``: the HTTP API under uvicorn, until ``stop`` is set."""
+"""``orq api``: the HTTP API under uvicorn, until ``stop`` is set.
+
+uvicorn runs with the transport limits of ``services/api/transport.py`` (request head size, stalled
+clients) and the API's SQL engine bounds every query by ``ORQ_SQL_TIMEOUT_S``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from services.api.app import create_app
+from services.api.transport import GuardedHttpTools, HeadLimit
 from shared.commit import Committer
 from shared.db import create_engine, create_schema
 from shared.durability import ensure_durable
@@ -20,6 +25,7 @@ log = logging.getLogger(__name__)
 
 GRACEFUL_SHUTDOWN_S = 10
 
+
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handling: the caller's ``stop`` event is the one way to stop."""
 
@@ -28,19 +34,29 @@ class _Server(uvicorn.Server):
         yield
 
 
+async def _create_schema(database_url: str) -> None:
+    """With an engine of its own: creating tables may take longer than the request timeout of the API's."""
+    engine = create_engine(database_url)
+    try:
+        await create_schema(engine)
+    finally:
+        await engine.dispose()
+
+
 async def serve(settings: Settings, stop: asyncio.Event, host: str, port: int) -> None:
     """Serve until ``stop`` is set; then stop accepting, let in-flight requests finish, and flush commits."""
     redis = connect(settings.redis_url)
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, timeout_s=settings.sql_timeout_s)
     committer = Committer(redis)
     try:
         await ensure_durable(redis, settings)
-        await create_schema(engine)
+        await _create_schema(settings.database_url)
         app = create_app(settings, redis, engine, committer=committer)
         config = uvicorn.Config(
-            app,
+            HeadLimit(app),
             host=host,
             port=port,
+            http=GuardedHttpTools,
             log_config=None,
             lifespan="on",
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,

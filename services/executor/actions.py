@@ -1,14 +1,20 @@
-"""The executor's side of step actions: the built-ins' behaviour and the registry of plug-ins."""
+"""The executor's side of step actions: the built-ins' behaviour and the registry of plug-ins.
+
+``http_request`` goes through the SSRF guard of ``shared/ssrf.py`` (the one notifications use): the URL's
+host is resolved and every address checked when the step runs, the request is pinned to a checked address,
+and redirects are never followed (a 3xx is the step's output). ``allow_private``
+(``ORQ_ALLOW_PRIVATE_NETWORKS``) lifts the address check.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from http.cookiejar import DefaultCookiePolicy
 from typing import Any
 
 import httpx
-import msgspec
 
 from shared.actions import (
     ActionContext,
@@ -20,8 +26,10 @@ from shared.actions import (
     SetParams,
     load_plugins,
     param_types,
+    parse_params,
 )
-from shared.errors import StepFailed
+from shared.errors import OrqError, StepFailed
+from shared.ssrf import check_url, pinned_request, resolve
 
 Runner = Callable[[Any, ActionContext], Awaitable[Any]]
 MAX_BODY_CHARS = 64 * 1024
@@ -54,12 +62,15 @@ async def _fail(params: FailParams, ctx: ActionContext) -> dict[str, int]:
     return {"passed_on_attempt": ctx.attempt}
 
 
-def _http_request(client: httpx.AsyncClient) -> Runner:
+def _http_request(client: httpx.AsyncClient, allow_private: bool) -> Runner:
     async def run(params: HttpRequestParams, _ctx: ActionContext) -> dict[str, Any]:
         try:
-            response = await client.request(
-                params.method, params.url, headers=params.headers, json=params.json, timeout=params.timeout_s
-            )
+            target = await resolve(check_url(params.url, "url", allow_credentials=True),
+                                   allow_private=allow_private, field="url")
+            response = await pinned_request(client, target, params.method, headers=params.headers,
+                                            json=params.json, timeout_s=params.timeout_s)
+        except OrqError as exc:  # a refused or unresolvable address: the request was never sent
+            raise StepFailed(f"{params.method} {params.url}: {exc.message}") from None
         except httpx.HTTPError as exc:
             raise StepFailed(f"{params.method} {params.url}: {type(exc).__name__}: {exc}") from exc
         body: Any
@@ -80,28 +91,32 @@ def _http_request(client: httpx.AsyncClient) -> Runner:
 class Actions:
     """Name → (params type, runner) for every action this executor can run."""
 
-    def __init__(self, client: httpx.AsyncClient, plugins: Mapping[str, PluginAction] | None = None) -> None:
+    def __init__(self, client: httpx.AsyncClient, plugins: Mapping[str, PluginAction] | None = None, *,
+                 allow_private: bool = False) -> None:
         plugins = load_plugins() if plugins is None else plugins
+        # One client serves every tenant's steps: it must keep no cookies, or one tenant's would be sent
+        # with another's requests.
+        client.cookies.jar.set_policy(DefaultCookiePolicy(allowed_domains=[]))
         self.params = param_types(plugins)
         self.runners: dict[str, Runner] = {
             "noop": _noop,
             "log": _log,
             "delay": _delay,
             "set": _set,
-            "http_request": _http_request(client),
+            "http_request": _http_request(client, allow_private),
             "fail": _fail,
             **{name: plugin.run for name, plugin in plugins.items()},
         }
 
     def parse(self, action: str, params: Mapping[str, Any]) -> Any:
-        """Rendered params to the action's params type (a bad value is a step failure, not a crash)."""
+        """Rendered params to the action's params type, checked as at save time (a bad value fails the step)."""
         params_type = self.params.get(action)
         if params_type is None:
             raise StepFailed(f"unknown action {action!r}")
         try:
-            return msgspec.convert(params, params_type)
-        except msgspec.ValidationError as exc:
-            raise StepFailed(f"bad params for {action}: {exc}") from None
+            return parse_params(params_type, params)
+        except OrqError as exc:
+            raise StepFailed(f"bad params for {action}: {exc.message}") from None
 
     def runner(self, action: str) -> Runner:
         runner = self.runners.get(action)

@@ -32,8 +32,10 @@ class Deployment:
 @pytest.fixture
 def deployment(database_url: str, redis: object, tmp_path: Path) -> Iterator[Deployment]:
     port = free_port()
+    # Private networks open: http_request steps of these tests call servers on 127.0.0.1 (the dashboard's robot).
     env = orq_env(ORQ_REDIS_URL=REDIS_URL, ORQ_DATABASE_URL=database_url, ORQ_ADMIN_TOKEN=ADMIN,
-                  ORQ_PARTITIONS="4", ORQ_EXECUTOR_CONCURRENCY="5", ORQ_LEASE_SECONDS="5")
+                  ORQ_PARTITIONS="4", ORQ_EXECUTOR_CONCURRENCY="5", ORQ_LEASE_SECONDS="5",
+                  ORQ_ALLOW_PRIVATE_NETWORKS="1")
     with orq_processes() as procs:
         d = Deployment(f"http://127.0.0.1:{port}", env, procs, tmp_path)
         d.start("api", "--port", str(port), name="api")

@@ -21,19 +21,27 @@ from shared.state import Status
 MAX_FILTER_LENGTH = 64
 
 
+def _filter(request: Request, name: str) -> str | None:
+    """A filter's value, None when absent; given but empty is refused (a client bug, not "no filter")."""
+    value = request.query_params.get(name)
+    if value == "":
+        raise ValidationFailed(f"{name}: empty; leave the parameter out to list every execution", field=name)
+    return value
+
+
 async def list_executions(request: Request) -> Response:
     tenant = await require_tenant(request)
     ctx = context(request)
     page = page_request(request)
     c = executions.c
     query = select(executions).where(c.tenant_id == tenant.id)
-    status = request.query_params.get("status")
-    if status:
+    status = _filter(request, "status")
+    if status is not None:
         if status not in Status.__members__.values():
             raise ValidationFailed(f"status: one of {', '.join(Status)}", field="status")
         query = query.where(c.status == status)
-    workflow_id = request.query_params.get("workflow_id")
-    if workflow_id:
+    workflow_id = _filter(request, "workflow_id")
+    if workflow_id is not None:
         if len(workflow_id) > MAX_FILTER_LENGTH:
             raise ValidationFailed("workflow_id: too long", field="workflow_id")
         query = query.where(c.workflow_id == workflow_id)

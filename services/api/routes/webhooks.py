@@ -2,8 +2,14 @@
 
 No API key: the token in the path is the credential (160 random bits, compared by its SHA-256 through an
 index). Order of checks: unknown or disabled token → 404 (the same answer for both, so a token's existence
-leaks nothing); over the trigger's rate → 429; a bad signature → 401; a bad body → 400/413/422; then the
-firing, which is admitted like any execution (429 over the monthly quota).
+leaks nothing); an unsigned trigger's rate → 429 (before its body is read); a body over 1 MiB → 413; a
+signed trigger's missing, bad, stale or replayed signature → 401, then its rate → 429; a bad body →
+400/422; then the firing, which is admitted like any execution (429 over the monthly quota).
+
+Rate budgets, per trigger and minute: the calls the trigger accepts (``config.rate_per_minute``, default
+``ORQ_HOOK_RATE_PER_MINUTE``) and, apart, the calls a signed trigger refuses (``ORQ_HOOK_REFUSED_PER_MINUTE``,
+past which they get 429 instead of 401). Refused calls never spend the accepted budget, so anyone who knows
+the URL but not the secret cannot lock the real sender out.
 
 Signatures (when the trigger's ``config.secret`` is set): the sender puts the Unix time in seconds in
 ``X-Orq-Timestamp`` and ``sha256=<hex HMAC-SHA256(secret, "<timestamp>.<raw body>")>`` in
@@ -85,18 +91,42 @@ async def _live_webhook(ctx: ApiContext, token: str) -> TriggerState:
     return trigger
 
 
-async def _within_rate(ctx: ApiContext, trigger: TriggerState, now: int) -> None:
-    """A fixed one-minute window per trigger (so per token)."""
-    limit = int(trigger.config.get("rate_per_minute") or ctx.settings.hook_rate_per_minute)
-    minute = now // 60_000
-    key = keys.trigger_rate(trigger.partition, trigger.id, minute)
+async def _spend(ctx: ApiContext, key: str, limit: int, now: int, what: str) -> None:
+    """One call from a fixed one-minute budget at ``key``; 429 (with ``Retry-After``) past ``limit``."""
     async with ctx.redis.pipeline(transaction=True) as pipe:
         pipe.incr(key)
         pipe.expire(key, 120)
         used, _ = await pipe.execute()
     if int(used) > limit:
-        retry = max(1, math.ceil(((minute + 1) * 60_000 - now) / 1000))
-        raise TooManyRequests(f"more than {limit} calls a minute to this webhook", retry_after_s=retry, limit=limit)
+        retry = max(1, math.ceil(((now // 60_000 + 1) * 60_000 - now) / 1000))
+        raise TooManyRequests(f"more than {limit} {what} a minute to this webhook", retry_after_s=retry, limit=limit)
+
+
+async def _within_rate(ctx: ApiContext, trigger: TriggerState, now: int) -> None:
+    """The calls this trigger accepts (so per token)."""
+    limit = int(trigger.config.get("rate_per_minute") or ctx.settings.hook_rate_per_minute)
+    await _spend(ctx, keys.trigger_rate(trigger.partition, trigger.id, now // 60_000), limit, now, "calls")
+
+
+async def _within_refused_rate(ctx: ApiContext, trigger: TriggerState, now: int) -> None:
+    """The calls this signed trigger refuses, counted apart from the ones it accepts."""
+    key = keys.trigger_refused_rate(trigger.partition, trigger.id, now // 60_000)
+    await _spend(ctx, key, ctx.settings.hook_refused_per_minute, now, "refused calls")
+
+
+async def _signature_claim(ctx: ApiContext, trigger: TriggerState, secret: str, request: Request, body: bytes,
+                           now: int) -> Once:
+    """The claim of a valid, unused signature; a refusal (401, or 429 past the refused budget) otherwise."""
+    try:
+        signature = verify(secret, request.headers, body, now / 1000)
+        claim = keys.trigger_claim(trigger.partition, trigger.id, f"sig:{signature}")
+        if await ctx.redis.exists(claim):  # a replay is refused before it can spend the sender's budget
+            raise Unauthorized("this signature was already used", reason="replayed")
+    except Unauthorized:
+        await _within_refused_rate(ctx, trigger, now)
+        raise
+    # Kept past the tolerance window: a replay within it finds the claim, one after it is stale anyway.
+    return Once(claim, 2 * TOLERANCE_S)
 
 
 async def _read_body(request: Request) -> bytes:
@@ -128,14 +158,14 @@ async def receive(request: Request) -> Response:
     ctx = context(request)
     trigger = await _live_webhook(ctx, request.path_params["token"])
     now = now_ms()
-    await _within_rate(ctx, trigger, now)
+    secret = trigger.config.get("secret")
+    if not secret:  # every call is one the trigger accepts: spend before reading the body
+        await _within_rate(ctx, trigger, now)
     body = await _read_body(request)
     claims = []
-    secret = trigger.config.get("secret")
     if secret:
-        signature = verify(str(secret), request.headers, body, now / 1000)
-        # Kept past the tolerance window: a replay within it finds the claim, one after it is stale anyway.
-        claims.append(Once(keys.trigger_claim(trigger.partition, trigger.id, f"sig:{signature}"), 2 * TOLERANCE_S))
+        claims.append(await _signature_claim(ctx, trigger, str(secret), request, body, now))
+        await _within_rate(ctx, trigger, now)
     params = _decode(body)
     firer = Firer(ctx.redis, ctx.committer, ctx.settings)
     fire = FireRequest(params=params, source={"webhook": True}, claims=claims, consume_on_skip=False)

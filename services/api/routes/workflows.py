@@ -80,7 +80,8 @@ def _save_unit(
 async def create_workflow(request: Request) -> Response:
     tenant = await require_tenant(request)
     ctx = context(request)
-    definition = build_definition(await read_json(request, WorkflowIn), ctx.action_types)
+    definition = build_definition(await read_json(request, WorkflowIn), ctx.action_types,
+                                  allow_private=ctx.settings.allow_private_networks)
     workflow_id = new_id()
     ts = now_ms()
     outcome = await ctx.committer.commit(_save_unit(tenant, workflow_id, definition, None, ts))
@@ -94,7 +95,8 @@ async def update_workflow(request: Request) -> Response:
     ctx = context(request)
     workflow_id = request.path_params["id"]
     await owned_workflow(ctx, tenant, workflow_id)
-    definition = build_definition(await read_json(request, WorkflowIn), ctx.action_types)
+    definition = build_definition(await read_json(request, WorkflowIn), ctx.action_types,
+                                  allow_private=ctx.settings.allow_private_networks)
     for _ in range(SAVE_ATTEMPTS):
         previous = await owned_workflow(ctx, tenant, workflow_id)
         ts = now_ms()

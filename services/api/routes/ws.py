@@ -117,7 +117,7 @@ def parse_request(websocket: WebSocket) -> FeedRequest:
     params = websocket.query_params
     since = params.get("since") or None
     if since is not None and not valid_stream_id(since):
-        raise BadRequest("since: a stream id, '<ms>' or '<ms>-<seq>'", field="since")
+        raise BadRequest("since: a stream id, '<ms>' or '<ms>-<seq>', each part at most 2^64 - 1", field="since")
     execution_id = params.get("execution_id") or None
     if execution_id is not None and (len(execution_id) > MAX_ID_LENGTH or not execution_id.isprintable()):
         raise BadRequest("execution_id: not an execution id", field="execution_id")
