@@ -13,6 +13,8 @@ from shared.plans import Plan, default_plans, load_plans
 # Events per projector transaction when a backlog builds up: 2,000 projects one partition ~20% faster than
 # 500 (fewer commits and round trips); statements are still split by size, so large events are safe.
 PROJECTOR_BATCH = 2000
+# An ended execution's Redis state outlives the projection of its ending by this long (ORQ_STATE_RETENTION_S).
+STATE_RETENTION_S = 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +29,7 @@ class Settings:
     lease_s: float = 30.0
     max_crashes: int = 3
     max_body_bytes: int = 4 * 1024 * 1024
+    max_output_bytes: int = 256 * 1024
     idempotency_ttl_s: int = 24 * 3600
     projector_batch: int = PROJECTOR_BATCH
     rate_window_s: float = 60.0
@@ -50,6 +53,9 @@ class Settings:
     log_min_retention_s: int = 3600
     dlq_max_entries: int = 10_000
     dlq_max_age_s: int = 30 * 24 * 3600
+    # The Redis hash of an ended execution lives this long after its ending was projected into SQL
+    # (services/projector/projector.py sets the TTL; a retry clears it or rebuilds the hash from SQL).
+    state_retention_s: int = STATE_RETENTION_S
     # Triggers (services/trigger, see docs/triggers.md).
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 2525
@@ -119,6 +125,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         lease_s=_float(env, "ORQ_LEASE_SECONDS", defaults.lease_s),
         max_crashes=_int(env, "ORQ_MAX_CRASHES", defaults.max_crashes),
         max_body_bytes=_int(env, "ORQ_MAX_BODY_BYTES", defaults.max_body_bytes),
+        max_output_bytes=_int(env, "ORQ_MAX_OUTPUT_BYTES", defaults.max_output_bytes),
         projector_batch=_int(env, "ORQ_PROJECTOR_BATCH", defaults.projector_batch),
         rate_window_s=_float(env, "ORQ_RATE_WINDOW_SECONDS", defaults.rate_window_s),
         shutdown_grace_s=_float(env, "ORQ_SHUTDOWN_GRACE_SECONDS", defaults.shutdown_grace_s),
@@ -138,6 +145,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_min_retention_s=_int(env, "ORQ_LOG_MIN_RETENTION_S", defaults.log_min_retention_s, minimum=0),
         dlq_max_entries=_int(env, "ORQ_DLQ_MAX_ENTRIES", defaults.dlq_max_entries, minimum=0),
         dlq_max_age_s=_int(env, "ORQ_DLQ_MAX_AGE_S", defaults.dlq_max_age_s, minimum=0),
+        state_retention_s=_int(env, "ORQ_STATE_RETENTION_S", defaults.state_retention_s),
         smtp_host=env.get("ORQ_SMTP_HOST") or defaults.smtp_host,
         smtp_port=_int(env, "ORQ_SMTP_PORT", defaults.smtp_port, minimum=0),
         email_domain=(env.get("ORQ_EMAIL_DOMAIN") or defaults.email_domain).lower(),

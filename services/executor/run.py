@@ -37,6 +37,7 @@ from shared.events import (
 from shared.events import (
     StepFailed as StepFailedEvent,
 )
+from shared.sizes import fits
 from shared.state import FENCE, Status
 from shared.templates import render
 from shared.tracing import span
@@ -62,6 +63,10 @@ class RunEnv:
     actions: Actions
     consumer: str
     max_crashes: int
+    max_output_bytes: int = 256 * 1024  # ORQ_MAX_OUTPUT_BYTES: a step's output, an execution's result
+    # A step's rendered params may be as large as the largest input the API accepts (ORQ_MAX_BODY_BYTES), no
+    # larger: templates can repeat an output many times, and the rendered value is encoded as a whole.
+    max_params_bytes: int = 4 * 1024 * 1024
     draining: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -189,7 +194,7 @@ class ExecutionRun:
                 self.env.committer.submit(self._guarded().event(self._step_started(definition, index, now_ms())))
             try:
                 output = await self._run_step(index, definition, params, outputs)
-                body = _encoder.encode(output)
+                body = self._encode_output(output)
             except (StepFailed, msgspec.EncodeError) as exc:
                 error = exc.message if isinstance(exc, StepFailed) else f"step output is not serialisable: {exc}"
                 duration = int((time.perf_counter() - t0) * 1000)
@@ -212,6 +217,16 @@ class ExecutionRun:
                 self._complete(unit, output)
             await self._commit(unit)
 
+    def _encode_output(self, output: Any) -> bytes:
+        """The output as stored; one over ORQ_MAX_OUTPUT_BYTES fails the step here, where it is produced,
+        rather than stalling the projection of everyone else's events downstream."""
+        limit = self.env.max_output_bytes
+        body = _encoder.encode(output) if fits(output, 2 * limit) else b""
+        if not body or len(body) > limit:
+            size = f"{len(body)} bytes" if body else f"over {2 * limit} bytes"
+            raise StepFailed(f"output_too_large: the step's output is {size}, over ORQ_MAX_OUTPUT_BYTES={limit}")
+        return body
+
     def _step_started(self, definition: WorkflowDef, index: int, ts: int) -> StepStarted:
         step = definition.steps[index]
         return StepStarted(**self._ids(), ts=ts, step_index=index, action=step.action, label=step.label,
@@ -227,6 +242,9 @@ class ExecutionRun:
     async def _run_action(self, step: StepDef, index: int, params: dict[str, Any], outputs: dict[int, Any]) -> Any:
         try:
             rendered = render(step.params, params, outputs)
+            if not fits(rendered, self.env.max_params_bytes):
+                raise StepFailed(f"params_too_large: the step's rendered params are over ORQ_MAX_BODY_BYTES="
+                                 f"{self.env.max_params_bytes} bytes")
             parsed = self.env.actions.parse(step.action, rendered)
             runner = self.env.actions.runner(step.action)
             if step.timeout_s is None:

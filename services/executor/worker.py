@@ -68,7 +68,8 @@ class Executor:
         self.redis = redis
         self.name = name or consumer_name()
         self.slots = settings.executor_concurrency
-        self.env = RunEnv(committer, actions, self.name, settings.max_crashes)
+        self.env = RunEnv(committer, actions, self.name, settings.max_crashes, settings.max_output_bytes,
+                          settings.max_body_bytes)
         self.partitions = list(range(settings.partitions))
         self.streams = {p: keys.work_streams(p) for p in self.partitions}
         self._dispatch = PipelinedScript(load_lua("dispatch.lua"))
