@@ -16,7 +16,7 @@ import msgspec
 from shared import keys
 from shared.clock import month_of
 from shared.commit import Unit
-from shared.events import ExecutionQueued
+from shared.events import ExecutionQueued, outline
 from shared.plans import Plan
 from shared.state import Status, WorkflowState
 from shared.workflows import WorkflowDef
@@ -69,6 +69,7 @@ def admission_unit(
     unit.incrby(usage_key, len(runs), USAGE_TTL_S)
     unit.hincrby(keys.queued(p), tenant_id, len(runs))
     def_key = keys.workflow_version(p, workflow.id, workflow.version)
+    steps = outline(definition)
     for run in runs:
         state_key = keys.execution(p, run.execution_id)
         unit.event(
@@ -78,7 +79,7 @@ def admission_unit(
                 ts=now_ms,
                 workflow_id=workflow.id,
                 workflow_version=workflow.version,
-                definition=definition,
+                steps=steps,
                 params=run.params,
                 priority=run.priority,
                 trigger_type=trigger_type,

@@ -72,10 +72,23 @@ class WorkflowResumed(EventBase, tag="workflow.resumed", kw_only=True, frozen=Tr
 # --- executions ----------------------------------------------------------------------------------------------
 
 
+class StepOutline(msgspec.Struct, frozen=True, kw_only=True):
+    """What a queued execution's projection needs of a step: not its params, which can be large."""
+
+    action: str
+    label: str | None = None
+
+
 class ExecutionQueued(EventBase, tag="execution.queued", kw_only=True, frozen=True):
+    """Pins ``workflow_version``: that version's definition is in its ``workflow.saved`` event (and in Redis
+    at ``orq:{p}:wfdef:<workflow>:<version>``), written once per version rather than once per execution, so
+    a bulk of runs of a large workflow does not copy it into every event. v1 embedded the whole definition;
+    the upcaster keeps its steps' outline."""
+
+    v: int = 2
     workflow_id: str
     workflow_version: int
-    definition: WorkflowDef
+    steps: list[StepOutline]
     params: dict[str, Any] = {}
     priority: int
     trigger_type: str = "api"
@@ -445,8 +458,18 @@ EVENT_TYPES: dict[str, type[EventBase]] = {
 
 # (type tag, version) -> function rewriting an old body (as a dict) to the next version.
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
-UPCASTERS: dict[tuple[str, int], Upcaster] = {}
-CURRENT_VERSION: dict[str, int] = {}
+def _queued_v1_to_v2(raw: dict[str, Any]) -> dict[str, Any]:
+    definition = raw.pop("definition", None) or {}
+    outline = [{"action": s.get("action", ""), "label": s.get("label")} for s in definition.get("steps", [])]
+    return {**raw, "v": 2, "steps": outline}
+
+
+def outline(definition: WorkflowDef) -> list[StepOutline]:
+    return [StepOutline(action=step.action, label=step.label) for step in definition.steps]
+
+
+UPCASTERS: dict[tuple[str, int], Upcaster] = {("execution.queued", 1): _queued_v1_to_v2}
+CURRENT_VERSION: dict[str, int] = {"execution.queued": 2}
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[Event] = msgspec.msgpack.Decoder(Event)

@@ -436,7 +436,7 @@ class Projection:
         executions = self.rows[EXECUTIONS]
         if event.aggregate_id in executions:
             return
-        steps = event.definition.steps
+        steps = event.steps
         executions[event.aggregate_id] = {
             "id": event.aggregate_id,
             "tenant_id": event.tenant_id,

@@ -6,13 +6,14 @@ import asyncio
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from redis.asyncio import Redis
 
 from shared import keys
 from shared.clock import month_of, now_ms
 from shared.consumer import records_of
-from shared.events import ExecutionQueued, QuotaExceeded
+from shared.events import ExecutionQueued, QuotaExceeded, decode
 from shared.settings import Settings
 from shared.state import decode_definition
 from tests.api.support import (
@@ -265,3 +266,35 @@ async def test_execute_races_with_saves(client: httpx.AsyncClient, redis: Redis,
     for execution_id in queued:
         def_key = (await execution_state(redis, tenant, execution_id))["def_key"]
         assert await redis.exists(def_key)
+
+
+async def test_a_bulk_of_a_large_workflow_does_not_copy_its_definition(
+    client: httpx.AsyncClient, redis: Redis, tenant: TenantHandle
+) -> None:
+    """50 runs of a 1 MB workflow used to write 50 MB of events: each execution.queued embedded the definition.
+    The definition is written once per version; the events pin it (issue 12, item 2)."""
+    big = {"name": "big", "steps": [{"action": "set", "params": {"values": {"blob": "x" * 1_000_000}}},
+                                    {"action": "noop", "label": "after"}]}
+    wf = await create_workflow(client, tenant, big)
+    before = int((await redis.info("memory"))["used_memory"])
+    r = await client.post(f"/api/workflows/{wf['id']}/execute/bulk", json={"runs": [{}] * 50},
+                          headers=tenant.headers)
+    assert r.status_code == 202, r.text
+    grown = int((await redis.info("memory"))["used_memory"]) - before
+    assert grown < 5 * 1024 * 1024, f"Redis grew by {grown} bytes"
+    [(_, fields)] = await redis.xrevrange(keys.log(tenant.partition), count=1)
+    event = decode(fields[b"d"])
+    assert isinstance(event, ExecutionQueued)
+    assert [(s.action, s.label) for s in event.steps] == [("set", None), ("noop", "after")]
+
+
+def test_a_v1_queued_event_is_read_with_its_steps_outline() -> None:
+    """Events written before the change embedded the definition; they are upcast on read."""
+    v1 = msgspec.msgpack.encode({
+        "type": "execution.queued", "tenant_id": "t", "aggregate_id": "e", "ts": 1, "v": 1, "workflow_id": "w",
+        "workflow_version": 3, "priority": 5, "params": {"a": 1},
+        "definition": {"name": "old", "steps": [{"action": "noop", "label": "first"}, {"action": "log"}]},
+    })
+    event = decode(v1)
+    assert isinstance(event, ExecutionQueued) and event.v == 2 and event.workflow_version == 3
+    assert [(s.action, s.label) for s in event.steps] == [("noop", "first"), ("log", None)]

@@ -23,6 +23,7 @@ from shared.events import (
     ExecutionStarted,
     StepCompleted,
     StepStarted,
+    outline,
 )
 from shared.settings import Settings
 from shared.workflows import StepDef, WorkflowDef
@@ -60,7 +61,8 @@ def _stage(tenant: TenantHandle, ids: list[str], stage: int) -> list[EventBase]:
     for execution_id in ids:
         common: dict[str, Any] = {"tenant_id": tenant.id, "aggregate_id": execution_id, "ts": ts}
         if stage == 0:
-            out.append(ExecutionQueued(**common, workflow_id="wf-load", workflow_version=1, definition=DEFINITION,
+            out.append(ExecutionQueued(**common, workflow_id="wf-load", workflow_version=1,
+                                       steps=outline(DEFINITION),
                                        priority=5))
         elif stage == 1:
             out += [ExecutionStarted(**common, attempt=1, executor="sim"),

@@ -45,6 +45,7 @@ from shared.events import (
     WorkflowDeleted,
     WorkflowSaved,
     decode,
+    outline,
 )
 from shared.projection import PRIMARY_KEYS, Projection, key_of
 from shared.workflows import RetryPolicy, StepDef, WorkflowDef
@@ -136,7 +137,7 @@ def lifecycle(c: Chooser, tenant: str, workflow_id: str, wf: WorkflowDef, execut
     e = execution_id
     priority = c.integer(1, 10)
     out: list[EventBase] = [
-        _ev(ExecutionQueued, tenant, e, workflow_id=workflow_id, workflow_version=1, definition=wf,
+        _ev(ExecutionQueued, tenant, e, workflow_id=workflow_id, workflow_version=1, steps=outline(wf),
             params={"n": c.integer(0, 9), "v": c.json()}, priority=priority,
             trigger_type=c.choice(["api", "schedule", "webhook"]))
     ]

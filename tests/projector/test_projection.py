@@ -24,6 +24,7 @@ from shared.events import (
     StepStarted,
     TenantCreated,
     WorkflowSaved,
+    outline,
 )
 from shared.projection import Projection
 from tests.projector.factories import MID_MONTH_MS, definition, fold, histories, with_ids
@@ -47,7 +48,7 @@ def _setup() -> list[EventBase]:
         TenantCreated(tenant_id=T, aggregate_id=T, ts=0, name="Acme", plan="pro", api_key_id="k" * 32,
                       api_key_hash="h" * 64, api_key_prefix="orq_tttt"),
         WorkflowSaved(tenant_id=T, aggregate_id=W, ts=0, version=1, definition=wf),
-        ExecutionQueued(tenant_id=T, aggregate_id=X, ts=0, workflow_id=W, workflow_version=1, definition=wf,
+        ExecutionQueued(tenant_id=T, aggregate_id=X, ts=0, workflow_id=W, workflow_version=1, steps=outline(wf),
                         params={"a": 1}, priority=5),
     ]
 

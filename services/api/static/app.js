@@ -192,7 +192,7 @@ function applyExecutionEvent(ev) {
     case "execution.queued":
       Object.assign(row, {
         workflow_id: d.workflow_id, priority: d.priority, status: "queued", queued_at: ev.ts,
-        steps_total: (d.definition && d.definition.steps || []).length, partial: false,
+        steps_total: (d.steps || []).length, partial: false,
       });
       break;
     case "execution.started":
@@ -533,7 +533,7 @@ function detailEvent(detail, ev) {
   };
   switch (ev.type) {
     case "execution.queued":
-      (d.definition && d.definition.steps || []).forEach((s, i) => {
+      (d.steps || []).forEach((s, i) => {
         if (!detail.steps.has(i)) detail.steps.set(i, { action: s.action, label: s.label || null, status: "pending" });
       });
       break;
