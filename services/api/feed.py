@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 from shared import keys
 from shared.clock import stream_id_parts
 from shared.consumer import records_of
+from shared.errors import OrqError
 from shared.events import EVENT_TYPES, EventBase, decode, to_json
 from shared.redis import BLOCK_MS, Entries, text
 
@@ -37,11 +38,28 @@ log = logging.getLogger(__name__)
 # Events a subscriber may have waiting before it is dropped as too slow (it resumes with ``since``). One read
 # lands in the buffers whole before any sender runs, so the buffer holds several reads.
 DEFAULT_BUFFER = 2000
+# The same buffer in bytes (counted as JSON characters): events carry step outputs of up to 256 KiB, so 2,000
+# of them could be 500 MB for one stalled client. 4 MiB is seconds of traffic for a client that keeps up.
+DEFAULT_BUFFER_BYTES = 4 * 1024 * 1024
+# Live subscribers (WebSocket connections) of one tenant in one API process: a tenant's dashboards and robots
+# with room to spare (200 sockets of one tenant are tested); past it, 1013 (try again). One tenant cannot take
+# the whole process's share.
+MAX_SUBSCRIBERS_PER_TENANT = 500
+# Live subscribers of the process, all tenants (the benchmark's fan-out is 100). Each holds a socket, two tasks
+# and a buffer bounded above (which mostly shares its messages with the other subscribers of its tenant).
+MAX_SUBSCRIBERS = 5000
 READ_COUNT = 250
 REPLAY_PAGE = 500
 RETRY_AFTER_ERROR_S = 1.0
 
 Position = tuple[int, int]
+
+
+class TooManySubscribers(OrqError):
+    """The tenant or the process has as many live feed subscribers as it may."""
+
+    status = 429
+    code = "too_many_subscribers"
 
 
 def position(stream_id: str) -> Position:
@@ -92,11 +110,13 @@ class Subscription:
     execution_id: str | None = None
     types: TypeFilter | None = None
     limit: int = DEFAULT_BUFFER
+    limit_bytes: int = DEFAULT_BUFFER_BYTES
     last: Position = (0, 0)
     last_id: str = ""
     overflowed: bool = False
     closed_by_server: bool = False
     _buffer: deque[tuple[Position, str, str]] = field(default_factory=deque)
+    _bytes: int = 0
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     def wants(self, event: EventBase, event_type: str) -> bool:
@@ -110,12 +130,14 @@ class Subscription:
         """Buffer one message without waiting; False (and overflowed) when the buffer is full."""
         if self.overflowed:
             return False
-        if len(self._buffer) >= self.limit:
+        if len(self._buffer) >= self.limit or self._bytes + len(message) > self.limit_bytes:
             self.overflowed = True
             self._buffer.clear()
+            self._bytes = 0
             self._ready.set()
             return False
         self._buffer.append((pos, event_id, message))
+        self._bytes += len(message)
         self._ready.set()
         return True
 
@@ -135,6 +157,7 @@ class Subscription:
             return []
         batch = list(self._buffer)
         self._buffer.clear()
+        self._bytes = 0
         return batch
 
     def fresh(self, pos: Position) -> bool:
@@ -166,10 +189,14 @@ class FeedHub:
         buffer: int = DEFAULT_BUFFER,
         read_count: int = READ_COUNT,
         block_ms: int = BLOCK_MS,
+        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
     ) -> None:
         self._redis = redis
         self._partitions = partitions
         self.buffer = buffer
+        self.buffer_bytes = buffer_bytes
+        self.max_per_tenant = MAX_SUBSCRIBERS_PER_TENANT
+        self.max_subscribers = MAX_SUBSCRIBERS
         self.read_count = read_count
         self._block_ms = block_ms
         self._by_tenant: dict[str, set[Subscription]] = {}
@@ -206,12 +233,20 @@ class FeedHub:
         self, tenant_id: str, *, execution_id: str | None = None, types: TypeFilter | None = None
     ) -> Subscription:
         p = keys.partition_of(tenant_id, self._partitions)
-        return Subscription(tenant_id, p, execution_id, types, self.buffer)
+        return Subscription(tenant_id, p, execution_id, types, self.buffer, self.buffer_bytes)
 
     async def subscribe(self, sub: Subscription) -> str:
-        """Register ``sub``; returns the stream id after which live delivery starts (replay up to it)."""
+        """Register ``sub``; returns the stream id after which live delivery starts (replay up to it).
+
+        Raises :class:`TooManySubscribers` when its tenant or the process has all the subscribers it may."""
         self.start()
-        async with self._lock:
+        async with self._lock:  # subscribes are serialised: the counts checked are the counts added to
+            if self._count >= self.max_subscribers:
+                raise TooManySubscribers(f"this server has its {self.max_subscribers} live subscribers; try again",
+                                         limit=self.max_subscribers)
+            if len(self._by_tenant.get(sub.tenant_id, ())) >= self.max_per_tenant:
+                raise TooManySubscribers(f"at most {self.max_per_tenant} live subscribers per tenant; try again",
+                                         limit=self.max_per_tenant)
             if not self._active:
                 # The reader was idle: start it from the logs' ends, not from where it stopped long ago.
                 self._positions = await self._last_ids()

@@ -39,9 +39,10 @@ from shared.durability import ensure_durable
 from shared.maintenance import run_maintenance
 from shared.metrics_server import Metric, start_metrics_server
 from shared.notifications import TRIGGERS, backoff_ms, outcome_unit, queue_units
+from shared.pinned import PINNED_CACHE_SIZE, PinnedDefinitions
 from shared.redis import Entries, connect, ensure_groups, read_group, text
 from shared.settings import Settings
-from shared.state import decode_definition, read_execution
+from shared.state import read_execution
 from shared.workflows import WorkflowDef
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,8 @@ class Notifier:
     """Queues and delivers notifications as consumer ``name`` of group ``notifier``."""
 
     def __init__(self, settings: Settings, redis: Redis, committer: Committer, deliverer: Deliverer,
-                 engine: AsyncEngine | None = None, name: str | None = None) -> None:
+                 engine: AsyncEngine | None = None, name: str | None = None,
+                 definition_cache: int = PINNED_CACHE_SIZE) -> None:
         self.settings = settings
         self.redis = redis
         self.committer = committer
@@ -69,7 +71,9 @@ class Notifier:
         self.partitions = list(range(settings.partitions))
         self.lease_ms = max(60_000, int(settings.webhook_timeout_s * 3000))
         self._partition_of = {keys.log(p): p for p in self.partitions} | {keys.notify(p): p for p in self.partitions}
-        self._definitions: dict[str, WorkflowDef] = {}
+        # Pinned definitions of the workflows whose executions end, least recently used dropped past the bound
+        # (a dropped one is read again from Redis).
+        self._definitions = PinnedDefinitions(definition_cache)
         self._inflight: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
         self.counts = {"queued": 0, "sent": 0, "failed": 0}
@@ -111,7 +115,7 @@ class Notifier:
             event = record.event()
             state = await read_execution(self.redis, p, event.aggregate_id)
             def_key = text(state.get("def_key"))
-            definition = await self._definition(def_key) if def_key else None
+            definition = await self._definition(def_key)
             if definition is None or not definition.notify:
                 continue
             units += queue_units(p=p, entry_id=record.id, event=event, workflow_id=text(state.get("workflow_id")),
@@ -121,14 +125,8 @@ class Notifier:
             self.counts["queued"] += sum(isinstance(o, Applied) for o in outcomes)
 
     async def _definition(self, def_key: str) -> WorkflowDef | None:
-        """A pinned definition (immutable, so cached forever)."""
-        cached = self._definitions.get(def_key)
-        if cached is None:
-            raw = await self.redis.get(def_key)
-            if raw is None:
-                return None
-            cached = self._definitions[def_key] = decode_definition(raw if isinstance(raw, bytes) else raw.encode())
-        return cached
+        """A pinned definition (immutable: cached within the bound); None without a key or when it is gone."""
+        return await self._definitions.read_key(self.redis, def_key) if def_key else None
 
     # --- 2. deliveries --------------------------------------------------------------------------------------
     async def _deliveries(self, stop: asyncio.Event) -> None:

@@ -25,6 +25,7 @@ from services.trigger.registry import config_of, live_triggers
 from shared import keys
 from shared.clock import new_id, now_ms
 from shared.commit import Applied, Unit
+from shared.lru import LRU
 from shared.queues import QueueState, read_queue
 from shared.queues_claims import IN_PROGRESS, claim_item, complete_unit, fail_unit, next_ready
 from shared.queues_items import ItemState, read_items
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 SLOTS_GUARD = "max_concurrent"
 RUN_GUARD = "run_finished"
 QUOTA_PAUSE_MS = 60_000
+# Queue triggers remembered as paused (over quota or backlog) at once. An entry is a trigger id and a time
+# (~150 bytes), so at most ~1.5 MB; forgetting a pause early only costs one more firing attempt, refused again.
+MAX_PAUSED = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,15 +68,24 @@ class ItemClaim:
 class Feeder:
     """Starts executions for queue items and settles items when their executions end."""
 
-    def __init__(self, redis: Redis, firer: Firer, settings: Settings, clock: Callable[[], int] = now_ms) -> None:
+    def __init__(self, redis: Redis, firer: Firer, settings: Settings, clock: Callable[[], int] = now_ms,
+                 max_paused: int = MAX_PAUSED) -> None:
         self.redis = redis
         self.firer = firer
         self.settings = settings
         self.clock = clock
-        self._paused_until: dict[str, int] = {}
+        # trigger id → until when it is not fed; entries go when their time passes (see feed_all).
+        self._paused_until: LRU[str, int] = LRU(max_paused)
+
+    @property
+    def paused(self) -> int:
+        """How many triggers are remembered as paused."""
+        return len(self._paused_until)
 
     async def feed_all(self) -> int:
         """Fill every queue_item trigger's free slots (periodic: deferred items become due, missed events)."""
+        now = self.clock()
+        self._paused_until.keep(lambda _, until: until > now)  # also the pauses of triggers deleted since
         started = 0
         for trigger in await live_triggers(self.redis, self.settings.partitions, "queue_item"):
             started += await self.feed(trigger)
@@ -89,7 +102,7 @@ class Feeder:
     async def feed(self, trigger: TriggerState) -> int:
         config = config_of(trigger, QueueItemConfig)
         now = self.clock()
-        if config is None or self._paused_until.get(trigger.id, 0) > now:
+        if config is None or (self._paused_until.get(trigger.id) or 0) > now:
             return 0
         p = trigger.partition
         inflight = int(text(await self.redis.hget(keys.trigger(p, trigger.id), "inflight")) or 0)
@@ -111,7 +124,7 @@ class Feeder:
                 started += 1
             elif isinstance(outcome, Skipped):
                 # Over quota or backlog: the item stays new; look again in a while rather than every poll.
-                self._paused_until[trigger.id] = now + QUOTA_PAUSE_MS
+                self._paused_until.put(trigger.id, now + QUOTA_PAUSE_MS)
                 break
             elif outcome.reason in (SLOTS_GUARD, "gone"):
                 break

@@ -41,6 +41,13 @@ PRUNE_S = 60.0
 PROCESSED = "processed"
 # Clocks of the API host and the file host may differ a little.
 CLOCK_SLACK_MS = 2_000
+# Files waiting to settle that one watcher tracks at once, across every trigger. An entry is a name and a
+# size/time (~200 bytes), so at most ~2 MB. Past it, new files are not tracked yet: they stay in their folder
+# and are taken as tracked ones fire or vanish (a flooded folder delays files, never grows memory).
+MAX_SETTLING = 10_000
+# Of those, at most this many for one trigger: a folder flooded with files takes a tenth of the room, so the
+# files of other triggers (other tenants) are still tracked and fire on time.
+MAX_SETTLING_PER_TRIGGER = 1_000
 
 
 @dataclass(slots=True)
@@ -97,16 +104,28 @@ class FileWatcher:
     """Scans the folders of every live file_watcher trigger and fires their new, settled files."""
 
     def __init__(self, redis: Redis, firer: Firer, settings: Settings, clock: Callable[[], int] = now_ms,
-                 clock_slack_ms: int = CLOCK_SLACK_MS) -> None:
+                 clock_slack_ms: int = CLOCK_SLACK_MS, max_settling: int = MAX_SETTLING,
+                 max_per_trigger: int = MAX_SETTLING_PER_TRIGGER) -> None:
         self.redis = redis
         self.clock_slack_ms = clock_slack_ms
         self.firer = firer
         self.settings = settings
         self.clock = clock
-        self._seen: dict[tuple[str, str], _Seen] = {}
+        self.max_settling = max_settling
+        self.max_per_trigger = max_per_trigger
+        # trigger id → name → since when the file is unchanged: only files present and not yet fired at the
+        # trigger's last look, at most ``max_per_trigger`` per trigger and ``max_settling`` in all (``_settling``
+        # counts them).
+        self._seen: dict[str, dict[str, _Seen]] = {}
+        self._settling = 0
         self._wake = asyncio.Event()
         self._watches: dict[str, tuple[asyncio.Event, asyncio.Task[None]]] = {}
         self._next_prune = 0.0
+
+    @property
+    def settling(self) -> int:
+        """How many files this watcher tracks while they settle."""
+        return self._settling
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
@@ -150,23 +169,40 @@ class FileWatcher:
             candidates = await asyncio.to_thread(scan, config.folder, config, newer_than)
         except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
             log.debug("cannot watch %s for trigger %s: %s", config.folder, trigger.id, exc)
-            return 0
-        if not candidates:
-            return 0
-        files_key = keys.trigger_files(trigger.partition, trigger.id)
-        recorded = [text(v) for v in await self.redis.hmget(files_key, [c.name for c in candidates])]
+            candidates = []
+        recorded: list[str] = []
+        if candidates:
+            files_key = keys.trigger_files(trigger.partition, trigger.id)
+            recorded = [text(v) for v in await self.redis.hmget(files_key, [c.name for c in candidates])]
+        # What this trigger tracks is rebuilt from what is in its folder now: files that vanished are forgotten.
+        previous = self._seen.pop(trigger.id, {})
+        self._settling -= len(previous)
+        tracked: dict[str, _Seen] = {}
+        stranded: list[str] = []
+        due: list[tuple[Candidate, str]] = []
         pending = 0
         for candidate, fired_as in zip(candidates, recorded, strict=True):
             if fired_as == candidate.identity:
                 if config.move_to_processed:  # fired, but the move did not happen (a crash in between)
-                    await asyncio.to_thread(_move_quietly, candidate.path)
+                    stranded.append(candidate.path)
                 continue
-            seen = self._seen.get((trigger.id, candidate.name))
+            seen = previous.get(candidate.name)
             if seen is None or seen.identity != candidate.identity:
-                self._seen[(trigger.id, candidate.name)] = seen = _Seen(candidate.identity, now)
+                if len(tracked) >= self.max_per_trigger or self._settling + len(tracked) >= self.max_settling:
+                    pending += 1  # no room to track it yet: it stays in the folder for a later look
+                    continue
+                seen = _Seen(candidate.identity, now)
+            tracked[candidate.name] = seen
             if now - seen.since_ms < config.stable_ms:
                 pending += 1
-                continue
+            else:
+                due.append((candidate, fired_as))
+        if tracked:
+            self._seen[trigger.id] = tracked
+            self._settling += len(tracked)
+        for path in stranded:
+            await asyncio.to_thread(_move_quietly, path)
+        for candidate, fired_as in due:
             await self._fire(trigger, config, candidate, fired_as, now)
         return pending
 
@@ -186,7 +222,15 @@ class FileWatcher:
                      extra={"trigger_id": trigger.id, "execution_id": outcome.execution_id})
             if config.move_to_processed:
                 await asyncio.to_thread(_move_quietly, candidate.path)
-        self._seen.pop((trigger.id, candidate.name), None)
+        self._forget(trigger.id, candidate.name)
+
+    def _forget(self, trigger_id: str, name: str) -> None:
+        """Stop tracking a file (it was just fired or refused; refused ones settle again from the next look)."""
+        files = self._seen.get(trigger_id)
+        if files is not None and files.pop(name, None) is not None:
+            self._settling -= 1
+            if not files:
+                del self._seen[trigger_id]
 
     def _follow(self, folders: set[str]) -> None:
         """Keep one watchfiles task per watched folder (they only wake the loop)."""
@@ -221,7 +265,8 @@ class FileWatcher:
             if gone:
                 await self.redis.hdel(files_key, *gone)
         live = {t.id for t in triggers}
-        self._seen = {k: v for k, v in self._seen.items() if k[0] in live}
+        self._seen = {k: v for k, v in self._seen.items() if k in live}
+        self._settling = sum(len(v) for v in self._seen.values())
 
 
 def _move_quietly(path: str) -> None:

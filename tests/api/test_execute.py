@@ -46,7 +46,7 @@ async def test_execute_queues_with_the_plan_default_priority(
     assert await _usage(redis, tenant) == 1
     events = [r.event() for r in records_of(await redis.xrange(keys.log(tenant.partition)))]
     queued = [e for e in events if isinstance(e, ExecutionQueued)]
-    assert len(queued) == 1 and queued[0].params == {"n": 1} and queued[0].definition.name == "hello"
+    assert len(queued) == 1 and queued[0].params == {"n": 1} and [s.action for s in queued[0].steps] == ["noop"]
 
 
 async def test_empty_body_and_explicit_priority(client: httpx.AsyncClient, redis: Redis, tenant: TenantHandle) -> None:

@@ -15,7 +15,7 @@ The connection is accepted, then closed before any event when the request is ref
 4410 ``since`` is older than the retained log: reload over REST, then reconnect without ``since``
 4429 the client fell behind its buffer; reconnect with ``since=<the last id it received>``
 1001 the server is stopping; reconnect (to any API process) with ``since``
-1013 Redis is unavailable; try again
+1013 Redis is unavailable, or the tenant or server has its most subscribers; try again
 ==== ==========================================================================================
 """
 
@@ -150,6 +150,8 @@ def _refusal(exc: Exception) -> tuple[int, str]:
             return CLOSE_FORBIDDEN, exc.message
         case OrqError() if exc.status in (400, 404, 422):
             return CLOSE_BAD_REQUEST, exc.message
+        case OrqError() if exc.status == 429:  # too many subscribers: the feed's bound
+            return CLOSE_TRY_AGAIN, exc.message
         case _:
             return CLOSE_TRY_AGAIN, "a backing store is unavailable, try again"
 
