@@ -56,7 +56,8 @@ async def serve_dev(settings: Settings, stop: asyncio.Event, *, host: str, port:
             f"{settings.email_domain})\n"
             f"  data:        {folder}\n"
             "  network:     private and loopback addresses open to http_request steps and webhooks "
-            "(ORQ_ALLOW_PRIVATE_NETWORKS=1, development only)\nPress Ctrl-C to stop.\n",
+            "(ORQ_ALLOW_PRIVATE_NETWORKS=1, development only)\n"
+            "  Writing workflows: docs/workflows.md\nPress Ctrl-C to stop.\n",
             flush=True,
         )
         done, _ = await asyncio.wait([*services, asyncio.create_task(stop.wait())],

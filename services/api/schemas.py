@@ -330,6 +330,10 @@ class Trigger(_Out):
     updated_at: Timestamp | None
     webhook_url: Annotated[str | None, Meta(description="webhook triggers: where to POST")] = None
     email_address: Annotated[str | None, Meta(description="email triggers: where to send mail")] = None
+    next_fire_times: Annotated[
+        list[str] | None,
+        Meta(description="schedule triggers: the next five ticks, ISO 8601 in the trigger's time zone"),
+    ] = None
 
 
 class TriggerPage(_Out):

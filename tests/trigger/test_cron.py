@@ -23,7 +23,7 @@ NOW = ms("2026-03-27 12:00:00")
 
 
 def test_validate_accepts_five_six_and_seven_fields_and_macros() -> None:
-    for expression in ("0 9 * * 1-5", "*/5 * * * * *", "0 0 12 * * 0 2030", "@hourly", "* * * * * *"):
+    for expression in ("0 9 * * 1-5", "*/5 * * * * *", "0 0 12 * * ? 2030", "@hourly", "* * * * * *"):
         cron.validate(expression, "UTC", NOW)
 
 

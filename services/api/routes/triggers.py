@@ -96,7 +96,20 @@ def trigger_view(
         updated_at=iso(fields["updated_at"]),
         webhook_url=f"{base}{WEBHOOK_PATH.format(token=token)}" if kind == "webhook" and token else None,
         email_address=f"{token}@{settings.email_domain}" if kind == "email" and token else None,
+        next_fire_times=_next_fire_times(config, bool(fields["enabled"])) if kind == "schedule" else None,
     )
+
+
+def _next_fire_times(config: dict[str, Any], enabled: bool) -> list[str]:
+    """Computed on every read, never stored: they move with the clock (a disabled trigger has none). A schedule
+    saved under an older rule that no longer parses lists none rather than failing the whole response."""
+    if not enabled:
+        return []
+    try:
+        schedule = cron.parse(str(config.get("cron", "")), str(config.get("timezone") or "UTC"))
+    except ValidationFailed:
+        return []
+    return schedule.upcoming(now_ms())
 
 
 def _state_fields(state: TriggerState) -> dict[str, Any]:
