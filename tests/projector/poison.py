@@ -22,6 +22,7 @@ from shared.events import (
     StepStarted,
     TenantCreated,
     WorkflowSaved,
+    outline,
 )
 from tests.projector.factories import MID_MONTH_MS, definition
 
@@ -62,7 +63,7 @@ def run(tenant: str, execution_id: str, output: Any = "ok", duration_ms: int = 5
     e, wf = execution_id, workflow_of(tenant)
     return [
         ExecutionQueued(tenant_id=tenant, aggregate_id=e, ts=0, workflow_id=wf, workflow_version=1,
-                        definition=definition(f"flow of {tenant[:6]}", 2), params={"n": 1}, priority=5,
+                        steps=outline(definition(f"flow of {tenant[:6]}", 2)), params={"n": 1}, priority=5,
                         trigger_type="api"),
         ExecutionStarted(tenant_id=tenant, aggregate_id=e, ts=0, attempt=1, executor="x1"),
         StepStarted(tenant_id=tenant, aggregate_id=e, ts=0, step_index=0, action="noop"),

@@ -163,7 +163,7 @@ def test_log_rows_with_the_same_stream_id_in_two_partitions_are_both_kept() -> N
     wf = definition("flow", 1)
     events += [
         ExecutionQueued(tenant_id=other_tenant, aggregate_id=other_execution, ts=1, workflow_id=W, workflow_version=1,
-                        definition=wf, priority=5, id="99999999999990-0"),
+                        steps=outline(wf), priority=5, id="99999999999990-0"),
         ExecutionLog(tenant_id=other_tenant, aggregate_id=other_execution, ts=2, step_index=0, message="b",
                      id=same_id),
         msgspec.structs.replace(_ex(ExecutionLog, step_index=0, message="a"), id=same_id),

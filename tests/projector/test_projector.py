@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.projector.locks import PartitionLocks, ReadResult
 from services.projector.projector import HeldPartition, Projector
 from shared import keys
-from shared.events import ExecutionQueued, ExecutionStarted, StepStarted
+from shared.events import ExecutionQueued, ExecutionStarted, StepStarted, outline
 from shared.redis import ensure_groups
 from shared.settings import Settings
 from tests.helpers import assert_eventually
@@ -45,7 +45,7 @@ async def test_expected_rows_for_one_run(redis: Redis, engine: AsyncEngine) -> N
     definition_ = definition("one", 3)
     await append(redis, [
         ExecutionQueued(tenant_id=tenant, aggregate_id=x, ts=1_000, workflow_id=wf, workflow_version=4,
-                        definition=definition_, params={"k": [1, 2]}, priority=3, trigger_type="webhook"),
+                        steps=outline(definition_), params={"k": [1, 2]}, priority=3, trigger_type="webhook"),
         ExecutionStarted(tenant_id=tenant, aggregate_id=x, ts=1_100, attempt=1, executor="ex-1"),
         StepStarted(tenant_id=tenant, aggregate_id=x, ts=1_200, step_index=0, action="noop"),
     ], PARTITIONS)

@@ -23,6 +23,7 @@ from shared.events import (
     ExecutionStarted,
     StepFailed,
     StepStarted,
+    outline,
 )
 from shared.projection import Projection
 from tests.projector.factories import MID_MONTH_MS, definition, fold, random_history, snapshot, with_ids
@@ -36,7 +37,7 @@ NASTY = [
 def _nasty_history() -> list[EventBase]:
     base = random_history(31, tenants=1, executions=1)[:2]
     queued = ExecutionQueued(tenant_id=base[0].tenant_id, aggregate_id="e" * 32, ts=0, workflow_id=base[1].aggregate_id,
-                             workflow_version=1, definition=definition("nasty", 1), priority=5, params={"p": NASTY})
+                             workflow_version=1, steps=outline(definition("nasty", 1)), priority=5, params={"p": NASTY})
     tenant, execution = queued.tenant_id, queued.aggregate_id
     extra: list[EventBase] = [ExecutionStarted(tenant_id=tenant, aggregate_id=execution, ts=0, attempt=9, executor="n")]
     for i, text in enumerate(NASTY):
