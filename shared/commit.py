@@ -206,6 +206,11 @@ class Unit:
         self.ops.append(["del", key])
         return self
 
+    def persist(self, key: str) -> Unit:
+        """Remove ``key``'s TTL, if it has one (an ended execution's state revived before its retention ran out)."""
+        self.ops.append(["persist", key])
+        return self
+
     def publish(self, channel: str, message: str) -> Unit:
         self.ops.append(["publish", channel, message])
         return self

@@ -7,9 +7,14 @@ executor is refused (nothing changes) instead of acting on a state it did not se
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgspec
+
 from shared import keys
 from shared.admission import WORKFLOW_GONE_GUARD
-from shared.commit import Unit
+from shared.commit import Unit, Value
 from shared.events import (
     ExecutionCancelled,
     ExecutionDlqPurged,
@@ -23,6 +28,8 @@ from shared.state import FENCE, Status
 
 STATUS_GUARD = "status"
 DISPATCHED_GUARD = "dispatched"
+
+_packer = msgspec.msgpack.Encoder()
 
 
 def cancel_unit(*, p: int, tenant_id: str, execution_id: str, observed: Status, now_ms: int) -> Unit:
@@ -64,17 +71,26 @@ def priority_unit(*, p: int, tenant_id: str, execution_id: str, previous: int, p
 
 
 def requeue_unit(
-    *, p: int, tenant_id: str, execution_id: str, observed: Status, priority: int, from_dlq: bool, now_ms: int
+    *, p: int, tenant_id: str, execution_id: str, observed: Status, priority: int, from_dlq: bool, now_ms: int,
+    restore: Mapping[str, Value] | None = None,
 ) -> Unit:
     """Start a new series of attempts for a failed or cancelled execution (from the DLQ if it is there).
 
     It resumes from the step that failed unless the workflow says ``retry_from: start``. The fence moves on,
-    so nothing left from an earlier hand-out can act on the new series.
+    so nothing left from an earlier hand-out can act on the new series. An ended execution's state carries a
+    TTL (``ORQ_STATE_RETENTION_S``): the revived one loses it in the same step. ``restore`` is the state
+    rebuilt from SQL (:func:`restored_state`) of one whose hash retention already dropped: it is written only
+    if the hash is still absent, so two racing retries revive it once.
     """
     state_key = keys.execution(p, execution_id)
-    unit = Unit(p).require(state_key, "status", [observed.value], STATUS_GUARD)
+    unit = Unit(p)
+    if restore is None:
+        unit.require(state_key, "status", [observed.value], STATUS_GUARD)
+        if from_dlq:
+            unit.require(state_key, "dead_lettered", ["1"], "dead_lettered")
+    else:
+        unit.require_absent(state_key, STATUS_GUARD).hset(state_key, restore)
     if from_dlq:
-        unit.require(state_key, "dead_lettered", ["1"], "dead_lettered")
         unit.xdel_recorded(keys.dlq(p), state_key, "dlq_id")
     unit.event(
         ExecutionRequeued(
@@ -89,9 +105,62 @@ def requeue_unit(
     unit.hset(state_key, {"status": Status.QUEUED.value, "attempt": 1, "dead_lettered": "0", "queued_at": now_ms,
                           "priority": priority})
     unit.hincrby(state_key, FENCE, 1)
+    unit.persist(state_key)
     unit.hincrby(keys.queued(p), tenant_id, 1)
     unit.to_backlog(p, priority, tenant_id, execution_id)
     return unit
+
+
+def restored_state(
+    *, p: int, row: Mapping[str, Any], steps: Sequence[Mapping[str, Any]], retry_from_start: bool, dlq_id: str,
+    fence: int,
+) -> dict[str, Value]:
+    """The Redis state of an ended execution rebuilt from its SQL rows (``executions`` and its
+    ``execution_steps``), for a retry after retention dropped its hash.
+
+    What the executor needs to resume: the pinned definition key, params, the step to resume from and the
+    outputs of the steps before it (as SQL holds them: JSON values). ``fence`` must exceed any token handed
+    out before the hash was dropped (the caller passes the time in ms; tokens are small counters).
+    """
+    # As the executor left it: a failure of a ``retry_from: start`` workflow resumes at 0; a cancel where it was.
+    from_start = retry_from_start and row["status"] == Status.FAILED.value
+    resume = 0 if from_start else resume_step(row["current_step"], steps)
+    state: dict[str, Value] = {
+        "tenant": row["tenant_id"],
+        "workflow_id": row["workflow_id"],
+        "def_key": keys.workflow_version(p, row["workflow_id"], row["workflow_version"]),
+        "priority": row["priority"],
+        "status": row["status"],
+        "attempt": row["attempt"],
+        "retry_count": row["retry_count"],
+        "crash_count": row["crash_count"],
+        "step": resume,
+        "fence": fence,
+        "queued_at": row["queued_at"],
+        "params": _packer.encode(row["params"] or {}),
+        "trigger_type": row["trigger_type"],
+        "dead_lettered": "1" if row["in_dlq"] else "0",
+    }
+    if row["started_at"] is not None:
+        state["started_at"] = row["started_at"]
+    if dlq_id:
+        state["dlq_id"] = dlq_id
+    for step in steps:
+        if step["step_index"] < resume and step["status"] == Status.COMPLETED.value:
+            state[f"out:{step['step_index']}"] = _packer.encode(step["output_data"])
+    return state
+
+
+def resume_step(current_step: int | None, steps: Sequence[Mapping[str, Any]]) -> int:
+    """The step a failed or cancelled execution resumes from, read off its SQL rows: the step it was at
+    (``current_step``, the last one started) unless that one completed, then the next.
+
+    A failed step is run again: it is the one that ended the run, or (rarely: cancelled right after a step
+    that failed with ``on_error: continue``) one whose failure was let pass, which is the safe side to err on.
+    """
+    at = current_step or 0
+    done = any(int(s["step_index"]) == at and s["status"] == Status.COMPLETED.value for s in steps)
+    return at + 1 if done else at
 
 
 def workflow_pause_unit(*, p: int, tenant_id: str, workflow_id: str, paused: bool, now_ms: int) -> Unit:

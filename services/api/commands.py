@@ -3,35 +3,81 @@
 Each reads the execution's Redis state, decides on what it saw, and commits a unit guarded on that status.
 A unit refused because the execution moved on meanwhile is decided again on the new state, a bounded
 number of times; a command the new state does not allow is a 409 naming the status.
+
+An ended execution's Redis state is dropped ``ORQ_STATE_RETENTION_S`` after its ending was projected: then
+the SQL row answers instead (a 409 naming its status), and a retry rebuilds the state from SQL.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, cast
+
+from sqlalchemy import select
 
 from services.api.context import ApiContext
 from services.api.ownership import MAX_ID_LENGTH
 from services.api.priority import check_priority
 from services.api.schemas import CommandAccepted
+from shared import keys
 from shared.clock import now_ms
-from shared.commit import Applied
-from shared.control import cancel_unit, dlq_purge_unit, priority_unit, requeue_unit
+from shared.commit import Applied, Unit
+from shared.control import cancel_unit, dlq_purge_unit, priority_unit, requeue_unit, restored_state
 from shared.errors import Conflict, NotFound
+from shared.events import ExecutionDlqPurged
 from shared.redis import text
+from shared.schema import execution_steps, executions
 from shared.state import FINISHED, Status, TenantState, read_execution
 
 ATTEMPTS = 3
 RETRYABLE = frozenset({Status.FAILED, Status.CANCELLED})
+# A DLQ entry is added by the executor's dead-letter commit at Redis' time; SQL's dead_lettered_at is the
+# executor's clock. The entry is looked for this far either side (clock skew), a page at a time.
+DLQ_WINDOW_MS = 10 * 60 * 1000
+DLQ_PAGE = 200
 
 State = dict[str, bytes]
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+class Retired:
+    """An execution of the tenant whose Redis state retention dropped: its SQL row is what is left."""
+
+    __slots__ = ("row",)
+
+    def __init__(self, row: Mapping[str, Any]) -> None:
+        self.row = row
+
+    @property
+    def status(self) -> str:
+        return str(self.row["status"])
+
+
+async def lookup(ctx: ApiContext, tenant: TenantState, execution_id: str) -> State | Retired:
+    """The execution's Redis state if it belongs to the tenant; else its SQL row if SQL knows it (its state
+    was dropped after it ended); otherwise (unknown, another tenant's) a 404."""
+    if len(execution_id) > MAX_ID_LENGTH:
+        raise NotFound(f"execution {execution_id} not found")
+    state = await read_execution(ctx.redis, tenant.partition, execution_id)
+    if state:
+        if text(state.get("tenant")) != tenant.id:
+            raise NotFound(f"execution {execution_id} not found")
+        return state
+    async with ctx.engine.connect() as conn:
+        c = executions.c
+        row = (await conn.execute(select(executions).where(c.id == execution_id, c.tenant_id == tenant.id))).first()
+    if row is None:
+        raise NotFound(f"execution {execution_id} not found")
+    return Retired(dict(row._mapping))
 
 
 async def owned_execution(ctx: ApiContext, tenant: TenantState, execution_id: str) -> State:
-    """The execution's state if it belongs to the tenant; otherwise (unknown, another tenant's) a 404."""
-    state: State = {}
-    if len(execution_id) <= MAX_ID_LENGTH:
-        state = await read_execution(ctx.redis, tenant.partition, execution_id)
-    if not state or text(state.get("tenant")) != tenant.id:
-        raise NotFound(f"execution {execution_id} not found")
-    return state
+    """The execution's state if it belongs to the tenant and has one; one whose state was dropped after it
+    ended is a 409 naming its status (as its state would have said); unknown or another tenant's, a 404."""
+    found = await lookup(ctx, tenant, execution_id)
+    if isinstance(found, Retired):
+        raise Conflict(f"execution is {found.status}", status=found.status)
+    return found
 
 
 def status_of(state: State) -> Status:
@@ -72,14 +118,17 @@ async def retry(ctx: ApiContext, tenant: TenantState, execution_id: str, *, from
     out of the DLQ if it is there.
     """
     for _ in range(ATTEMPTS):
-        state = await owned_execution(ctx, tenant, execution_id)
-        in_dlq = text(state.get("dead_lettered")) == "1"
+        found = await lookup(ctx, tenant, execution_id)
+        if isinstance(found, Retired):
+            in_dlq, status, priority = bool(found.row["in_dlq"]), _sql_status(found), int(found.row["priority"])
+        else:
+            in_dlq, status, priority = text(found.get("dead_lettered")) == "1", status_of(found), _priority(found)
         if from_dlq and not in_dlq:
             raise NotFound(f"execution {execution_id} is not in the dead-letter queue")
-        status = status_of(state)
         if status not in RETRYABLE:
             raise conflict(status)
-        priority = _priority(state)
+        ts = now_ms()
+        restore = await _restore(ctx, tenant, found, ts) if isinstance(found, Retired) else None
         unit = requeue_unit(
             p=tenant.partition,
             tenant_id=tenant.id,
@@ -87,11 +136,48 @@ async def retry(ctx: ApiContext, tenant: TenantState, execution_id: str, *, from
             observed=status,
             priority=priority,
             from_dlq=in_dlq,
-            now_ms=now_ms(),
+            now_ms=ts,
+            restore=restore,
         )
         if isinstance(await ctx.committer.commit(unit), Applied):
             return CommandAccepted(execution_id=execution_id, status=Status.QUEUED.value, priority=priority)
     raise Conflict("execution is changing concurrently, try again")
+
+
+def _sql_status(found: Retired) -> Status:
+    try:
+        return Status(found.status)
+    except ValueError:
+        raise Conflict(f"execution is {found.status}", status=found.status) from None
+
+
+async def _restore(ctx: ApiContext, tenant: TenantState, found: Retired, ts: int) -> dict[str, Any]:
+    """The state of a retired execution rebuilt from SQL: its steps' rows, its pinned definition's
+    ``retry_from``, and its DLQ entry (found by time: the id recorded in the dropped hash is gone)."""
+    row, p = found.row, tenant.partition
+    async with ctx.engine.connect() as conn:
+        steps = (await conn.execute(
+            select(execution_steps).where(execution_steps.c.execution_id == row["id"],
+                                          execution_steps.c.tenant_id == tenant.id))).all()
+    definition = await ctx.definitions.read(ctx.redis, p, row["workflow_id"], int(row["workflow_version"]))
+    dlq_id = ""
+    if row["in_dlq"]:
+        dlq_id = await dlq_entry(ctx, p, str(row["id"]), int(row["dead_lettered_at"] or row["completed_at"] or ts))
+    return restored_state(p=p, row=row, steps=[dict(s._mapping) for s in steps], dlq_id=dlq_id, fence=ts,
+                          retry_from_start=definition is not None and definition.retry_from == "start")
+
+
+async def dlq_entry(ctx: ApiContext, p: int, execution_id: str, around_ms: int) -> str:
+    """The id of the execution's entry in the partition's DLQ stream near ``around_ms``; "" if none (purged)."""
+    start, end = str(max(0, around_ms - DLQ_WINDOW_MS)), str(around_ms + DLQ_WINDOW_MS)
+    while True:
+        entries = cast(Entries, await ctx.redis.xrange(keys.dlq(p), start, end, count=DLQ_PAGE))
+        for raw_id, fields in entries:
+            if text(fields.get(b"e")) == execution_id:
+                return text(raw_id)
+        if len(entries) < DLQ_PAGE:
+            return ""
+        start = f"({text(entries[-1][0])}"
 
 
 async def change_priority(ctx: ApiContext, tenant: TenantState, execution_id: str, priority: int) -> CommandAccepted:
@@ -124,9 +210,28 @@ async def change_priority(ctx: ApiContext, tenant: TenantState, execution_id: st
 
 async def purge(ctx: ApiContext, tenant: TenantState, execution_id: str) -> None:
     """Remove a dead-lettered execution from the DLQ (it stays failed in the history)."""
-    state = await owned_execution(ctx, tenant, execution_id)
-    if text(state.get("dead_lettered")) != "1":
+    found = await lookup(ctx, tenant, execution_id)
+    if isinstance(found, Retired):
+        await _purge_retired(ctx, tenant, found)
+        return
+    if text(found.get("dead_lettered")) != "1":
         raise NotFound(f"execution {execution_id} is not in the dead-letter queue")
     unit = dlq_purge_unit(p=tenant.partition, tenant_id=tenant.id, execution_id=execution_id, now_ms=now_ms())
     if not isinstance(await ctx.committer.commit(unit), Applied):
         raise NotFound(f"execution {execution_id} is not in the dead-letter queue")
+
+
+async def _purge_retired(ctx: ApiContext, tenant: TenantState, found: Retired) -> None:
+    """Purge one whose state was dropped: the event (only while its state stays absent), then its DLQ entry.
+    The entry goes after the event: a crash in between leaves an entry no state points at, which the DLQ cap
+    of ``orq maintenance`` drops."""
+    execution_id, p, ts = str(found.row["id"]), tenant.partition, now_ms()
+    if not found.row["in_dlq"]:
+        raise NotFound(f"execution {execution_id} is not in the dead-letter queue")
+    unit = Unit(p).require_absent(keys.execution(p, execution_id), "status")
+    unit.event(ExecutionDlqPurged(tenant_id=tenant.id, aggregate_id=execution_id, ts=ts))
+    if not isinstance(await ctx.committer.commit(unit), Applied):
+        raise Conflict("execution is changing concurrently, try again")
+    around = int(found.row["dead_lettered_at"] or found.row["completed_at"] or ts)
+    if entry := await dlq_entry(ctx, p, execution_id, around):
+        await ctx.redis.xdel(keys.dlq(p), entry)

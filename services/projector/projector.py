@@ -46,10 +46,12 @@ from shared.clock import now_ms, stream_id_parts
 from shared.consumer import Record
 from shared.db import create_engine, create_schema, is_sqlite
 from shared.durability import check_rewind, ensure_durable
+from shared.events import ExecutionCancelled, ExecutionCompleted, ExecutionDeadLettered, ExecutionFailed
 from shared.metrics_server import Metric, counter, start_metrics_server
 from shared.projection import Projection, needs_of
 from shared.redis import connect, ensure_groups
-from shared.settings import PROJECTOR_BATCH, Settings
+from shared.settings import PROJECTOR_BATCH, STATE_RETENTION_S, Settings
+from shared.state import FINISHED
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,23 @@ STALE_SESSIONS_MAX = 25
 
 # Called after a batch of partition ``p`` committed (last id applied), before it is acked.
 AfterCommit = Callable[[int, str], None]
+
+# Events after which an execution has ended (a retry may revive it: ``execution.requeued`` persists it).
+ENDINGS = (ExecutionCompleted, ExecutionFailed, ExecutionCancelled, ExecutionDeadLettered)
+# KEYS: execution hashes of one partition whose ending was just projected; ARGV[1]: retention (s), then the
+# ended statuses. Only a hash still ended gets the TTL: one revived meanwhile (requeued) keeps living.
+EXPIRE_ENDED = """
+local ended = {}
+for i = 2, #ARGV do ended[ARGV[i]] = true end
+local n = 0
+for _, key in ipairs(KEYS) do
+  if ended[redis.call('HGET', key, 'status')] then
+    redis.call('EXPIRE', key, ARGV[1])
+    n = n + 1
+  end
+end
+return n
+"""
 
 
 def _pos(stream_id: str | None) -> tuple[int, int]:
@@ -87,6 +106,7 @@ class HeldPartition:
     task: asyncio.Task[None] | None = None
     failures: int = 0  # consecutive failed attempts (for the backoff)
     retries_due: float = 0.0  # monotonic time to look for requested retries of quarantined events again
+    ended: set[str] = field(default_factory=set)  # executions whose ending is projected, awaiting their TTL
 
     async def connection(self, engine: AsyncEngine) -> AsyncConnection:
         if self.conn is None:
@@ -119,6 +139,7 @@ class Projector:
         after_commit: AfterCommit | None = None,
         cache_rows: int = CACHE_ROWS,
         accept_rewind: bool = False,
+        state_retention_s: int = STATE_RETENTION_S,
     ) -> None:
         self.redis = redis
         self.engine = engine
@@ -130,6 +151,8 @@ class Projector:
         self.after_commit = after_commit
         self.cache_rows = cache_rows
         self.accept_rewind = accept_rewind  # ORQ_ACCEPT_REWOUND_REDIS: see shared.durability.check_rewind
+        self.state_retention_s = state_retention_s  # ORQ_STATE_RETENTION_S: see _expire_ended
+        self._expire_ended_script = redis.register_script(EXPIRE_ENDED)
         self.locks = PartitionLocks(redis, token=self.consumer, ttl_ms=lock_ttl_ms)
         self.store = Store(engine)
         self.held: dict[int, HeldPartition] = {}
@@ -315,8 +338,26 @@ class Projector:
         if cache.size() > self.cache_rows:
             cache.evict()
         self.applied += len(records)
+        held.ended.update(e.aggregate_id for e in events if isinstance(e, ENDINGS))
+        await self._expire_ended(held)
         if self.after_commit is not None:
             self.after_commit(held.p, last_id)
+
+    async def _expire_ended(self, held: HeldPartition) -> None:
+        """Give the Redis state of executions whose ending SQL now holds its retention TTL: one script call
+        for the batch. Never before the commit (SQL must be able to answer for it once it is gone). A Redis
+        failure here must not undo a committed batch: the ids wait for the next batch's call."""
+        if not held.ended:
+            return
+        ids = sorted(held.ended)
+        try:
+            await self._expire_ended_script(keys=[keys.execution(held.p, i) for i in ids],
+                                            args=[self.state_retention_s, *sorted(FINISHED)])
+        except Exception as exc:  # the next batch tries again; a projector that dies now leaves them unexpired
+            log.warning("partition %d: could not set the retention of %d ended executions: %s", held.p, len(ids),
+                        describe(exc))
+            return
+        held.ended.difference_update(ids)
 
     async def _set_aside(self, held: HeldPartition, record: Record, exc: BaseException) -> None:
         """Quarantine ``record`` (it failed alone, because of its data) and move the checkpoint past it, in
@@ -396,7 +437,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         await ensure_durable(redis, settings)
         await create_schema(engine)
         projector = Projector(redis, engine, partitions=settings.partitions, batch=settings.projector_batch,
-                              accept_rewind=settings.accept_rewound_redis)
+                              accept_rewind=settings.accept_rewound_redis,
+                              state_retention_s=settings.state_retention_s)
         await start_metrics_server(settings, stop, redis, extra=lambda: projector_metrics(projector))
         log.info("projector %s starting on %d partitions", projector.consumer, settings.partitions)
         await projector.run(stop)

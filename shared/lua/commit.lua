@@ -157,6 +157,8 @@ local function apply(op, ids, base)
     if op[4] > 0 then redis.call('EXPIRE', op[2], op[4], 'NX') end
   elseif kind == 'del' then
     redis.call('DEL', op[2])
+  elseif kind == 'persist' then
+    redis.call('PERSIST', op[2])
   elseif kind == 'publish' then
     redis.call('PUBLISH', op[2], op[3])
   elseif kind == 'zadd' then
