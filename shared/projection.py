@@ -15,10 +15,21 @@ Decisions where the product brief is silent (see ``services/projector/README.md`
 
 - ``execution.requeued`` starts a new attempt series: besides status/attempt/priority it clears
   ``completed_at``, ``duration_ms``, ``result`` and the DLQ flags (``dead_lettered``, ``in_dlq``,
-  ``dead_lettered_at``); ``started_at`` keeps the first start ever.
+  ``dead_lettered_at``). The series' first ``execution.started`` (the one that finds the row ``queued``)
+  sets ``started_at``: ``started_at`` is the start of the last attempt series, and ``duration_ms`` runs from
+  it to the end (time spent in the DLQ or queued for a DLQ retry is not counted; backoff between the
+  attempts of one series is). ``execution.completed``'s own ``duration_ms`` (the executor measures from the
+  first start it ever saw) is used only where it is not longer than that.
 - ``execution.dead_lettered`` of a run that never got an ``execution.failed`` (a poison run) also marks it
   ``failed`` with the event's error, so no dead-lettered execution stays ``running``.
-- ``execution.completed`` sets ``progress`` to 100.
+- ``execution.cancelled`` closes the step that was running: ``cancelled``, with ``completed_at`` and
+  ``duration_ms``; the execution gets its ``duration_ms`` too.
+- ``error_message`` is the outcome's: ``execution.retrying`` and ``execution.failed`` set it,
+  ``execution.completed`` clears it. Earlier attempts' errors stay on their step rows: ``step.started`` and
+  ``step.completed`` keep a step's ``error_message`` (the error of its last failed attempt, with
+  ``attempts`` counting its starts).
+- ``progress`` counts completed steps: ``floor(100 * steps_completed / steps_total)``, plus the running
+  step's share of its own ``execution.progress`` report; ``execution.completed`` sets it to 100.
 - ``step.started`` for a step a definition did not list creates the row from the event.
 - Strings are clipped to their column's length, so SQLite and MySQL hold the same value.
 """
@@ -513,14 +524,14 @@ class Projection:
         """Status changes driven by the executor; False when ``event`` is not one of them."""
         match event:
             case ExecutionStarted():
-                row["status"] = RUNNING
-                if row["started_at"] is None:
+                if row["status"] == QUEUED or row["started_at"] is None:  # the first start of a series
                     row["started_at"] = event.ts
+                row["status"] = RUNNING
                 row["attempt"] = event.attempt
                 row["executor"] = _clip(event.executor, 120)
                 row["current_step"] = event.from_step
             case ExecutionProgress():
-                row["progress"] = max(0, min(100, int(event.percent)))
+                self._progress_report(row, event)
             case ExecutionRetrying():
                 row["status"] = RETRYING
                 row["retry_count"] += 1
@@ -528,8 +539,9 @@ class Projection:
             case ExecutionCompleted():
                 row["status"] = COMPLETED
                 row["completed_at"] = event.ts
-                row["duration_ms"] = event.duration_ms or _since(row["started_at"], event.ts)
+                row["duration_ms"] = _completed_duration(event.duration_ms, _since(row["started_at"], event.ts))
                 row["result"] = json_value(event.result)
+                row["error_message"] = None
                 row["progress"] = 100
             case ExecutionFailed():
                 row["status"] = FAILED
@@ -539,6 +551,8 @@ class Projection:
             case ExecutionCancelled():
                 row["status"] = CANCELLED
                 row["completed_at"] = event.ts
+                row["duration_ms"] = _since(row["started_at"], event.ts)
+                self._cancel_running_steps(row, event.ts)
             case _:
                 return False
         return True
@@ -605,14 +619,14 @@ class Projection:
                     step = self._new_step(event.aggregate_id, event.tenant_id, event.step_index, event.action,
                                           event.label)
                 step["status"], step["started_at"], step["completed_at"] = RUNNING, event.ts, None
-                step["duration_ms"] = step["output_data"] = step["error_message"] = None
+                step["duration_ms"] = step["output_data"] = None  # an earlier attempt's error stays
                 step["attempts"] += 1
                 execution["current_step"] = event.step_index
             case StepCompleted():
                 if step is None:
                     return
                 step["status"], step["completed_at"], step["duration_ms"] = COMPLETED, event.ts, event.duration_ms
-                step["output_data"], step["error_message"] = json_value(event.output), None
+                step["output_data"] = json_value(event.output)
             case StepFailed():
                 if step is None:
                     return
@@ -628,10 +642,47 @@ class Projection:
         statuses = [steps[(execution["id"], i)]["status"] for i in self._steps_of.get(execution["id"], ())]
         execution["steps_completed"] = statuses.count(COMPLETED)
         execution["steps_failed"] = statuses.count(FAILED)
+        if execution["status"] != COMPLETED:
+            execution["progress"] = _share(execution["steps_completed"], 0.0, execution["steps_total"])
+
+    def _progress_report(self, execution: Row, event: ExecutionProgress) -> None:
+        """A step's report of its own progress moves the bar within that step's share, while it runs."""
+        step = self.rows[STEPS].get((execution["id"], event.step_index))
+        if step is None or step["status"] != RUNNING or execution["status"] == COMPLETED:
+            return
+        percent = max(0.0, min(100.0, float(event.percent)))
+        execution["progress"] = _share(execution["steps_completed"], percent, execution["steps_total"])
+
+    def _cancel_running_steps(self, execution: Row, ts: int) -> None:
+        """A cancel ends the step that was running: it never finishes, so it is closed as ``cancelled``."""
+        steps = self.rows[STEPS]
+        for index in self._steps_of.get(execution["id"], ()):
+            key = (execution["id"], index)
+            step = steps[key]
+            if step["status"] == RUNNING:
+                step["status"], step["completed_at"] = CANCELLED, ts
+                step["duration_ms"] = _since(step["started_at"], ts)
+                self._touch(STEPS, key)
+        self._recount(execution)
 
 
 def _since(start: int | None, end: int) -> int | None:
     return None if start is None else max(0, end - start)
+
+
+def _completed_duration(reported: int, series: int | None) -> int | None:
+    """The executor's figure, unless it is missing (0) or longer than the last series (it counts from the first
+    start ever, so a DLQ retry's figure includes the time spent in the DLQ)."""
+    if series is None:
+        return reported or None
+    return series if not reported or reported > series else reported
+
+
+def _share(completed: int, running_percent: float, total: int) -> int:
+    """Percent of ``total`` steps done: whole completed steps plus ``running_percent`` of the running one."""
+    if total <= 0:
+        return 0
+    return max(0, min(100, int((100 * completed + running_percent) // total)))
 
 
 def _sort_key(key: Key) -> tuple[Any, ...]:

@@ -211,7 +211,9 @@ class ExecutionStep(_Out):
     completed_at: Timestamp | None
     duration_ms: int | None
     output_data: Any
-    error_message: str | None
+    error_message: Annotated[str | None, Meta(description=(
+        "the error of the step's last failed attempt: kept when a later attempt completes it, "
+        "so an execution that succeeded on a retry still shows what failed before"))]
 
 
 class ExecutionSummary(_Out):
@@ -225,15 +227,22 @@ class ExecutionSummary(_Out):
     steps_completed: int
     steps_failed: int
     queued_at: Timestamp | None
-    started_at: Timestamp | None
+    started_at: Annotated[Timestamp | None, Meta(description=(
+        "the first start of the last attempt series (a DLQ retry or a retry of a finished run starts a new one)"))]
     completed_at: Timestamp | None
-    duration_ms: int | None
+    duration_ms: Annotated[int | None, Meta(description=(
+        "running time of the last attempt series, from `started_at` to its end: time spent in the DLQ or queued "
+        "for a retry of it is not counted"))]
     result: Any
-    error_message: str | None
+    error_message: Annotated[str | None, Meta(description=(
+        "the outcome's error: set while retrying and when failed, null once completed (earlier attempts' errors "
+        "stay on their steps)"))]
     dead_lettered: bool
     crash_count: int
     attempt: int
-    progress: Annotated[int, Meta(description="percent")]
+    progress: Annotated[int, Meta(description=(
+        "percent of the steps completed (a failed step counts nothing), plus the running step's share of its "
+        "own progress report; 100 once completed"))]
 
 
 class Execution(ExecutionSummary):

@@ -107,7 +107,7 @@ function rowFromRest(x) {
     status: x.status,
     priority: x.priority,
     steps_total: x.steps_total,
-    done: (x.steps_completed || 0) + (x.steps_failed || 0),
+    done: x.steps_completed || 0, // completed steps only: a failed step is not done
     current: null,
     progress: x.progress || 0,
     queued_at: ms(x.queued_at),
@@ -200,32 +200,46 @@ function applyExecutionEvent(ev) {
       row.started_at = row.started_at || ev.ts;
       row.attempt = d.attempt;
       row.current = d.from_step || 0;
-      row.done = Math.max(row.done, d.from_step || 0);
+      // An attempt resumes after the steps it keeps (all of them completed, but those let pass on error).
+      passedSteps(row, (j) => j < (d.from_step || 0));
+      row.done = (d.from_step || 0) - row.passed.size;
+      row.report = null;
       break;
     case "execution.recovered":
       if (!known) row.status = "running";
       break;
     case "step.started":
       row.current = d.step_index;
-      row.done = d.step_index;
+      row.report = null;
       if (row.steps_total <= d.step_index) row.steps_total = d.step_index + 1;
       break;
-    case "step.completed":
+    case "step.completed": {
+      // Completed steps only: the steps before this one, less those that failed and were let pass.
+      const before = [...passedSteps(row)].filter((j) => j < d.step_index).length;
+      row.done = Math.max(row.done, d.step_index + 1 - before);
+      row.report = null;
+      break;
+    }
     case "step.failed":
-      row.done = Math.max(row.done, d.step_index + 1);
+      if (d.continued) passedSteps(row).add(d.step_index);
+      row.report = null;
       break;
     case "execution.progress":
-      row.progress = d.percent;
+      row.report = { step: d.step_index, percent: d.percent }; // the running step's own progress
       break;
     case "execution.retrying":
       row.status = "retrying";
       row.error_message = d.error;
       break;
-    case "execution.completed":
-      Object.assign(row, { status: "completed", completed_at: ev.ts, duration_ms: d.duration_ms, progress: 100,
-                           done: row.steps_total, error_message: null });
+    case "execution.completed": {
+      // Running time of the last attempt series (the executor's figure counts from the first start ever).
+      const series = row.started_at ? ev.ts - row.started_at : null;
+      Object.assign(row, { status: "completed", completed_at: ev.ts, progress: 100, done: row.steps_total,
+                           duration_ms: series === null ? d.duration_ms : Math.min(d.duration_ms || series, series),
+                           error_message: null });
       bucket(ev.ts).completed += 1;
       break;
+    }
     case "execution.failed":
       Object.assign(row, { status: "failed", completed_at: ev.ts, error_message: d.error });
       row.duration_ms = row.started_at ? ev.ts - row.started_at : null;
@@ -242,15 +256,16 @@ function applyExecutionEvent(ev) {
       setDeadLettered(row, false);
       break;
     case "execution.cancelled":
-      Object.assign(row, { status: "cancelled", completed_at: ev.ts });
+      Object.assign(row, { status: "cancelled", completed_at: ev.ts, duration_ms: row.started_at ? ev.ts - row.started_at : null });
       break;
     case "execution.priority_changed":
       row.priority = d.priority;
       statsChanged();
       break;
     case "execution.requeued":
-      Object.assign(row, { status: "queued", attempt: 1, priority: d.priority, completed_at: null, duration_ms: null,
-                           progress: 0, error_message: null });
+      // A new attempt series: its first start is the new started_at (time in the DLQ is not running time).
+      Object.assign(row, { status: "queued", attempt: 1, priority: d.priority, started_at: null, completed_at: null,
+                           duration_ms: null, progress: 0, error_message: null });
       if (d.reason === "dlq_retry" || row.dead_lettered) setDeadLettered(row, false);
       if (state.dlq.delete(id)) view.dlqDirty = true;
       break;
@@ -381,10 +396,19 @@ function newRow(id) {
   return tr;
 }
 
+// Steps of the current attempt that failed and were let pass (on_error: continue): not done, yet passed.
+function passedSteps(row, keep) {
+  if (!row.passed) row.passed = new Set();
+  if (keep) for (const j of [...row.passed]) if (!keep(j)) row.passed.delete(j);
+  return row.passed;
+}
+
+// Completed steps only (a failed step adds nothing), plus the running step's share of its own progress report.
 function progressOf(r) {
   if (r.status === "completed") return 100;
-  const steps = r.steps_total ? (100 * Math.min(r.done, r.steps_total)) / r.steps_total : 0;
-  return Math.max(steps, r.progress || 0);
+  if (!r.steps_total) return r.progress || 0;
+  const report = r.report && r.status === "running" && r.report.step === r.current ? r.report.percent || 0 : 0;
+  return Math.min(100, (100 * Math.min(r.done, r.steps_total) + Math.min(100, report)) / r.steps_total);
 }
 
 function durationOf(r) {
@@ -573,6 +597,9 @@ function detailEvent(detail, ev) {
       log(detail, ev, `failed: ${d.error}`, "error");
       break;
     case "execution.cancelled":
+      // The step that was running never finishes: closed as cancelled, as the projection closes it.
+      for (const s of detail.steps.values()) if (s.status === "running") s.status = "cancelled";
+      detail.current = null;
       log(detail, ev, "cancelled");
       break;
     default:
@@ -723,6 +750,12 @@ const refreshQueues = debounce(async () => {
   $("#queues").hidden = false;
 }, QUEUES_REFRESH_MS);
 
+// A person pressed Run: the execution is recorded as a manual run (trigger_type "manual"), not a program's ("api").
+function runWorkflow(id) {
+  return api("POST", `/api/workflows/${encodeURIComponent(id)}/execute`, { trigger_type: "manual" })
+    .catch((e) => alert(e.message));
+}
+
 const refreshWorkflows = debounce(async () => {
   let page;
   try { page = await api("GET", "/api/workflows?limit=50"); } catch { return; }
@@ -734,7 +767,7 @@ const refreshWorkflows = debounce(async () => {
   $("#workflow-list").replaceChildren(...page.items.map((w) => el("li", {},
     el("span", { textContent: `${w.name} ` }),
     el("button", { type: "button", className: "row-btn run", textContent: "Run", dataset: { id: w.id },
-                   on: { click: () => api("POST", `/api/workflows/${encodeURIComponent(w.id)}/execute`, {}).catch((e) => alert(e.message)) } }))));
+                   on: { click: () => runWorkflow(w.id) } }))));
   $("#workflows").hidden = page.items.length === 0;
 }, 1000);
 

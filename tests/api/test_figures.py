@@ -1,0 +1,163 @@
+"""Honest figures on ``GET /api/executions/{id}`` (issue 16, item 3), from real executors and the real projector
+on SQLite and MariaDB: a cancel closes the running step, ``error_message`` is the outcome's, a DLQ retry's
+``duration_ms`` leaves out the time spent in the DLQ, progress counts completed steps, and a dashboard run is
+``manual``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from redis.asyncio import Redis
+
+from services.executor.actions import Actions
+from services.executor.worker import Executor
+from shared.commit import Committer
+from shared.settings import Settings
+from tests.api.support import TenantHandle, create_workflow, projector
+from tests.helpers import assert_eventually
+
+TIMEOUT_S = 20
+
+
+@asynccontextmanager
+async def executor(settings: Settings, redis: Redis) -> AsyncIterator[None]:
+    # The robot of the DLQ test listens on loopback (its URL is a run's param: the API checks literal URLs).
+    committer = Committer(redis)
+    stop = asyncio.Event()
+    async with httpx.AsyncClient() as client:
+        actions = Actions(client, plugins={}, allow_private=True)
+        task = asyncio.create_task(Executor(settings, redis, committer, actions).run(stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            await task
+            await committer.close()
+
+
+@asynccontextmanager
+async def robot() -> AsyncIterator[dict[str, Any]]:
+    """A tiny HTTP server on loopback answering ``state["status"]`` (500 until the test says otherwise)."""
+    state: dict[str, Any] = {"status": 500}
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(f"HTTP/1.1 {state['status']} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".encode())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    state["url"] = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/robot"
+    try:
+        yield state
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def _execute(client: httpx.AsyncClient, tenant: TenantHandle, workflow_id: str, **body: Any) -> str:
+    r = await client.post(f"/api/workflows/{workflow_id}/execute", json=body, headers=tenant.headers)
+    assert r.status_code == 202, r.text
+    return str(r.json()["execution_id"])
+
+
+async def _when(client: httpx.AsyncClient, tenant: TenantHandle, execution_id: str,
+                check: Any) -> dict[str, Any]:
+    """The execution once ``check(body)`` holds (assertions inside ``check``)."""
+
+    async def probe() -> dict[str, Any]:
+        r = await client.get(f"/api/executions/{execution_id}", headers=tenant.headers)
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        check(body)
+        return body
+
+    result: dict[str, Any] = await assert_eventually(probe, timeout=TIMEOUT_S)
+    return result
+
+
+def _status(status: str) -> Any:
+    def check(body: dict[str, Any]) -> None:
+        assert body["status"] == status, str(body)
+    return check
+
+
+async def test_cancel_closes_the_running_step(
+    client: httpx.AsyncClient, tenant: TenantHandle, settings: Settings, redis: Redis
+) -> None:
+    wf = await create_workflow(client, tenant, {"name": "long", "steps": [
+        {"action": "noop"}, {"action": "delay", "params": {"ms": 15_000}}, {"action": "noop"}]})
+    async with executor(settings, redis), projector(settings):
+        execution_id = await _execute(client, tenant, wf["id"])
+
+        def step_one_running(body: dict[str, Any]) -> None:
+            assert body["steps"][1]["status"] == "running", body["steps"]
+
+        await _when(client, tenant, execution_id, step_one_running)
+        r = await client.post(f"/api/executions/{execution_id}/cancel", headers=tenant.headers)
+        assert r.status_code == 202, r.text
+        body = await _when(client, tenant, execution_id, _status("cancelled"))
+    assert [s["status"] for s in body["steps"]] == ["completed", "cancelled", "pending"]
+    cancelled = body["steps"][1]
+    assert cancelled["completed_at"] is not None and cancelled["duration_ms"] is not None
+    assert body["duration_ms"] is not None and body["steps_completed"] == 1
+
+
+async def test_a_run_that_succeeds_on_attempt_two_shows_no_error(
+    client: httpx.AsyncClient, tenant: TenantHandle, settings: Settings, redis: Redis
+) -> None:
+    wf = await create_workflow(client, tenant, {
+        "name": "second time lucky", "retry": {"attempts": 2, "backoff": {"type": "fixed", "delay_ms": 0}},
+        "steps": [{"action": "fail", "params": {"message": "boom", "until_attempt": 2}}]})
+    async with executor(settings, redis), projector(settings):
+        execution_id = await _execute(client, tenant, wf["id"])
+        body = await _when(client, tenant, execution_id, _status("completed"))
+    assert body["error_message"] is None and body["attempt"] == 2 and body["retry_count"] == 1
+    [step] = body["steps"]
+    assert step["status"] == "completed"
+    assert step["error_message"] == "boom"  # attempt 1's error, kept in the attempt history
+
+
+async def test_a_dlq_retry_counts_running_time_only_and_progress_counts_completed_steps(
+    client: httpx.AsyncClient, tenant: TenantHandle, settings: Settings, redis: Redis
+) -> None:
+    async with robot() as state, executor(settings, redis), projector(settings):
+        wf = await create_workflow(client, tenant, {"name": "robot", "retry": {"attempts": 1}, "steps": [
+            {"action": "noop"}, {"action": "noop"},
+            {"action": "http_request", "params": {"method": "GET", "url": "{{ params.url }}"}}]})
+        execution_id = await _execute(client, tenant, wf["id"], params={"url": state["url"]})
+
+        def dead_lettered(body: dict[str, Any]) -> None:
+            assert body["dead_lettered"] and body["status"] == "failed", body
+
+        failed = await _when(client, tenant, execution_id, dead_lettered)
+        assert [s["status"] for s in failed["steps"]] == ["completed", "completed", "failed"]
+        assert failed["steps_completed"] == 2 and failed["progress"] == 66
+
+        await asyncio.sleep(2)  # in the DLQ: not running time
+        state["status"] = 200
+        r = await client.post(f"/api/dlq/{execution_id}/retry", headers=tenant.headers)
+        assert r.status_code == 202, r.text
+        body = await _when(client, tenant, execution_id, _status("completed"))
+    assert body["progress"] == 100 and body["error_message"] is None
+    assert body["duration_ms"] is not None and body["duration_ms"] < 1_500, body
+
+
+async def test_execute_records_a_manual_run(
+    client: httpx.AsyncClient, tenant: TenantHandle, settings: Settings
+) -> None:
+    wf = await create_workflow(client, tenant)
+    async with projector(settings):
+        manual = await _execute(client, tenant, wf["id"], trigger_type="manual")
+        api = await _execute(client, tenant, wf["id"])
+        body = await _when(client, tenant, manual, _status("queued"))
+        assert body["trigger_type"] == "manual"
+        body = await _when(client, tenant, api, _status("queued"))
+        assert body["trigger_type"] == "api"
+    r = await client.post(f"/api/workflows/{wf['id']}/execute", json={"trigger_type": "schedule"},
+                          headers=tenant.headers)
+    assert r.status_code == 422, r.text
