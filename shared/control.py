@@ -104,6 +104,7 @@ def requeue_unit(
     unit.unwork(p, execution_id).release(p, tenant_id, execution_id)  # no-ops unless something was left over
     unit.hset(state_key, {"status": Status.QUEUED.value, "attempt": 1, "dead_lettered": "0", "queued_at": now_ms,
                           "priority": priority})
+    unit.hdel(state_key, "started_at")  # the new series' duration counts from its own start, not the DLQ's wait
     unit.hincrby(state_key, FENCE, 1)
     unit.persist(state_key)
     unit.hincrby(keys.queued(p), tenant_id, 1)

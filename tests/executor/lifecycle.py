@@ -97,6 +97,7 @@ class Node:
     committer: Committer
     alive: bool = True
     draining: bool = False
+    dropped: set[str] = field(default_factory=set)  # runs that died inside it: its own orphans
 
     @property
     def name(self) -> str:
@@ -133,6 +134,7 @@ class Node:
         if found is None:
             return False
         found[0].cancel()
+        self.dropped.add(execution_id)
         return True
 
     def sigterm(self) -> None:
@@ -188,15 +190,21 @@ class Rig:
             if time.monotonic() > deadline:
                 raise AssertionError("runs did not settle")
 
-    async def expire(self, node: Node) -> None:
-        """Make every entry ``node`` holds look idle past the lease, as if a whole lease went by unrenewed."""
+    async def expire(self, node: Node, only: set[str] | None = None) -> None:
+        """Make the entries ``node`` holds (of the executions ``only``, if given) look idle past the lease, as
+        if a whole lease went by unrenewed."""
         lease_ms = int(node.executor.settings.lease_s * 1000) + 1
         for p in range(self.partitions):
             for stream in keys.work_streams(p):
                 for entry in await self.redis.xpending_range(stream, keys.GROUP_EXECUTOR, "-", "+", 1000,
                                                              consumername=node.name):
+                    entry_id = _s(entry["message_id"])
+                    if only is not None:
+                        found = await self.redis.xrange(stream, entry_id, entry_id)
+                        if not found or _s(found[0][1][b"e"]) not in only:
+                            continue
                     await self.redis.eval(_AGE, 1, stream, keys.GROUP_EXECUTOR, node.name,  # type: ignore[misc]
-                                          _s(entry["message_id"]), lease_ms)
+                                          entry_id, lease_ms)
 
     async def close(self) -> None:
         for node in self.nodes:

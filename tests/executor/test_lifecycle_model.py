@@ -259,12 +259,15 @@ class Lifecycle(RuleBasedStateMachine):
                 break
             for execution_id in self.rig.gate.waiting():
                 self.rig.gate.open(execution_id, True)
-            for node in self.rig.live():
-                for action in ("dispatch", "take_due", "take_expired", "renew"):
-                    await self._step(node, action)
+            # One executor does all the work, as under `orq dev`, preferably one with runs that died inside it:
+            # it must take back its own orphans too.
+            worker = next((n for n in self.rig.live() if n.dropped), self.rig.live()[0])
+            for action in ("dispatch", "take_due", "take_expired", "renew"):
+                await self._step(worker, action)
             for node in self.rig.nodes:
-                if not node.alive:
-                    await self.rig.expire(node)  # dead executors' leases run out
+                if node is not worker:
+                    await self.rig.expire(node)  # the others' leases run out
+            await self.rig.expire(worker, only=worker.dropped)  # its orphans are renewed by nobody
             await asyncio.sleep(0.002)
             await check_invariants(self.redis, P)
         else:
