@@ -109,7 +109,9 @@ class ExecutionRun:
         return Unit(self.job.p).require(self.job.state_key, FENCE, [self.job.fence], FENCE)
 
     def _guarded(self) -> Unit:
-        return self.fenced().require(self.job.state_key, "status", [Status.RUNNING.value], "status")
+        # The fence alone suffices once started: whatever else changes the status (cancel, retry, a takeover)
+        # moves the fence on, and the run's own last commit is its last.
+        return self.fenced()
 
     def _ids(self) -> dict[str, Any]:
         return {"tenant_id": self.job.tenant_id, "aggregate_id": self.job.execution_id}
@@ -262,8 +264,10 @@ class ExecutionRun:
     def _end(self, unit: Unit) -> Unit:
         """The hand-out ends with this commit: its work entry goes, its concurrency slot is freed."""
         self.finishing = True
-        return unit.unwork(self.job.p, self.job.execution_id).release(self.job.p, self.job.tenant_id,
-                                                                       self.job.execution_id)
+        # The fence guarantees the entry is still this run's: ack it by id, no lookup.
+        unit.ack(self.job.stream, keys.GROUP_EXECUTOR, self.job.entry_id)
+        unit.hdel(self.job.state_key, "work_stream", "work_id")
+        return unit.release(self.job.p, self.job.tenant_id, self.job.execution_id)
 
     def _complete(self, unit: Unit, result: Any) -> Unit:
         ts = now_ms()
