@@ -7,12 +7,13 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from services.admin.cli import ADMIN_COMMANDS
 from services.admin.cli import add_commands as add_admin_commands
 from shared.errors import ConfigError, OrqError
 from shared.runtime import configure_logging, run_until_signalled
-from shared.settings import Settings, load_settings
+from shared.settings import DEV_DATA_DIR, DEV_SETTINGS_FILE, Settings, load_settings, with_dev_settings
 from shared.tracing import configure_tracing, shutdown_tracing
 
 
@@ -42,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     configure_logging(args.log_level, args.log_format)
     try:
-        settings = load_settings()
+        settings = load_settings(_environment(args.command))
         configure_tracing(settings.otel_endpoint, args.command)
         _dispatch(args, settings)
     except ConfigError as exc:
@@ -53,6 +54,56 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(1)
     finally:
         shutdown_tracing()
+
+
+# Commands that reach a deployment rather than serve one: run from the folder of an ``orq dev``, they use its
+# settings file (``.orq/dev.json``, or ``$ORQ_DEV_DIR/dev.json``) for whatever the environment does not set.
+_CLIENT_COMMANDS = ADMIN_COMMANDS | {"replay"}
+
+
+def _dev_folder() -> Path:
+    return Path(os.environ.get("ORQ_DEV_DIR") or DEV_DATA_DIR)
+
+
+def _environment(command: str) -> dict[str, str]:
+    """The environment the settings are built from: ``os.environ``, completed from ``orq dev``'s settings file for
+    the client commands; says on stderr which Redis and database a client command uses, and where they came from."""
+    env = dict(os.environ)
+    if command not in _CLIENT_COMMANDS:
+        return env
+    path = _dev_folder() / DEV_SETTINGS_FILE
+    env, taken = with_dev_settings(env, path)
+    if taken:
+        from shared.dev import running_dev
+
+        if running_dev(path.parent) is None:
+            raise ConfigError(f"{path} is left by an orq dev that is no longer running; start `orq dev` again "
+                              "(or delete the file, or set ORQ_REDIS_URL and ORQ_DATABASE_URL)")
+    redis_from = "from " + str(path) if "ORQ_REDIS_URL" in taken else "from ORQ_REDIS_URL" if env.get(
+        "ORQ_REDIS_URL") else "default"
+    database_from = "from " + str(path) if "ORQ_DATABASE_URL" in taken else "from ORQ_DATABASE_URL" if env.get(
+        "ORQ_DATABASE_URL") else "default"
+    defaults = Settings()
+    print(f"orq: redis {env.get('ORQ_REDIS_URL') or defaults.redis_url} ({redis_from}), database "
+          f"{env.get('ORQ_DATABASE_URL') or defaults.database_url} ({database_from})", file=sys.stderr)
+    if not env.get("ORQ_DATABASE_URL"):
+        Path(DEV_DATA_DIR).mkdir(exist_ok=True)  # the default SQLite file lives there (git-ignored)
+    return env
+
+
+async def _replay(settings: Settings, *, show_progress: bool) -> int:
+    """``orq replay``; against a running ``orq dev`` (whose settings it uses), with that instance's projector
+    paused meanwhile (a live projector holds the partition locks replay needs)."""
+    from services.projector.replay import replay
+    from shared.dev import projector_paused, running_dev
+
+    folder = _dev_folder()
+    dev = running_dev(folder)
+    if dev is None or dev.get("redis_url") != settings.redis_url:
+        return await replay(settings, show_progress=show_progress)
+    print(f"orq: pausing the projector of orq dev (pid {dev['pid']}) during the replay", file=sys.stderr)
+    async with projector_paused(folder):
+        return await replay(settings, show_progress=show_progress)
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> None:
@@ -87,9 +138,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> None:
             run_until_signalled(lambda stop: serve_dev(settings, stop, host=args.host, port=args.port,
                                                        data_dir=args.data_dir))
         case "replay":
-            from services.projector.replay import replay
-
-            count = asyncio.run(replay(settings, show_progress=not args.no_progress))
+            count = asyncio.run(_replay(settings, show_progress=not args.no_progress))
             print(f"replayed {count} events")
 
 

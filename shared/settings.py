@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from shared.errors import ConfigError
 from shared.plans import Plan, default_plans, load_plans
@@ -15,6 +17,13 @@ from shared.plans import Plan, default_plans, load_plans
 PROJECTOR_BATCH = 2000
 # An ended execution's Redis state outlives the projection of its ending by this long (ORQ_STATE_RETENTION_S).
 STATE_RETENTION_S = 3600
+# ``orq dev``'s data folder (relative to where it runs) and the file in it that tells every other ``orq`` command
+# run from the same folder how to reach that instance (see docs/operations.md "orq dev").
+DEV_DATA_DIR = ".orq"
+DEV_SETTINGS_FILE = "dev.json"
+# The dev file's keys and the variables they stand in for when those are not set.
+_DEV_VARIABLES = {"redis_url": "ORQ_REDIS_URL", "database_url": "ORQ_DATABASE_URL", "admin_token": "ORQ_ADMIN_TOKEN",
+                  "partitions": "ORQ_PARTITIONS"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +31,7 @@ class Settings:
     """Everything a service needs to know about its deployment."""
 
     redis_url: str = "redis://127.0.0.1:6379/0"
-    database_url: str = "sqlite+aiosqlite:///orq.db"
+    database_url: str = f"sqlite+aiosqlite:///{DEV_DATA_DIR}/orq.db"
     admin_token: str = ""
     partitions: int = 4
     executor_concurrency: int = 5
@@ -158,3 +167,28 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         trigger_poll_s=_float(env, "ORQ_TRIGGER_POLL_SECONDS", defaults.trigger_poll_s),
         queue_sweep_s=_float(env, "ORQ_QUEUE_SWEEP_SECONDS", defaults.queue_sweep_s),
     )
+
+
+def read_dev_settings(path: Path) -> dict[str, str] | None:
+    """The connection settings ``orq dev`` wrote to ``path`` (None when there is no such file or it is unreadable)."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else None
+
+
+def with_dev_settings(env: Mapping[str, str], path: Path) -> tuple[dict[str, str], list[str]]:
+    """``env`` completed from ``orq dev``'s settings file at ``path``: each of ``ORQ_REDIS_URL``,
+    ``ORQ_DATABASE_URL``, ``ORQ_ADMIN_TOKEN`` and ``ORQ_PARTITIONS`` not set is taken from it. Returns the new
+    environment and the names of the variables taken from the file (empty when none were)."""
+    merged = dict(env)
+    saved = read_dev_settings(path)
+    if saved is None:
+        return merged, []
+    taken = []
+    for key, name in _DEV_VARIABLES.items():
+        if not merged.get(name) and saved.get(key):
+            merged[name] = saved[key]
+            taken.append(name)
+    return merged, taken

@@ -13,7 +13,9 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import BaseRoute
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
 
 from services.api import openapi
 from services.api.context import ApiContext
@@ -41,6 +43,29 @@ from services.api.tracing import RequestSpans
 from shared.actions import load_plugins, param_types
 from shared.commit import Committer
 from shared.settings import Settings
+
+# ``GET /api``: where to start reading the API (the full reference is /openapi.json; /docs/workflows.md in the
+# repository says how to write a workflow).
+API_INDEX = {
+    "name": "Orquesta API",
+    "openapi": "/openapi.json",
+    "health": "/healthz",
+    "collections": {
+        "workflows": "/api/workflows",
+        "executions": "/api/executions",
+        "triggers": "/api/triggers",
+        "queues": "/api/queues",
+        "dlq": "/api/dlq",
+        "tenant": "/api/tenants/me",
+    },
+    "feed": "/ws/events",
+    "auth": "Authorization: Bearer <tenant key> (or the admin token for /api/tenants)",
+}
+
+
+async def api_index(request: Request) -> JSONResponse:
+    """A small index of the API, so ``/api`` (the link ``orq dev`` prints) is not a 404."""
+    return JSONResponse(API_INDEX)
 
 
 def all_routes() -> list[BaseRoute]:
@@ -95,5 +120,7 @@ def create_app(
     )
     # "/api/workflows/" is not "/api/workflows": answer 404 rather than a redirect clients must follow.
     app.router.redirect_slashes = False
+    # Not in all_routes(): that list is what /openapi.json documents, and the index is not an operation of its own.
+    app.router.routes.insert(0, Route("/api", api_index, methods=["GET"]))
     app.state.api = ctx
     return app

@@ -123,6 +123,9 @@ async def serve_smtp(redis: Redis, firer: Firer, settings: Settings, stop: async
     if settings.smtp_port == 0:
         await stop.wait()
         return
+    # aiosmtpd logs every command and every closed connection (a normal QUIT included) at INFO on "mail.log":
+    # session chatter, not events; its warnings and errors still show.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     handler = MailHandler(redis, firer, settings)
     loop = asyncio.get_running_loop()
     failures = 0

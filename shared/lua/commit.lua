@@ -154,7 +154,8 @@ local function apply(op, ids, base)
     if op[4] > 0 then redis.call('SET', op[2], op[3], 'EX', op[4]) else redis.call('SET', op[2], op[3]) end
   elseif kind == 'incrby' then
     redis.call('INCRBY', op[2], op[3])
-    if op[4] > 0 then redis.call('EXPIRE', op[2], op[4], 'NX') end
+    -- Set the TTL only the first time (EXPIRE's NX flag needs Redis 7; the embedded fallback is 6.2).
+    if op[4] > 0 and redis.call('TTL', op[2]) == -1 then redis.call('EXPIRE', op[2], op[4]) end
   elseif kind == 'del' then
     redis.call('DEL', op[2])
   elseif kind == 'persist' then
