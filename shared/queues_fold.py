@@ -152,13 +152,15 @@ def item_row(item_id: str, tenant_id: str, item: QueueItemSnapshot, ts: int, res
 
 
 def _detail(event: ItemEvent) -> str | None:
-    """What the history shows beside the status: the error, the progress note, the retry's id."""
+    """What the history shows beside the status: the error, the progress note, the retry's id, the execution."""
     item = event.item
     match event:
         case QueueItemFailed() if item.error is not None:
             return f"{item.error.kind}: {item.error.message}"
         case QueueItemProgressed():
             return item.progress
+        case QueueItemStarted() if item.execution_id is not None:
+            return f"execution {item.execution_id}"
         case QueueItemRetried():
             return f"retried as {item.retry_id} ({event.reason})"
         case QueueItemAdded() if item.retry_of is not None:

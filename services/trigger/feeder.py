@@ -24,7 +24,8 @@ from redis.asyncio import Redis
 from services.trigger.registry import config_of, live_triggers
 from shared import keys
 from shared.clock import new_id, now_ms
-from shared.commit import Applied, Unit
+from shared.commit import Applied, Refused, Unit
+from shared.events import ExecutionDlqPurged
 from shared.lru import LRU
 from shared.queues import QueueState, read_queue
 from shared.queues_claims import IN_PROGRESS, claim_item, complete_unit, fail_unit, next_ready
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 SLOTS_GUARD = "max_concurrent"
 RUN_GUARD = "run_finished"
+RUN_CHANGED_GUARD = "run_changed"
+FINISH_ATTEMPTS = 3
 QUOTA_PAUSE_MS = 60_000
 # Queue triggers remembered as paused (over quota or backlog) at once. An entry is a trigger id and a time
 # (~150 bytes), so at most ~1.5 MB; forgetting a pause early only costs one more firing attempt, refused again.
@@ -131,34 +134,62 @@ class Feeder:
         return started
 
     async def finish(self, p: int, execution_id: str, status: str, result: Any, error: str) -> bool:
-        """The execution of a queue item ended: settle the item, free the slot, feed the trigger again."""
+        """The execution of a queue item ended: settle the item, free the slot, feed the trigger again.
+
+        The queue owns the retry of an item's failed run: the run the executor dead-lettered leaves the DLQ in
+        the same unit (``execution.dlq_purged``), so nobody retries it beside the queue's new item. A run
+        requeued meanwhile (a DLQ retry before this) is running again: its item waits for that run's end.
+        """
         runs = keys.trigger_runs(p)
-        record = text(await self.redis.hget(runs, execution_id))
-        if not record:
-            return False
-        trigger_id, _, item_id = record.partition(" ")
-        now = self.clock()
-        items = await read_items(self.redis, p, [item_id])
-        item = items[0]
-        trigger = await read_trigger(self.redis, p, trigger_id)
-        unit = Unit(p)
-        if item is not None and item.status == IN_PROGRESS and item.snapshot.execution_id == execution_id:
-            queue = await read_queue(self.redis, p, item.queue_id)
-            if status == "completed":
-                unit = complete_unit(p=p, item=item, result=result, now_ms=now)
-            elif queue is not None:
-                message = error or f"execution {execution_id} {status}"
-                unit = fail_unit(p=p, item=item, queue=queue, message=message, now_ms=now,
-                                 kind="business" if status == "cancelled" else "application")
-        _free_slot(unit, p, trigger_id, execution_id, record)
-        outcome = await self.firer.committer.commit(unit)
-        if not isinstance(outcome, Applied):
+        for _ in range(FINISH_ATTEMPTS):
+            record = text(await self.redis.hget(runs, execution_id))
+            if not record:
+                return False
+            trigger_id, _, item_id = record.partition(" ")
+            state = await self.redis.hmget(keys.execution(p, execution_id), ["status", "dead_lettered", "tenant"])
+            run_status, dead_lettered, tenant_id = text(state[0]), text(state[1]), text(state[2])
+            if run_status and run_status != status:
+                return False  # requeued (retried) since: the item stays in progress with this run
+            now = self.clock()
+            items = await read_items(self.redis, p, [item_id])
+            item = items[0]
+            trigger = await read_trigger(self.redis, p, trigger_id)
+            unit = Unit(p)
+            if item is not None and item.status == IN_PROGRESS and item.snapshot.execution_id == execution_id:
+                queue = await read_queue(self.redis, p, item.queue_id)
+                if status == "completed":
+                    unit = complete_unit(p=p, item=item, result=result, now_ms=now)
+                elif queue is not None:
+                    message = error or f"execution {execution_id} {status}"
+                    unit = fail_unit(p=p, item=item, queue=queue, message=message, now_ms=now,
+                                     kind="business" if status == "cancelled" else "application")
+                    if dead_lettered == "1":
+                        _leave_dlq(unit, p, tenant_id, execution_id, run_status, now)
+            _free_slot(unit, p, trigger_id, execution_id, record)
+            outcome = await self.firer.committer.commit(unit)
+            if isinstance(outcome, Applied):
+                break
+            if isinstance(outcome, Refused) and outcome.label == RUN_CHANGED_GUARD:
+                continue  # the run changed under us (a DLQ retry or purge at the same moment): read again
             # The item moved on (abandoned meanwhile): still free the slot, once.
             release = _free_slot(Unit(p), p, trigger_id, execution_id, record)
             await self.firer.committer.commit(release)
+            break
+        else:
+            return False
         if trigger is not None and trigger.live:
             await self.feed(trigger)
         return True
+
+
+def _leave_dlq(unit: Unit, p: int, tenant_id: str, execution_id: str, status: str, now_ms: int) -> None:
+    """Take a dead-lettered queue-item run out of the DLQ (guarded: still failed and still there)."""
+    state_key = keys.execution(p, execution_id)
+    unit.require(state_key, "status", [status], RUN_CHANGED_GUARD)
+    unit.require(state_key, "dead_lettered", ["1"], RUN_CHANGED_GUARD)
+    unit.event(ExecutionDlqPurged(tenant_id=tenant_id, aggregate_id=execution_id, ts=now_ms))
+    unit.xdel_recorded(keys.dlq(p), state_key, "dlq_id")
+    unit.hset(state_key, {"dead_lettered": "0"})
 
 
 def _free_slot(unit: Unit, p: int, trigger_id: str, execution_id: str, record: str) -> Unit:
