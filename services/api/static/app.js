@@ -17,6 +17,15 @@ const STATS_REFRESH_MS = 5000;
 const PROJECTION_LAG_MS = 1000;
 const FRAME_MS = 250;
 const QUEUES_REFRESH_MS = 2000;
+const TRIGGERS_REFRESH_MS = 1000;
+const LOWEST_PRIORITY = 10;
+const PAGE = 100;
+// Destructive commands ask first (window.confirm); the question names what is lost.
+const CONFIRM = {
+  cancel: (id) => `Cancel execution ${short(id)}? Its running step is stopped.`,
+  "dlq-purge": (id) => `Purge execution ${short(id)} from the dead-letter queue? It can no longer be retried.`,
+  "trigger-delete": (id) => `Delete trigger ${short(id)}? It will not fire again.`,
+};
 
 const $ = (sel, root = document) => root.querySelector(sel);
 
@@ -57,7 +66,17 @@ const state = {
   figures: { avg: null, p95: null },
   depth: {},
   dlq: new Map(),
-  filter: "",
+  filter: "", // status
+  workflowFilter: "",
+  triggerFilter: "",
+  search: "",
+  nextCursor: null,
+  rowCap: MAX_ROWS, // grows with each "More" page
+  triggers: [],
+  triggersDeleted: new Set(), // deleted from this page; the projection may still list them for a moment
+  queueSelected: null,
+  itemStatus: "",
+  runWorkflowId: null,
   selected: null,
   detail: null,
   feed: null,
@@ -106,6 +125,7 @@ function rowFromRest(x) {
     workflow_id: x.workflow_id,
     status: x.status,
     priority: x.priority,
+    trigger_type: x.trigger_type || null,
     steps_total: x.steps_total,
     done: x.steps_completed || 0, // completed steps only: a failed step is not done
     current: null,
@@ -122,7 +142,7 @@ function rowFromRest(x) {
 
 function blankRow(id, ev) {
   return {
-    id, workflow_id: "", status: "queued", priority: null, steps_total: 0, done: 0, current: null, progress: 0,
+    id, workflow_id: "", status: "queued", priority: null, trigger_type: null, steps_total: 0, done: 0, current: null, progress: 0,
     queued_at: ev.ts, started_at: null, completed_at: null, duration_ms: null, attempt: 1, error_message: null,
     dead_lettered: false, partial: true,
   };
@@ -192,6 +212,7 @@ function applyExecutionEvent(ev) {
     case "execution.queued":
       Object.assign(row, {
         workflow_id: d.workflow_id, priority: d.priority, status: "queued", queued_at: ev.ts,
+        trigger_type: d.trigger_type || "api",
         steps_total: (d.steps || []).length, partial: false,
       });
       break;
@@ -292,6 +313,7 @@ function fillLater(id) {
       const row = state.execs.get(id);
       if (!row || generation !== state.generation) return;
       Object.assign(row, { workflow_id: x.workflow_id, steps_total: x.steps_total, queued_at: ms(x.queued_at),
+                           trigger_type: x.trigger_type || row.trigger_type,
                            priority: row.priority ?? x.priority, partial: false });
       view.dirty.add(id);
       view.structureDirty = true;
@@ -307,10 +329,20 @@ function onEvent(ev) {
     applyExecutionEvent(ev);
     if (state.selected === ev.aggregate_id) view.detailDirty = true;
   } else if (type.startsWith("queue")) {
-    refreshQueues();
+    reread(() => { refreshQueues(); if (state.queueSelected) refreshItems(); });
+  } else if (type.startsWith("trigger.")) {
+    reread(refreshTriggers);
   } else if (type.startsWith("workflow.")) {
     refreshWorkflows();
   }
+}
+
+// Triggers and queues are read from the SQL projection, which applies an event a moment after the feed shows
+// it: read soon after the event, and once more a few seconds later in case the projector was behind.
+const LATE_REREAD_MS = 4000;
+function reread(fn) {
+  fn();
+  setTimeout(fn, LATE_REREAD_MS);
 }
 
 // --- rendering -----------------------------------------------------------------------------------------------
@@ -356,9 +388,9 @@ function sortKey(r) {
 
 function renderStructure() {
   view.structureDirty = false;
-  const rows = [...state.execs.values()].filter((r) => !state.filter || r.status === state.filter);
+  const rows = [...state.execs.values()].filter(shown);
   rows.sort((a, b) => sortKey(b) - sortKey(a) || (a.id < b.id ? 1 : -1));
-  const ids = rows.slice(0, MAX_ROWS).map((r) => r.id);
+  const ids = rows.slice(0, state.rowCap).map((r) => r.id);
   const keep = new Set(ids);
   for (const [id, tr] of view.rows) {
     if (!keep.has(id)) { tr.remove(); view.rows.delete(id); }
@@ -376,7 +408,16 @@ function renderStructure() {
     else cursor = cursor.nextSibling;
   }
   view.ids = ids;
-  put($("#rows-note"), "textContent", rows.length > MAX_ROWS ? `newest ${MAX_ROWS} of ${rows.length} shown` : "");
+  put($("#rows-note"), "textContent", rows.length > state.rowCap ? `newest ${state.rowCap} of ${rows.length} shown` : "");
+}
+
+// The table's filters: status, workflow and trigger (also asked of the API where it can filter), id prefix.
+function shown(r) {
+  if (state.filter && r.status !== state.filter) return false;
+  if (state.workflowFilter && r.workflow_id !== state.workflowFilter) return false;
+  if (state.triggerFilter && r.trigger_type !== state.triggerFilter) return false;
+  if (state.search && !r.id.startsWith(state.search)) return false;
+  return true;
 }
 
 function newRow(id) {
@@ -670,6 +711,7 @@ function closeDetail() {
 // --- commands ------------------------------------------------------------------------------------------------
 
 async function command(id, kind, arg) {
+  if (CONFIRM[kind] && !window.confirm(CONFIRM[kind](id))) return;
   const enc = encodeURIComponent(id);
   const calls = {
     retry: () => api("POST", `/api/executions/${enc}/retry`),
@@ -712,19 +754,56 @@ const statsChanged = debounce(async () => {
   try { applyStats(await api("GET", "/api/stats"), { counts: false }); } catch { /* next change retries */ }
 }, STATS_REFRESH_MS, PROJECTION_LAG_MS);
 
-function listUrl() {
-  const q = new URLSearchParams({ limit: "100" });
+function listUrl(cursor) {
+  const q = new URLSearchParams({ limit: String(PAGE) });
   if (state.filter) q.set("status", state.filter);
+  if (state.workflowFilter) q.set("workflow_id", state.workflowFilter);
+  if (cursor) q.set("cursor", cursor);
   return `/api/executions?${q}`;
 }
 
-async function loadRows() {
-  const page = await api("GET", listUrl());
+// The newest page for the current filters, or (``more``) the page after the last one loaded (keyset cursor).
+// The API filters by status and workflow; the trigger filter and the id search apply to the rows loaded.
+async function loadRows(more = false) {
+  const generation = state.generation;
+  const page = await api("GET", listUrl(more ? state.nextCursor : null));
+  if (generation !== state.generation) return;
+  if (more) state.rowCap += page.items.length;
   for (const x of page.items) {
     if (!state.execs.has(x.id)) remember(rowFromRest(x));
   }
+  state.nextCursor = page.next_cursor || null;
+  $("#more").hidden = !state.nextCursor;
   view.structureDirty = true;
   schedule();
+}
+
+function filtersChanged() {
+  state.nextCursor = null;
+  view.structureDirty = true;
+  schedule();
+  loadRows().catch((e) => { $("#search-message").textContent = e.message; });
+}
+
+// A full or partial id: rows loaded are filtered by prefix; a full id not loaded is fetched and opened.
+async function searchId(value) {
+  state.search = value.trim();
+  $("#search-message").textContent = "";
+  view.structureDirty = true;
+  schedule();
+  if (state.search.length < 16 || state.execs.has(state.search)) {
+    if (state.execs.has(state.search)) select(state.search);
+    return;
+  }
+  try {
+    const x = await api("GET", `/api/executions/${encodeURIComponent(state.search)}`);
+    if (!state.execs.has(x.id)) remember(rowFromRest(x));
+    view.structureDirty = true;
+    schedule();
+    select(x.id);
+  } catch (e) {
+    $("#search-message").textContent = e.status === 404 ? `no execution ${state.search}` : e.message;
+  }
 }
 
 const refreshQueues = debounce(async () => {
@@ -743,17 +822,196 @@ const refreshQueues = debounce(async () => {
   tbody.replaceChildren(...state.queues.map((q) => {
     const s = q.stats || {};
     const cell = (v) => el("td", { textContent: v === undefined || v === null ? "–" : String(v) });
-    return el("tr", { dataset: { id: q.id } }, el("td", { textContent: q.name || short(q.id) }), cell(s.new),
+    return el("tr", { dataset: { id: q.id }, className: q.id === state.queueSelected ? "selected" : "",
+                      on: { click: () => selectQueue(q.id) } },
+      el("td", { className: "name", textContent: q.name || short(q.id) }), cell(s.new),
       cell(s.in_progress), cell(s.completed), cell(s.failed), cell(s.abandoned), cell(s.retried),
       el("td", { textContent: fmtDuration(s.avg_processing_ms) }), cell(s.sla_breaches));
   }));
   $("#queues").hidden = false;
-}, QUEUES_REFRESH_MS);
+  if (state.queueSelected && !state.queues.some((q) => q.id === state.queueSelected)) selectQueue(null);
+}, QUEUES_REFRESH_MS, PROJECTION_LAG_MS);
+
+// --- work-queue items ----------------------------------------------------------------------------------------
+
+function selectQueue(id) {
+  state.queueSelected = id;
+  for (const tr of document.querySelectorAll("#queues > .table-wrap tbody tr")) {
+    tr.classList.toggle("selected", tr.dataset.id === id);
+  }
+  $("#queue-items").hidden = !id;
+  if (!id) return;
+  const q = (state.queues || []).find((x) => x.id === id);
+  $("#queue-items-name").textContent = q ? q.name : short(id);
+  $("#queue-items tbody").replaceChildren();
+  loadItems();
+}
+
+async function loadItems() {
+  const id = state.queueSelected;
+  if (!id) return;
+  const q = new URLSearchParams({ limit: String(PAGE) });
+  if (state.itemStatus) q.set("status", state.itemStatus);
+  let page;
+  try {
+    page = await api("GET", `/api/queues/${encodeURIComponent(id)}/items?${q}`);
+  } catch (e) {
+    $("#queue-items-note").textContent = e.message;
+    return;
+  }
+  if (id !== state.queueSelected) return;
+  const cell = (v, className = "") => el("td", { className, textContent: v === undefined || v === null ? "" : String(v) });
+  $("#queue-items tbody").replaceChildren(...page.items.map((it) => {
+    const exec = it.execution_id
+      ? el("td", {}, el("a", { href: "#", textContent: short(it.execution_id), title: it.execution_id,
+                               on: { click: (e) => { e.preventDefault(); select(it.execution_id); } } }))
+      : cell("");
+    const err = it.error ? `${it.error.kind}: ${it.error.message}` : "";
+    return el("tr", { dataset: { id: it.id } },
+      el("td", {}, el("code", { textContent: short(it.id), title: it.id })),
+      cell(it.reference), el("td", {}, el("span", { className: `badge item-status ${it.status}`, textContent: it.status })),
+      cell(it.priority), cell(it.retry_count), exec, cell(fmtTime(ms(it.created_at))),
+      cell(it.processing_ms === null ? "" : fmtDuration(it.processing_ms)),
+      el("td", { className: "err error", textContent: err, title: err }));
+  }));
+  $("#queue-items-note").textContent = `${page.items.length}${page.next_cursor ? "+" : ""} item(s)`;
+}
+
+const refreshItems = debounce(loadItems, QUEUES_REFRESH_MS, PROJECTION_LAG_MS);
+
+// --- triggers --------------------------------------------------------------------------------------------------
+
+function whenOf(t) {
+  const c = t.config || {};
+  if (t.trigger_type === "schedule") return `${c.cron || ""} ${c.timezone || "UTC"}`;
+  if (t.trigger_type === "webhook") return t.webhook_url || "";
+  if (t.trigger_type === "email") return t.email_address || "";
+  if (t.trigger_type === "file_watcher") return c.glob || c.folder || "";
+  return "";
+}
+
+function fmtFire(iso) {
+  // "2026-11-30T18:00:00+01:00" -> "11-30 18:00:00 +01:00": the trigger's own zone, as the API gives it.
+  const m = /^\d{4}-(\d\d-\d\d)T(\d\d:\d\d(?::\d\d)?)(?:\.\d+)?(Z|[+-]\d\d:\d\d)?/.exec(iso || "");
+  return m ? `${m[1]} ${m[2]}${m[3] && m[3] !== "Z" ? ` ${m[3]}` : m[3] ? " UTC" : ""}` : iso;
+}
+
+const refreshTriggers = debounce(async () => {
+  let page;
+  try {
+    page = await api("GET", `/api/triggers?limit=${PAGE}`);
+  } catch {
+    $("#triggers").hidden = true;
+    return;
+  }
+  // The projection may lag a save this page just made: keep the newer copy of each trigger.
+  const held = new Map(state.triggers.map((t) => [t.id, t]));
+  state.triggers = page.items.filter((t) => !state.triggersDeleted.has(t.id)).map((t) => {
+    const h = held.get(t.id);
+    return h && (ms(h.updated_at) || 0) > (ms(t.updated_at) || 0) ? h : t;
+  });
+  renderTriggers(page.next_cursor);
+}, TRIGGERS_REFRESH_MS, PROJECTION_LAG_MS);
+
+function renderTriggers(more) {
+  const cell = (v, className = "") => el("td", { className, textContent: v === undefined || v === null ? "" : String(v) });
+  $("#triggers tbody").replaceChildren(...state.triggers.map((t) => {
+    const fires = t.next_fire_times || [];
+    const when = whenOf(t);
+    return el("tr", { dataset: { id: t.id }, className: t.enabled ? "" : "disabled" },
+      el("td", {}, el("code", { textContent: short(t.id), title: t.id })),
+      el("td", { textContent: state.workflowNames.get(t.workflow_id) || short(t.workflow_id), title: t.workflow_id }),
+      cell(t.trigger_type),
+      el("td", { className: "when", textContent: when, title: when }),
+      el("td", { className: "fires", title: fires.join("\n") },
+         ...(t.trigger_type === "schedule" && !fires.length ? ["–"] : fires.map((f) => el("div", { textContent: fmtFire(f) })))),
+      cell(t.last_triggered_at ? new Date(ms(t.last_triggered_at)).toLocaleString([], { hour12: false }) : "never", "last"),
+      cell(t.trigger_count, "count"),
+      el("td", {}, el("button", { type: "button", className: `row-btn toggle ${t.enabled ? "on" : "off"}`,
+                                  textContent: t.enabled ? "Disable" : "Enable", title: t.enabled ? "enabled" : "disabled",
+                                  on: { click: () => setTriggerEnabled(t, !t.enabled) } }),
+         " ", el("span", { className: "enabled muted", textContent: t.enabled ? "on" : "off" })),
+      el("td", {}, el("button", { type: "button", className: "row-btn trigger-delete", textContent: "Delete",
+                                  on: { click: () => deleteTrigger(t) } })));
+  }));
+  $("#triggers-note").textContent = `${state.triggers.length}${more ? "+" : ""} trigger(s)`;
+  $("#triggers").hidden = false;
+}
+
+// PUT replaces the whole trigger: send back what the API gave, with ``enabled`` changed.
+async function setTriggerEnabled(t, enabled) {
+  $("#triggers-message").textContent = "";
+  try {
+    const body = { workflow_id: t.workflow_id, trigger_type: t.trigger_type, config: t.config, enabled };
+    const saved = await api("PUT", `/api/triggers/${encodeURIComponent(t.id)}`, body);
+    state.triggers = state.triggers.map((x) => (x.id === saved.id ? saved : x));
+    renderTriggers();
+  } catch (e) {
+    $("#triggers-message").textContent = `${short(t.id)}: ${e.message}`;
+  }
+}
+
+async function deleteTrigger(t) {
+  if (!window.confirm(CONFIRM["trigger-delete"](t.id))) return;
+  $("#triggers-message").textContent = "";
+  try {
+    await api("DELETE", `/api/triggers/${encodeURIComponent(t.id)}`);
+    state.triggersDeleted.add(t.id);
+    state.triggers = state.triggers.filter((x) => x.id !== t.id);
+    renderTriggers();
+  } catch (e) {
+    $("#triggers-message").textContent = `${short(t.id)}: ${e.message}`;
+  }
+}
 
 // A person pressed Run: the execution is recorded as a manual run (trigger_type "manual"), not a program's ("api").
 function runWorkflow(id) {
   return api("POST", `/api/workflows/${encodeURIComponent(id)}/execute`, { trigger_type: "manual" })
     .catch((e) => alert(e.message));
+}
+
+// --- run with params -------------------------------------------------------------------------------------------
+
+function openRun(id) {
+  state.runWorkflowId = id;
+  $("#run-name").textContent = state.workflowNames.get(id) || short(id);
+  $("#run-error").textContent = "";
+  $("#run-result").textContent = "";
+  $("#run-form").hidden = false;
+  $("#run-params").focus();
+}
+
+// The params must be a JSON object: checked here before anything is sent; the API's refusal (422: a missing
+// reference, a priority outside the plan) is shown as it says it.
+function readParams() {
+  const text = $("#run-params").value.trim() || "{}";
+  let value;
+  try {
+    value = JSON.parse(text);
+  } catch (e) {
+    throw new Error(`params: not valid JSON (${e.message})`);
+  }
+  if (value === null || typeof value !== "object" || Array.isArray(value)) throw new Error("params: must be a JSON object {…}");
+  return value;
+}
+
+// A person pressed Run: the execution is recorded as a manual run (trigger_type "manual"), not a program's ("api").
+async function submitRun() {
+  const id = state.runWorkflowId;
+  $("#run-error").textContent = "";
+  $("#run-result").textContent = "";
+  let params;
+  try { params = readParams(); } catch (e) { $("#run-error").textContent = e.message; return; }
+  const body = { trigger_type: "manual", params };
+  const priority = $("#run-priority").value;
+  if (priority) body.priority = Number(priority);
+  try {
+    const r = await api("POST", `/api/workflows/${encodeURIComponent(id)}/execute`, body);
+    $("#run-result").textContent = `queued ${short(r.execution_id)}`;
+    $("#run-result").title = r.execution_id;
+  } catch (e) {
+    $("#run-error").textContent = e.status ? `${e.status}: ${e.message}` : e.message;
+  }
 }
 
 const refreshWorkflows = debounce(async () => {
@@ -767,7 +1025,15 @@ const refreshWorkflows = debounce(async () => {
   $("#workflow-list").replaceChildren(...page.items.map((w) => el("li", {},
     el("span", { textContent: `${w.name} ` }),
     el("button", { type: "button", className: "row-btn run", textContent: "Run", dataset: { id: w.id },
-                   on: { click: () => runWorkflow(w.id) } }))));
+                   title: "run now, without params", on: { click: () => runWorkflow(w.id) } }), " ",
+    el("button", { type: "button", className: "row-btn run-params", textContent: "Run with…", dataset: { id: w.id },
+                   title: "choose params and priority", on: { click: () => openRun(w.id) } }))));
+  const filter = $("#workflow-filter");
+  const chosen = filter.value;
+  filter.replaceChildren(el("option", { value: "", textContent: "all" }),
+    ...page.items.map((w) => el("option", { value: w.id, textContent: w.name })));
+  filter.value = chosen;
+  if (state.triggers.length) renderTriggers();
   $("#workflows").hidden = page.items.length === 0;
 }, 1000);
 
@@ -798,6 +1064,7 @@ async function loadAll() {
   }).start();
   refreshQueues();
   refreshWorkflows();
+  refreshTriggers();
   schedule();
 }
 
@@ -823,6 +1090,7 @@ async function signIn(key) {
   $("#app").hidden = false;
   $("#sign-out").hidden = false;
   $("#tenant-name").textContent = `${state.tenant.name} · ${state.tenant.plan}`;
+  priorityOptions(state.tenant.limits);
   try {
     await loadAll();
   } catch (e) {
@@ -848,9 +1116,21 @@ function showLogin(message = "") {
   showConnection("off");
 }
 
+// Only the priorities the tenant's plan allows (GET /api/tenants/me: limits.min_priority to 10).
+function priorityOptions(limits) {
+  const low = Math.max(1, Math.min(LOWEST_PRIORITY, (limits && limits.min_priority) || 1));
+  const options = () => {
+    const out = [];
+    for (let p = low; p <= LOWEST_PRIORITY; p++) out.push(el("option", { value: String(p), textContent: String(p) }));
+    return out;
+  };
+  $("#priority-select").replaceChildren(...options());
+  const fallback = limits && limits.default_priority ? ` (${limits.default_priority})` : "";
+  $("#run-priority").replaceChildren(el("option", { value: "", textContent: `plan default${fallback}` }), ...options());
+}
+
 function init() {
-  const select = $("#priority-select");
-  for (let p = 1; p <= 10; p++) select.append(el("option", { value: String(p), textContent: String(p) }));
+  priorityOptions(null);
   $("#login-form").addEventListener("submit", (e) => {
     e.preventDefault();
     signIn($("#key-input").value.trim());
@@ -862,12 +1142,24 @@ function init() {
   $("#btn-priority").addEventListener("click", () => {
     if (state.selected) command(state.selected, "priority", Number($("#priority-select").value));
   });
-  $("#status-filter").addEventListener("change", (e) => {
-    state.filter = e.target.value;
+  $("#status-filter").addEventListener("change", (e) => { state.filter = e.target.value; filtersChanged(); });
+  $("#workflow-filter").addEventListener("change", (e) => { state.workflowFilter = e.target.value; filtersChanged(); });
+  $("#trigger-filter").addEventListener("change", (e) => {
+    state.triggerFilter = e.target.value;
     view.structureDirty = true;
     schedule();
-    loadRows().catch(() => {});
   });
+  $("#search-id").addEventListener("input", (e) => {
+    state.search = e.target.value.trim();
+    $("#search-message").textContent = "";
+    view.structureDirty = true;
+    schedule();
+  });
+  $("#search-form").addEventListener("submit", (e) => { e.preventDefault(); searchId($("#search-id").value); });
+  $("#more").addEventListener("click", () => loadRows(true).catch((e) => { $("#search-message").textContent = e.message; }));
+  $("#item-status").addEventListener("change", (e) => { state.itemStatus = e.target.value; loadItems(); });
+  $("#run-form").addEventListener("submit", (e) => { e.preventDefault(); submitRun(); });
+  $("#run-close").addEventListener("click", () => { $("#run-form").hidden = true; state.runWorkflowId = null; });
   // Running rows show a live duration; charts roll over each minute.
   setInterval(() => {
     for (const id of view.ids) {
