@@ -89,6 +89,9 @@ async def test_executions_and_dlq_end_to_end(
     pipeline = await create_workflow(client, tenant, PIPELINE)
     broken = await create_workflow(client, tenant, BROKEN)
     done = [await _execute(client, tenant, pipeline["id"], params={"x": i}) for i in range(3)]
+    # Newest first is by queued_at (ms), then by id: queue the last one in a later millisecond, or two runs
+    # queued in the same one come back in id order and "newest first" below would depend on chance.
+    await asyncio.sleep(0.002)
     dead = await _execute(client, tenant, broken["id"])
     theirs = await _execute(client, other_tenant, (await create_workflow(client, other_tenant))["id"])
 
