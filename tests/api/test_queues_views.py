@@ -3,6 +3,7 @@ processing time, SLA breaches, items at risk); and 100 items processed one after
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Any
 
@@ -74,6 +75,7 @@ async def test_item_detail_with_its_history_and_list_filters(
 ) -> None:
     q = await make_queue(client, tenant, max_retries=1)
     first = await add(client, tenant, q["id"], data={"invoice": 1}, reference="INV-1")
+    await asyncio.sleep(0.002)  # claims go oldest first by millisecond, then by id: make "first" the oldest
     await add(client, tenant, q["id"], data={"invoice": 2}, reference="INV-2")
     await claim(client, tenant, q["id"], robot="robot-9")
     await finish(client, tenant, q["id"], first["id"], status="in_progress", progress="logged in")
@@ -122,13 +124,14 @@ async def test_stats_count_breaches_and_items_at_risk(
     client: httpx.AsyncClient, redis: Redis, engine: AsyncEngine, settings: Settings, tenant: TenantHandle
 ) -> None:
     q = await make_queue(client, tenant, sla_minutes=10, max_retries=0)
-    fast = await add(client, tenant, q["id"])
-    failed = await add(client, tenant, q["id"])
-    await add(client, tenant, q["id"])  # stays new
-    for item_id, body in ((fast["id"], {"status": "completed"}),
-                          (failed["id"], {"status": "failed", "error": {"message": "x", "kind": "business"}})):
-        await claim(client, tenant, q["id"])
-        assert (await finish(client, tenant, q["id"], item_id, **body)).status_code == 200
+    for _ in range(3):
+        await add(client, tenant, q["id"])
+    # Finish whichever item each claim hands out: items added in the same millisecond are claimed in id order,
+    # not in the order they were added.
+    for body in ({"status": "completed"}, {"status": "failed", "error": {"message": "x", "kind": "business"}}):
+        claimed = await claim(client, tenant, q["id"])
+        assert claimed is not None
+        assert (await finish(client, tenant, q["id"], claimed["id"], **body)).status_code == 200
     await claim(client, tenant, q["id"])  # the third one: in progress
 
     async with projector(settings):
