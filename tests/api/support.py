@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -123,10 +123,34 @@ async def projector(settings: Settings) -> AsyncIterator[None]:
     """The real projector, in the background, filling the SQL tables the query endpoints read."""
     from services.projector.projector import serve as serve_projector
 
+    async with _serving(serve_projector, settings):
+        yield
+
+
+@asynccontextmanager
+async def executor(settings: Settings) -> AsyncIterator[None]:
+    """A real executor (``orq executor``'s own start-up), in the background."""
+    from services.executor.worker import serve as serve_executor
+
+    async with _serving(serve_executor, settings):
+        yield
+
+
+@asynccontextmanager
+async def _serving(serve: Callable[[Settings, asyncio.Event], Awaitable[None]],
+                   settings: Settings) -> AsyncIterator[None]:
     stop = asyncio.Event()
-    task = asyncio.create_task(serve_projector(settings, stop))
+    task = asyncio.create_task(serve(settings, stop))
     try:
         yield
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+async def execute(client: httpx.AsyncClient, tenant: TenantHandle, workflow_id: str, **body: Any) -> str:
+    """``POST …/execute`` (202) and the new execution's id."""
+    r = await client.post(f"/api/workflows/{workflow_id}/execute", json=body, headers=tenant.headers)
+    assert r.status_code == 202, r.text
+    execution_id: str = r.json()["execution_id"]
+    return execution_id

@@ -13,30 +13,16 @@ from typing import Any
 import httpx
 from redis.asyncio import Redis
 
-from services.executor.actions import Actions
-from services.executor.worker import Executor
-from shared.commit import Committer
 from shared.settings import Settings
-from tests.api.support import TenantHandle, create_workflow, projector
+from tests.api.support import TenantHandle, create_workflow, execute, executor, projector
 from tests.helpers import assert_eventually
 
 TIMEOUT_S = 20
 
 
-@asynccontextmanager
-async def executor(settings: Settings, redis: Redis) -> AsyncIterator[None]:
+def _loopback_open(settings: Settings) -> Settings:
     # The robot of the DLQ test listens on loopback (its URL is a run's param: the API checks literal URLs).
-    committer = Committer(redis)
-    stop = asyncio.Event()
-    async with httpx.AsyncClient() as client:
-        actions = Actions(client, plugins={}, allow_private=True)
-        task = asyncio.create_task(Executor(settings, redis, committer, actions).run(stop))
-        try:
-            yield
-        finally:
-            stop.set()
-            await task
-            await committer.close()
+    return settings.with_overrides(allow_private_networks=True)
 
 
 @asynccontextmanager
@@ -57,12 +43,6 @@ async def robot() -> AsyncIterator[dict[str, Any]]:
     finally:
         server.close()
         await server.wait_closed()
-
-
-async def _execute(client: httpx.AsyncClient, tenant: TenantHandle, workflow_id: str, **body: Any) -> str:
-    r = await client.post(f"/api/workflows/{workflow_id}/execute", json=body, headers=tenant.headers)
-    assert r.status_code == 202, r.text
-    return str(r.json()["execution_id"])
 
 
 async def _when(client: httpx.AsyncClient, tenant: TenantHandle, execution_id: str,
@@ -91,8 +71,8 @@ async def test_cancel_closes_the_running_step(
 ) -> None:
     wf = await create_workflow(client, tenant, {"name": "long", "steps": [
         {"action": "noop"}, {"action": "delay", "params": {"ms": 15_000}}, {"action": "noop"}]})
-    async with executor(settings, redis), projector(settings):
-        execution_id = await _execute(client, tenant, wf["id"])
+    async with executor(_loopback_open(settings)), projector(settings):
+        execution_id = await execute(client, tenant, wf["id"])
 
         def step_one_running(body: dict[str, Any]) -> None:
             assert body["steps"][1]["status"] == "running", body["steps"]
@@ -113,8 +93,8 @@ async def test_a_run_that_succeeds_on_attempt_two_shows_no_error(
     wf = await create_workflow(client, tenant, {
         "name": "second time lucky", "retry": {"attempts": 2, "backoff": {"type": "fixed", "delay_ms": 0}},
         "steps": [{"action": "fail", "params": {"message": "boom", "until_attempt": 2}}]})
-    async with executor(settings, redis), projector(settings):
-        execution_id = await _execute(client, tenant, wf["id"])
+    async with executor(_loopback_open(settings)), projector(settings):
+        execution_id = await execute(client, tenant, wf["id"])
         body = await _when(client, tenant, execution_id, _status("completed"))
     assert body["error_message"] is None and body["attempt"] == 2 and body["retry_count"] == 1
     [step] = body["steps"]
@@ -125,11 +105,11 @@ async def test_a_run_that_succeeds_on_attempt_two_shows_no_error(
 async def test_a_dlq_retry_counts_running_time_only_and_progress_counts_completed_steps(
     client: httpx.AsyncClient, tenant: TenantHandle, settings: Settings, redis: Redis
 ) -> None:
-    async with robot() as state, executor(settings, redis), projector(settings):
+    async with robot() as state, executor(_loopback_open(settings)), projector(settings):
         wf = await create_workflow(client, tenant, {"name": "robot", "retry": {"attempts": 1}, "steps": [
             {"action": "noop"}, {"action": "noop"},
             {"action": "http_request", "params": {"method": "GET", "url": "{{ params.url }}"}}]})
-        execution_id = await _execute(client, tenant, wf["id"], params={"url": state["url"]})
+        execution_id = await execute(client, tenant, wf["id"], params={"url": state["url"]})
 
         def dead_lettered(body: dict[str, Any]) -> None:
             assert body["dead_lettered"] and body["status"] == "failed", body
@@ -152,8 +132,8 @@ async def test_execute_records_a_manual_run(
 ) -> None:
     wf = await create_workflow(client, tenant)
     async with projector(settings):
-        manual = await _execute(client, tenant, wf["id"], trigger_type="manual")
-        api = await _execute(client, tenant, wf["id"])
+        manual = await execute(client, tenant, wf["id"], trigger_type="manual")
+        api = await execute(client, tenant, wf["id"])
         body = await _when(client, tenant, manual, _status("queued"))
         assert body["trigger_type"] == "manual"
         body = await _when(client, tenant, api, _status("queued"))

@@ -7,19 +7,13 @@ SQLite and MariaDB.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 from redis.asyncio import Redis
 
-from services.executor.actions import Actions
-from services.executor.worker import Executor
-from shared.commit import Committer
 from shared.settings import Settings
-from tests.api.support import TenantHandle, create_tenant, create_workflow, projector
+from tests.api.support import TenantHandle, create_tenant, create_workflow, executor, projector
 from tests.helpers import assert_eventually
 
 DOUBLING = {
@@ -31,20 +25,6 @@ DOUBLING = {
         for i in range(15)
     ],
 }
-
-
-@asynccontextmanager
-async def executor(settings: Settings, redis: Redis) -> AsyncIterator[None]:
-    committer = Committer(redis)
-    stop = asyncio.Event()
-    async with httpx.AsyncClient() as client:
-        task = asyncio.create_task(Executor(settings, redis, committer, Actions(client, plugins={})).run(stop))
-        try:
-            yield
-        finally:
-            stop.set()
-            await task
-            await committer.close()
 
 
 async def _neighbour(client: httpx.AsyncClient, settings: Settings, of: TenantHandle) -> TenantHandle:
@@ -69,7 +49,7 @@ async def test_an_oversized_output_fails_its_step_and_the_partition_keeps_projec
     neighbour = await _neighbour(client, settings, tenant)
     doubling = await create_workflow(client, tenant, DOUBLING)
     plain = await create_workflow(client, neighbour)
-    async with executor(settings, redis), projector(settings):
+    async with executor(settings), projector(settings):
         r = await client.post(f"/api/workflows/{doubling['id']}/execute", json={}, headers=tenant.headers)
         big = r.json()["execution_id"]
 
@@ -83,7 +63,7 @@ async def test_an_oversized_output_fails_its_step_and_the_partition_keeps_projec
         small = r.json()["execution_id"]
 
         async def completed() -> bool:
-            return (await _execution(client, neighbour, small))["status"] == "completed"
+            return bool((await _execution(client, neighbour, small))["status"] == "completed")
 
         await assert_eventually(completed, timeout=30, message="the neighbour's run was projected")
     assert "output_too_large" in body["error_message"]

@@ -4,8 +4,6 @@ background, end to end from ``POST …/execute`` to ``GET /api/executions/{id}``
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -13,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from shared.settings import Settings
-from tests.api.support import TenantHandle, create_workflow, projector
+from tests.api.support import TenantHandle, create_workflow, execute, executor, projector
 from tests.helpers import assert_eventually
 
 PIPELINE: dict[str, Any] = {
@@ -63,37 +61,17 @@ STEP_FIELDS = {
 }
 
 
-@asynccontextmanager
-async def executor(settings: Settings) -> AsyncIterator[None]:
-    from services.executor.worker import serve as serve_executor
-
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve_executor(settings, stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-
-
-async def _execute(client: httpx.AsyncClient, tenant: TenantHandle, workflow_id: str, **body: Any) -> str:
-    r = await client.post(f"/api/workflows/{workflow_id}/execute", json=body, headers=tenant.headers)
-    assert r.status_code == 202, r.text
-    execution_id: str = r.json()["execution_id"]
-    return execution_id
-
-
 async def test_executions_and_dlq_end_to_end(
     client: httpx.AsyncClient, redis: Redis, settings: Settings, tenant: TenantHandle, other_tenant: TenantHandle
 ) -> None:
     pipeline = await create_workflow(client, tenant, PIPELINE)
     broken = await create_workflow(client, tenant, BROKEN)
-    done = [await _execute(client, tenant, pipeline["id"], params={"x": i}) for i in range(3)]
+    done = [await execute(client, tenant, pipeline["id"], params={"x": i}) for i in range(3)]
     # Newest first is by queued_at (ms), then by id: queue the last one in a later millisecond, or two runs
     # queued in the same one come back in id order and "newest first" below would depend on chance.
     await asyncio.sleep(0.002)
-    dead = await _execute(client, tenant, broken["id"])
-    theirs = await _execute(client, other_tenant, (await create_workflow(client, other_tenant))["id"])
+    dead = await execute(client, tenant, broken["id"])
+    theirs = await execute(client, other_tenant, (await create_workflow(client, other_tenant))["id"])
 
     async with projector(settings), executor(settings):
 

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 import msgspec
 from redis.asyncio import Redis
 
@@ -22,32 +18,10 @@ from shared.events import (
     StepFailed,
     StepStarted,
 )
-from shared.settings import Settings
 from shared.state import Status
 from tests.api.support import TenantHandle
 
 _packer = msgspec.msgpack.Encoder()
-
-
-@asynccontextmanager
-async def executor(settings: Settings) -> AsyncIterator[None]:
-    """A real executor in the background."""
-    from services.executor.worker import serve as serve_executor
-
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve_executor(settings, stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-
-
-async def execute(client: httpx.AsyncClient, tenant: TenantHandle, workflow_id: str, **body: Any) -> str:
-    r = await client.post(f"/api/workflows/{workflow_id}/execute", json=body, headers=tenant.headers)
-    assert r.status_code == 202, r.text
-    execution_id: str = r.json()["execution_id"]
-    return execution_id
 
 
 async def exec_keys(redis: Redis) -> int:

@@ -13,9 +13,17 @@ from shared.commit import Applied, Committer
 from shared.control import cancel_unit
 from shared.settings import Settings
 from shared.state import Status
-from tests.api.support import TenantHandle, create_workflow, mark_failed, mark_running, projector
+from tests.api.support import (
+    TenantHandle,
+    create_workflow,
+    execute,
+    executor,
+    mark_failed,
+    mark_running,
+    projector,
+)
 from tests.helpers import assert_always, assert_eventually
-from tests.retention.support import exec_keys, execute, executor, fail_at_second_step
+from tests.retention.support import exec_keys, fail_at_second_step
 
 NOOP: dict[str, Any] = {"name": "noop", "steps": [{"action": "noop"}]}
 TWO_STEPS: dict[str, Any] = {
