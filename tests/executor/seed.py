@@ -12,7 +12,7 @@ from shared.clock import new_id, now_ms
 from shared.commit import Applied, Committer, Unit
 from shared.consumer import records_of
 from shared.events import Event
-from shared.plans import default_plans
+from shared.plans import Plan, default_plans
 from shared.state import WorkflowState, encode_definition
 from shared.workflows import WorkflowDef
 
@@ -34,11 +34,12 @@ async def seed_workflow(committer: Committer, tenant_id: str, definition: Workfl
 
 
 async def queue(committer: Committer, workflow: WorkflowState, definition: WorkflowDef, count: int = 1,
-                priority: int = 5, params: dict[str, Any] | None = None) -> list[str]:
+                priority: int = 5, params: dict[str, Any] | None = None, plan: Plan | None = None) -> list[str]:
+    """Admit ``count`` runs as the API would, under ``plan`` (enterprise by default)."""
     p = keys.partition_of(workflow.tenant_id, PARTITIONS)
     runs = [Run(new_id(), priority, params or {}) for _ in range(count)]
     outcome = await committer.commit(admission_unit(
-        p=p, tenant_id=workflow.tenant_id, plan=default_plans()["enterprise"], workflow=workflow,
+        p=p, tenant_id=workflow.tenant_id, plan=plan or default_plans()["enterprise"], workflow=workflow,
         definition=definition, runs=runs, now_ms=now_ms()))
     assert isinstance(outcome, Applied), outcome
     return [r.execution_id for r in runs]

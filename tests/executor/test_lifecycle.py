@@ -18,8 +18,7 @@ from services.executor.run import StepContext
 from services.executor.worker import Executor
 from services.trigger.reactor import outcome_of
 from shared import keys
-from shared.admission import Run, admission_unit
-from shared.clock import new_id, now_ms
+from shared.clock import now_ms
 from shared.commit import Applied, Committer
 from shared.control import cancel_unit, priority_unit, requeue_unit, workflow_delete_unit, workflow_pause_unit
 from shared.events import ExecutionDeadLettered, ExecutionFailed
@@ -27,7 +26,7 @@ from shared.settings import Settings
 from shared.state import Status, WorkflowState
 from shared.workflows import Backoff, RetryPolicy, StepDef, WorkflowDef
 from tests.executor.lifecycle import PLANS, Rig, check_invariants
-from tests.executor.seed import PARTITIONS, events_of, seed_workflow, status, tenants_in_one_partition
+from tests.executor.seed import PARTITIONS, events_of, queue, seed_workflow, status, tenants_in_one_partition
 from tests.helpers import REDIS_URL, assert_eventually
 
 TENANT = tenants_in_one_partition(1, prefix="life")[0]
@@ -45,14 +44,8 @@ async def rig(redis: Redis) -> AsyncIterator[Rig]:
 
 
 async def _queue(committer: Committer, workflow: WorkflowState, definition: WorkflowDef, count: int = 1,
-                 priority: int = 5, plan: str = "enterprise") -> list[str]:
-    p = keys.partition_of(workflow.tenant_id, PARTITIONS)
-    runs = [Run(new_id(), priority, {}) for _ in range(count)]
-    outcome = await committer.commit(admission_unit(p=p, tenant_id=workflow.tenant_id, plan=PLANS[plan],
-                                                    workflow=workflow, definition=definition, runs=runs,
-                                                    now_ms=now_ms()))
-    assert isinstance(outcome, Applied), outcome
-    return [r.execution_id for r in runs]
+                 plan: str = "enterprise") -> list[str]:
+    return await queue(committer, workflow, definition, count=count, plan=PLANS[plan])
 
 
 async def _types(redis: Redis, execution_id: str, tenant: str = TENANT) -> list[str]:
