@@ -81,7 +81,11 @@ async def owned_execution(ctx: ApiContext, tenant: TenantState, execution_id: st
 
 
 def status_of(state: State) -> Status:
-    raw = text(state.get("status"))
+    return parsed_status(text(state.get("status")))
+
+
+def parsed_status(raw: str) -> Status:
+    """A status as Redis or SQL holds it; anything else is a 409 naming it."""
     try:
         return Status(raw)
     except ValueError:
@@ -120,7 +124,8 @@ async def retry(ctx: ApiContext, tenant: TenantState, execution_id: str, *, from
     for _ in range(ATTEMPTS):
         found = await lookup(ctx, tenant, execution_id)
         if isinstance(found, Retired):
-            in_dlq, status, priority = bool(found.row["in_dlq"]), _sql_status(found), int(found.row["priority"])
+            row = found.row
+            in_dlq, status, priority = bool(row["in_dlq"]), parsed_status(found.status), int(row["priority"])
         else:
             in_dlq, status, priority = text(found.get("dead_lettered")) == "1", status_of(found), _priority(found)
         if from_dlq and not in_dlq:
@@ -142,13 +147,6 @@ async def retry(ctx: ApiContext, tenant: TenantState, execution_id: str, *, from
         if isinstance(await ctx.committer.commit(unit), Applied):
             return CommandAccepted(execution_id=execution_id, status=Status.QUEUED.value, priority=priority)
     raise Conflict("execution is changing concurrently, try again")
-
-
-def _sql_status(found: Retired) -> Status:
-    try:
-        return Status(found.status)
-    except ValueError:
-        raise Conflict(f"execution is {found.status}", status=found.status) from None
 
 
 async def _restore(ctx: ApiContext, tenant: TenantState, found: Retired, ts: int) -> dict[str, Any]:
