@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,3 +66,26 @@ def orq_processes() -> Iterator[list[OrqProcess]]:
     finally:
         for process in started:
             process.terminate()
+
+
+DEV_READY_LINE = "Press Ctrl-C to stop."
+
+
+class Printing(Protocol):
+    """A child process whose output is kept (``OrqProcess`` or a test's own ``orq dev`` runner)."""
+
+    process: subprocess.Popen[bytes]
+
+    def output(self) -> str: ...
+
+
+async def dev_banner(dev: Printing, timeout: float = 90) -> dict[str, str]:
+    """What ``orq dev`` printed once it is up: label → value (dashboard, admin token, demo key, try, …)."""
+    deadline = time.monotonic() + timeout
+    while DEV_READY_LINE not in dev.output():
+        assert dev.process.poll() is None, dev.output()
+        assert time.monotonic() < deadline, f"orq dev did not start:\n{dev.output()}"
+        await asyncio.sleep(0.2)
+    banner = dev.output().split("Orquesta is running.", 1)[1].split(DEV_READY_LINE, 1)[0]
+    return {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip()
+            for line in banner.splitlines() if line.startswith("  ") and ":" in line}

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from pathlib import Path
 
@@ -12,20 +11,7 @@ import httpx
 
 from tests.hardening.support import recording_server
 from tests.helpers import free_port
-from tests.processes import OrqProcess, orq_env, orq_processes
-
-READY_LINE = "Press Ctrl-C to stop."
-
-
-async def _banner(process: OrqProcess, timeout: float = 90) -> dict[str, str]:
-    deadline = time.monotonic() + timeout
-    while READY_LINE not in process.output():
-        assert process.process.poll() is None, process.output()
-        assert time.monotonic() < deadline, f"orq dev did not start:\n{process.output()}"
-        await asyncio.sleep(0.2)
-    printed = process.output().split("Orquesta is running.", 1)[1]
-    return {m["label"]: m["value"].strip() for m in re.finditer(r"^  (?P<label>[a-z ]+):\s+(?P<value>.+)$",
-                                                                 printed, re.MULTILINE)}
+from tests.processes import OrqProcess, dev_banner, orq_env, orq_processes
 
 
 async def test_orq_dev_opens_private_networks_and_says_so(tmp_path: Path) -> None:
@@ -35,7 +21,7 @@ async def test_orq_dev_opens_private_networks_and_says_so(tmp_path: Path) -> Non
     with orq_processes() as procs, recording_server() as server:
         procs.append(OrqProcess(["dev", "--port", str(port), "--data-dir", str(tmp_path / "data")], env,
                                 tmp_path / "dev.log"))
-        printed = await _banner(procs[0])
+        printed = await dev_banner(procs[0])
         assert "ORQ_ALLOW_PRIVATE_NETWORKS=1" in printed["network"], printed
         headers = {"Authorization": f"Bearer {printed['demo key']}"}
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=10) as client:

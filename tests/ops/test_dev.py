@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import re
-import time
 from pathlib import Path
 
 import httpx
 
 from tests.helpers import assert_eventually, free_port
-from tests.processes import OrqProcess, orq_env
-
-READY_LINE = "Press Ctrl-C to stop."
-
-
-async def _started(process: OrqProcess, timeout: float = 90) -> dict[str, str]:
-    """What ``orq dev`` printed once it is up: label → value (dashboard, admin token, demo key, try)."""
-    deadline = time.monotonic() + timeout
-    while READY_LINE not in process.output():
-        assert process.process.poll() is None, process.output()
-        assert time.monotonic() < deadline, f"orq dev did not start:\n{process.output()}"
-        await asyncio.sleep(0.2)
-    printed = process.output().split("Orquesta is running.", 1)[1]
-    return {m["label"]: m["value"].strip() for m in re.finditer(r"^  (?P<label>[a-z ]+):\s+(?P<value>.+)$",
-                                                                 printed, re.MULTILINE)}
+from tests.processes import OrqProcess, dev_banner, orq_env
 
 
 def _dev(tmp_path: Path, port: int, smtp_port: int, name: str) -> OrqProcess:
@@ -38,7 +21,7 @@ async def test_what_orq_dev_prints_runs_a_workflow_and_survives_a_restart(tmp_pa
     port, smtp_port = free_port(), free_port()
     first = _dev(tmp_path, port, smtp_port, "first")
     try:
-        printed = await _started(first)
+        printed = await dev_banner(first)
         base = f"http://127.0.0.1:{port}"
         assert printed["dashboard"] == f"{base}/"
         key = printed["demo key"]
@@ -65,7 +48,7 @@ async def test_what_orq_dev_prints_runs_a_workflow_and_survives_a_restart(tmp_pa
 
     second = _dev(tmp_path, port, smtp_port, "second")
     try:
-        again = await _started(second)
+        again = await dev_banner(second)
         assert again["demo key"] == key and again["admin token"] == printed["admin token"]
         async with httpx.AsyncClient(timeout=10) as client:
             seen = await client.get(f"{base}/api/executions/{execution_id}", headers={"Authorization": f"Bearer {key}"})

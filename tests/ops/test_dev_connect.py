@@ -3,20 +3,17 @@ port is one line; ``/api`` is an index; no ``redis-server`` on PATH still works 
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from tests.helpers import assert_eventually, free_port
-from tests.ops.test_dev import READY_LINE
-from tests.processes import orq_env
+from tests.processes import dev_banner, orq_env
 
 
 class Dev:
@@ -34,14 +31,7 @@ class Dev:
         return self.log_path.read_text(errors="replace")
 
     async def started(self, timeout: float = 90) -> dict[str, str]:
-        deadline = time.monotonic() + timeout
-        while READY_LINE not in self.output():
-            assert self.process.poll() is None, self.output()
-            assert time.monotonic() < deadline, f"orq dev did not start:\n{self.output()}"
-            await asyncio.sleep(0.2)
-        banner = self.output().split("Orquesta is running.", 1)[1].split(READY_LINE, 1)[0]
-        return {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip()
-                for line in banner.splitlines() if line.startswith("  ") and ":" in line}
+        return await dev_banner(self, timeout)
 
     def stop(self) -> int:
         if self.process.poll() is None:
