@@ -3,11 +3,10 @@ execution, and a WebSocket close code read off a raw connection."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import TypeVar
 
 from redis.asyncio import Redis
@@ -15,7 +14,7 @@ from redis.asyncio import Redis
 from shared import keys
 from shared.consumer import records_of
 from shared.events import EventBase, decode
-from tests.helpers import assert_eventually
+from tests.helpers import assert_eventually, http_server
 
 E = TypeVar("E", bound=EventBase)
 
@@ -65,15 +64,9 @@ def recording_server(status: int = 200, location: str = "", set_cookie: str = ""
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with http_server(Handler) as port:
+        state.port = port
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 async def events_of(redis: Redis, partition: int, execution_id: str) -> list[EventBase]:

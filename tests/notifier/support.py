@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 from redis.asyncio import Redis
 
@@ -18,6 +18,7 @@ from shared.commit import Applied, Committer, Unit
 from shared.events import ExecutionCompleted, ExecutionFailed
 from shared.state import encode_definition
 from shared.workflows import NotifyDef, StepDef, WorkflowDef
+from tests.helpers import http_server
 
 
 @dataclass
@@ -59,15 +60,9 @@ def webhook_server(*statuses: int) -> Iterator[WebhookServer]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with http_server(Handler) as port:
+        state.port = port
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def valid_signature(secret: str, request: Received) -> bool:
