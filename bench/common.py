@@ -37,21 +37,52 @@ NOOP = WorkflowDef(name="noop", steps=[StepDef(action="noop")])
 
 @dataclass(frozen=True, slots=True)
 class Result:
+    """One table row. ``peer`` names the row of another system (e.g. BullMQ's) measuring the same thing in
+    the same run: the table prints this row's ratio to it."""
+
     name: str
     value: float
     unit: str
     target: str = ""
     note: str = ""
+    peer: str = ""
+
+
+RATIO_HEADER = "vs peer"
+RATIO_FOOTNOTE = (f"{RATIO_HEADER}: Orquesta/peer for rates (unit .../s), peer/Orquesta for the rest (ms, cmds: "
+                  "lower is better),\nso > 1.0x always means Orquesta is better. Only ratios from one run mean "
+                  "anything on a shared machine.\n\"no peer row\": the peer suite was not selected, or was "
+                  "skipped (the reason is on stderr).")
+
+
+def peer_ratio(result: Result, peer: Result) -> float | None:
+    """How many times better ``result`` is than ``peer`` (> 1.0: better), or None where it has no meaning."""
+    if result.unit.endswith("/s"):
+        return result.value / peer.value if peer.value > 0 else None
+    return peer.value / result.value if result.value > 0 else None
+
+
+def _ratio_cell(result: Result, by_name: dict[str, Result]) -> str:
+    if not result.peer:
+        return ""
+    peer = by_name.get(result.peer)
+    if peer is None:
+        return "no peer row"
+    ratio = peer_ratio(result, peer)
+    return "n/a (zero)" if ratio is None else f"{ratio:.2f}x"
 
 
 def print_table(results: list[Result]) -> None:
-    rows = [("benchmark", "result", "target", "note")]
-    rows += [(r.name, f"{r.value:,.1f} {r.unit}", r.target, r.note) for r in results]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    by_name = {r.name: r for r in results}
+    rows = [("benchmark", "result", RATIO_HEADER, "target", "note")]
+    rows += [(r.name, f"{r.value:,.1f} {r.unit}", _ratio_cell(r, by_name), r.target, r.note) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for n, row in enumerate(rows):
-        print(" | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+        print(" | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
         if n == 0:
             print("-+-".join("-" * w for w in widths))
+    if any(r.peer for r in results):
+        print(f"\n{RATIO_FOOTNOTE}")
 
 
 def env(**overrides: str) -> dict[str, str]:

@@ -19,6 +19,7 @@ from bench.common import (
     wait_until,
     work_left,
 )
+from bench.peers import bullmq
 from shared.commit import Committer
 
 
@@ -49,8 +50,9 @@ async def executor_throughput(count: int = 20_000, executors: int = 2, concurren
     rate, per_exec = await _drain(count, 16, executors, concurrency)
     return [
         Result(f"executor: {count} noop runs, {executors} procs x {concurrency}", rate, "exec/s", ">= 6,000",
-               "first take to last ack"),
-        Result("redis commands per execution (executor side)", per_exec, "cmds", "report", "INFO commandstats"),
+               "first take to last ack", peer=bullmq.PROCESSING),
+        Result("redis commands per execution (executor side)", per_exec, "cmds", "report", "INFO commandstats",
+               peer=bullmq.COMMANDS),
     ]
 
 
