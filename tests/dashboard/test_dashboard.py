@@ -7,7 +7,6 @@ reloaded, so every change on it came over the WebSocket.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -123,8 +122,6 @@ async def test_dashboard_follows_runs_live_and_retries(
             await expect(page.locator(f'[data-counter="{name}"] b')).to_have_text(value, timeout=TIMEOUT_MS)
         await expect(page.locator('[data-figure="throughput"] b')).not_to_have_text("–")
 
-        shot = tmp_path / "dashboard.png"
+        shot = tmp_path / "dashboard.png"  # docs/dashboard.png is made by test_screenshot.py
         await page.screenshot(path=str(shot), full_page=True)
-        if target := os.environ.get("ORQ_DASHBOARD_SCREENSHOT"):  # how docs/dashboard.png is made
-            await page.screenshot(path=target, full_page=True)
         await page.close()

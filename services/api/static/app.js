@@ -20,6 +20,16 @@ const QUEUES_REFRESH_MS = 2000;
 const TRIGGERS_REFRESH_MS = 1000;
 const LOWEST_PRIORITY = 10;
 const PAGE = 100;
+const ROBOTS_REFRESH_MS = 1000;
+const ROBOTS_POLL_MS = 5000;
+const DEPTH_LOG_MAX = 20000;
+const HISTORY_PAGE = 500;
+const HISTORY_PAGES = 10; // pages of events read at once for the History tab; "More" reads the next ten
+// The events that change what GET /api/robots shows (DESIGN §10): the list is re-read on them, and every few
+// seconds anyway (a robot that goes silent turns offline without an event).
+const ROBOT_EVENTS = new Set(["step.offered", "step.claimed", "step.completed", "step.failed"]);
+// A step's templates, as the engine reads them (shared/templates.py): "{{ params.invoice.number }}".
+const PLACEHOLDER = /\{\{\s*([A-Za-z0-9_.\-]+)\s*\}\}/g;
 // Destructive commands ask first (window.confirm); the question names what is lost.
 const CONFIRM = {
   cancel: (id) => `Cancel execution ${short(id)}? Its running step is stopped.`,
@@ -65,6 +75,7 @@ const state = {
   buckets: new Map(), // minute index -> {completed, failed}
   figures: { avg: null, p95: null },
   depth: {},
+  depthLog: [], // [{id, priority, n}] queued-by-priority changes made by events, for re-reads of /api/stats
   dlq: new Map(),
   filter: "", // status
   workflowFilter: "",
@@ -77,6 +88,7 @@ const state = {
   queueSelected: null,
   itemStatus: "",
   runWorkflowId: null,
+  tab: "overview", // of the detail pane: "overview" (steps and logs) or "history"
   selected: null,
   detail: null,
   feed: null,
@@ -84,6 +96,10 @@ const state = {
   queues: null,
   workflows: [],
   workflowNames: new Map(),
+  runRefs: null, // Promise of the params the workflow being run references
+  item: null, // {queueId, id} of the work-queue item shown
+  robots: null, // GET /api/robots items, or null when this server has no robots
+  api: new Set(), // "GET /api/robots", … : the operations /openapi.json lists (views of newer endpoints ask first)
   generation: 0,
 };
 window.orq = state; // for the curious, in the browser console
@@ -137,6 +153,7 @@ function rowFromRest(x) {
     attempt: x.attempt || 1,
     error_message: x.error_message,
     dead_lettered: !!x.dead_lettered,
+    parent_execution_id: x.parent_execution_id || null,
   };
 }
 
@@ -144,7 +161,7 @@ function blankRow(id, ev) {
   return {
     id, workflow_id: "", status: "queued", priority: null, trigger_type: null, steps_total: 0, done: 0, current: null, progress: 0,
     queued_at: ev.ts, started_at: null, completed_at: null, duration_ms: null, attempt: 1, error_message: null,
-    dead_lettered: false, partial: true,
+    dead_lettered: false, partial: true, parent_execution_id: null,
   };
 }
 
@@ -208,12 +225,14 @@ function applyExecutionEvent(ev) {
     if (ev.type !== "execution.queued") fillLater(id);
   }
   const before = known ? row.status : inferPrevious(ev);
+  const priorityBefore = row.priority;
   switch (ev.type) {
     case "execution.queued":
       Object.assign(row, {
         workflow_id: d.workflow_id, priority: d.priority, status: "queued", queued_at: ev.ts,
         trigger_type: d.trigger_type || "api",
         steps_total: (d.steps || []).length, partial: false,
+        parent_execution_id: d.parent_execution_id || null,
       });
       break;
     case "execution.started":
@@ -294,12 +313,41 @@ function applyExecutionEvent(ev) {
       break;
   }
   move(before, row.status);
+  moveDepth(ev, before, priorityBefore, row);
   if (before !== row.status) {
     statsChanged();
     if (state.filter) view.structureDirty = true;
   }
   view.dirty.add(id);
   schedule();
+}
+
+// Queued by priority, kept by the events as the counters are: a run entering "queued" adds one at its priority,
+// one leaving it (or changing priority while queued) takes one away. /api/stats gave the base; each change is
+// also logged with its event id, so a later re-read of /api/stats keeps the changes its snapshot (as_of) lacks.
+function moveDepth(ev, before, priorityBefore, row) {
+  const changes = [];
+  if (before === "queued" && priorityBefore !== null && priorityBefore !== undefined) changes.push([priorityBefore, -1]);
+  if (row.status === "queued" && row.priority !== null && row.priority !== undefined) changes.push([row.priority, 1]);
+  if (changes.length === 2 && changes[0][0] === changes[1][0]) return;
+  for (const [priority, n] of changes) {
+    addDepth(priority, n);
+    state.depthLog.push({ id: ev.id, priority, n });
+  }
+  if (state.depthLog.length > DEPTH_LOG_MAX) state.depthLog.splice(0, state.depthLog.length - DEPTH_LOG_MAX);
+  if (changes.length) { view.depthDirty = true; schedule(); }
+}
+
+function addDepth(priority, n) {
+  const key = String(priority);
+  state.depth[key] = Math.max(0, (state.depth[key] || 0) + n);
+}
+
+// Stream ids ("1795854599478-0") in log order: milliseconds, then sequence.
+function idAfter(a, b) {
+  const [am, as] = String(a).split("-").map(Number);
+  const [bm, bs] = String(b).split("-").map(Number);
+  return am > bm || (am === bm && (as || 0) > (bs || 0));
 }
 
 // Rows first seen through a later event lack their workflow and step count: fetch them, a few at a time.
@@ -329,12 +377,13 @@ function onEvent(ev) {
     applyExecutionEvent(ev);
     if (state.selected === ev.aggregate_id) view.detailDirty = true;
   } else if (type.startsWith("queue")) {
-    reread(() => { refreshQueues(); if (state.queueSelected) refreshItems(); });
+    reread(() => { refreshQueues(); if (state.queueSelected) refreshItems(); if (state.item) refreshItem(); });
   } else if (type.startsWith("trigger.")) {
     reread(refreshTriggers);
   } else if (type.startsWith("workflow.")) {
     refreshWorkflows();
   }
+  if (ROBOT_EVENTS.has(type) || type.startsWith("robot.")) refreshRobots();
 }
 
 // Triggers and queues are read from the SQL projection, which applies an event a moment after the feed shows
@@ -356,6 +405,7 @@ const view = {
   chartsDirty: true,
   dlqDirty: true,
   detailDirty: true,
+  depthDirty: true,
   frame: 0,
   lastRender: 0,
 };
@@ -378,6 +428,7 @@ function render() {
   }
   view.dirty.clear();
   if (view.countersDirty) renderCounters();
+  if (view.depthDirty) renderDepth();
   if (view.dlqDirty) renderDlq();
   if (view.detailDirty) renderDetail();
 }
@@ -524,10 +575,14 @@ function renderCharts() {
   $('[data-figure="error_rate"] b').textContent = finished ? `${((100 * failed) / finished).toFixed(1)}%` : "–";
   $('[data-figure="avg"] b').textContent = fmtDuration(state.figures.avg);
   $('[data-figure="p95"] b').textContent = fmtDuration(state.figures.p95);
-  const depth = $("#depth");
+}
+
+function renderDepth() {
+  view.depthDirty = false;
   const max = Math.max(1, ...Object.values(state.depth));
-  depth.replaceChildren(...Object.entries(state.depth).map(([p, n]) => el("div", { className: "bar-row" },
-    el("span", { textContent: p }), el("i", { style: `width:${(150 * n) / max}px` }), el("span", { textContent: n }))));
+  const levels = Object.entries(state.depth).sort((a, b) => Number(a[0]) - Number(b[0]));
+  $("#depth").replaceChildren(...levels.map(([p, n]) => el("div", { className: "bar-row", dataset: { priority: p } },
+    el("span", { textContent: p }), el("i", { style: `width:${(150 * n) / max}px` }), el("span", { className: "n", textContent: n }))));
 }
 
 function renderDlq() {
@@ -558,10 +613,12 @@ async function select(id) {
   const tr = view.rows.get(id);
   if (tr) tr.classList.add("selected");
   state.selected = id;
-  const detail = { id, steps: new Map(), logIds: new Set(), logs: [] };
+  const detail = { id, steps: new Map(), logIds: new Set(), logs: [], parent: null, children: [], history: newHistory() };
   state.detail = detail;
   $("#detail").hidden = false;
   $("#detail-message").textContent = "";
+  resetHistoryView();
+  if (state.tab === "history") loadHistory(detail);
   view.detailDirty = true;
   schedule();
   let since = null;
@@ -569,6 +626,9 @@ async function select(id) {
     const x = await api("GET", `/api/executions/${encodeURIComponent(id)}`);
     if (state.detail !== detail) return;
     if (!state.execs.has(id)) { remember(rowFromRest(x)); view.structureDirty = true; }
+    detail.parent = x.parent_execution_id || null;
+    // Sub-workflows started by this run, where the API lists them (ids or {id, …}); the feed adds the rest.
+    detail.children = [...(x.children || []), ...(x.child_execution_ids || [])].map((c) => (typeof c === "string" ? c : c.id));
     for (const s of x.steps) {
       detail.steps.set(s.step_index, { action: s.action, label: s.label, status: s.status, duration_ms: s.duration_ms,
                                        output: s.output_data, error: s.error_message });
@@ -591,6 +651,7 @@ async function select(id) {
 
 function detailEvent(detail, ev) {
   if (state.detail !== detail) return;
+  historyEvent(detail, ev);
   const d = ev.data || {};
   const step = (i) => {
     if (!detail.steps.has(i)) detail.steps.set(i, { action: d.action || "", label: d.label || null, status: "pending" });
@@ -673,6 +734,7 @@ function renderDetail() {
   $("#detail-attempt").textContent = r.attempt ?? "";
   $("#detail-duration").textContent = fmtDuration(durationOf(r));
   $("#detail-error").textContent = r.error_message || "";
+  renderFamily(detail, r);
   $("#btn-retry").disabled = !RETRYABLE.has(r.status);
   $("#btn-cancel").disabled = !CANCELLABLE.has(r.status);
   const queued = r.status === "queued";
@@ -703,9 +765,202 @@ function closeDetail() {
   state.detailFeed = null;
   state.detail = null;
   state.selected = null;
+  resetHistoryView();
   for (const tr of document.querySelectorAll("#executions tr.selected")) tr.classList.remove("selected");
   view.detailDirty = true;
   schedule();
+}
+
+// Parent and child executions (sub-workflows, chained runs): links both ways. The parent comes from the run
+// itself; the children from the API where it lists them, and from the feed (execution.queued names its parent).
+function renderFamily(detail, r) {
+  const parent = detail.parent || r.parent_execution_id;
+  const children = new Set(detail.children);
+  for (const x of state.execs.values()) if (x.parent_execution_id === detail.id) children.add(x.id);
+  const link = (id) => el("a", { href: "#", className: "exec-link", textContent: short(id), title: id, dataset: { id },
+                                 on: { click: (e) => { e.preventDefault(); select(id); } } });
+  const key = `${parent}|${[...children].join(",")}`;
+  const parentNode = $("#detail-parent");
+  if (parentNode.dataset.key === key) return;
+  parentNode.dataset.key = key;
+  parentNode.replaceChildren(...(parent ? [link(parent)] : []));
+  const list = [...children].sort();
+  $("#detail-children").replaceChildren(...list.flatMap((id, i) => (i ? [" ", link(id)] : [link(id)])));
+  const [parentDt, childrenDt] = document.querySelectorAll("#detail .facts dt.family");
+  parentDt.hidden = parentNode.hidden = !parent;
+  childrenDt.hidden = $("#detail-children").hidden = !list.length;
+}
+
+// --- execution history (DESIGN §11): the events as a timeline, and the execution as of any of them ---------
+
+function newHistory() {
+  return { events: [], ids: new Set(), cursor: null, loaded: false, loading: false, pending: [], picked: null, request: 0 };
+}
+
+function showTab(tab) {
+  state.tab = tab;
+  for (const b of document.querySelectorAll("#detail .tab")) b.classList.toggle("active", b.dataset.tab === tab);
+  $("#pane-overview").hidden = tab !== "overview";
+  $("#pane-history").hidden = tab !== "history";
+  if (tab === "history" && state.detail) loadHistory(state.detail);
+}
+
+function resetHistoryView() {
+  $("#history-list").replaceChildren();
+  $("#history-note").textContent = "";
+  $("#history-more").hidden = true;
+  $("#as-of").hidden = true;
+  const slider = $("#history-slider");
+  slider.max = "0";
+  slider.value = "0";
+  slider.disabled = true;
+}
+
+// GET /api/executions/{id}/events, page after page (up to HISTORY_PAGES at once; "More" reads on).
+async function loadHistory(detail, more = false) {
+  const h = detail.history;
+  if (h.loading || (h.loaded && !more)) return;
+  h.loading = true;
+  $("#history-note").textContent = "loading…";
+  try {
+    for (let page = 0; page < HISTORY_PAGES; page++) {
+      const q = `?limit=${HISTORY_PAGE}` + (h.cursor ? `&cursor=${encodeURIComponent(h.cursor)}` : "");
+      const body = await api("GET", `/api/executions/${encodeURIComponent(detail.id)}/events${q}`);
+      if (state.detail !== detail) return;
+      for (const ev of body.items) addHistory(h, ev);
+      h.cursor = body.next_cursor || null;
+      if (!h.cursor) break;
+    }
+    h.loaded = true;
+    // What the feed delivered while the pages were read, and they lacked.
+    if (!h.cursor) for (const ev of h.pending) appendLive(h, ev);
+    h.pending = [];
+  } catch (e) {
+    if (state.detail === detail) $("#history-note").textContent = `events: ${e.status ? `${e.status}: ` : ""}${e.message}`;
+    return;
+  } finally {
+    h.loading = false;
+  }
+  renderHistory(detail);
+}
+
+function addHistory(h, ev) {
+  if (h.ids.has(ev.id)) return false;
+  h.ids.add(ev.id);
+  h.events.push(ev);
+  return true;
+}
+
+// Live events of the execution shown join its timeline once the history has been read to its end.
+function historyEvent(detail, ev) {
+  const h = detail.history;
+  if (h.loading) { h.pending.push(ev); return; }
+  if (!h.loaded || h.cursor) return;
+  if (appendLive(h, ev)) renderHistory(detail);
+}
+
+function appendLive(h, ev) {
+  const last = h.events[h.events.length - 1];
+  if (last && !idAfter(ev.id, last.id)) return false;
+  return addHistory(h, ev);
+}
+
+function describe(ev) {
+  const d = ev.data || {};
+  switch (ev.type) {
+    case "execution.queued": return `priority ${d.priority}, ${(d.steps || []).length} step(s), by ${d.trigger_type || "api"}`;
+    case "execution.started": return `attempt ${d.attempt}` + (d.from_step ? ` from step ${d.from_step}` : "") + (d.executor ? ` on ${d.executor}` : "");
+    case "step.started": return `step ${d.step_index} ${d.label || d.action || ""}`;
+    case "step.completed": return `step ${d.step_index} in ${fmtDuration(d.duration_ms)}`;
+    case "step.failed": return `step ${d.step_index}: ${d.error}`;
+    case "execution.log": return `[step ${d.step_index}] ${d.message}`;
+    case "execution.progress": return `step ${d.step_index} ${Math.round(d.percent)}%` + (d.message ? ` ${d.message}` : "");
+    case "execution.retrying": return `attempt ${d.failed_attempt} failed; retry in ${fmtDuration(d.delay_ms)}`;
+    case "execution.completed": return `in ${fmtDuration(d.duration_ms)}`;
+    case "execution.failed": case "execution.dead_lettered": return d.error || "";
+    case "execution.priority_changed": return `priority ${d.priority}`;
+    case "execution.requeued": return d.reason || "";
+    default: {
+      const text = JSON.stringify(d);
+      return text === "{}" ? "" : text.slice(0, 120);
+    }
+  }
+}
+
+function fmtClock(t) {
+  if (!t) return "";
+  return `${fmtTime(t)}.${String(new Date(t).getMilliseconds()).padStart(3, "0")}`;
+}
+
+function renderHistory(detail) {
+  if (state.detail !== detail) return;
+  const h = detail.history;
+  const list = $("#history-list");
+  const have = list.children.length;
+  // Events only ever append: write the new ones.
+  list.append(...h.events.slice(have).map((ev, k) => el("li", {
+    dataset: { id: ev.id, index: String(have + k), type: ev.type }, title: ev.id,
+    on: { click: () => pickHistory(detail, have + k) },
+  }, el("time", { textContent: fmtClock(ev.ts) }), " ",
+     el("span", { className: `ev-type ${ev.type.split(".")[0]}`, textContent: ev.type }), " ",
+     el("span", { className: "ev-text", textContent: describe(ev) }))));
+  const slider = $("#history-slider");
+  slider.max = String(Math.max(0, h.events.length - 1));
+  slider.disabled = h.events.length === 0;
+  if (h.picked === null) slider.value = slider.max;
+  $("#history-note").textContent = h.events.length
+    ? `${h.events.length}${h.cursor ? "+" : ""} event(s): pick one (or move the slider) to see the execution as it stood then`
+    : "no events";
+  $("#history-more").hidden = !h.cursor;
+}
+
+// The execution as of event ``index``: GET /api/executions/{id}?as_of=<its stream id>, folded by the server.
+let pickTimer = null;
+function pickHistory(detail, index, { wait = 0 } = {}) {
+  const h = detail.history;
+  const ev = h.events[index];
+  if (!ev) return;
+  h.picked = index;
+  $("#history-slider").value = String(index);
+  for (const li of document.querySelectorAll("#history-list li.picked")) li.classList.remove("picked");
+  const li = $(`#history-list li[data-index="${index}"]`);
+  if (li) { li.classList.add("picked"); li.scrollIntoView({ block: "nearest" }); }
+  clearTimeout(pickTimer);
+  pickTimer = setTimeout(() => showAsOf(detail, index), wait);
+}
+
+async function showAsOf(detail, index) {
+  const h = detail.history;
+  const ev = h.events[index];
+  const request = ++h.request;
+  $("#as-of").hidden = false;
+  $("#as-of-title").textContent = `event ${index + 1} of ${h.events.length}: ${ev.type}, ${fmtClock(ev.ts)}`;
+  $("#as-of-message").textContent = "";
+  let x;
+  try {
+    x = await api("GET", `/api/executions/${encodeURIComponent(detail.id)}?as_of=${encodeURIComponent(ev.id)}`);
+  } catch (e) {
+    if (state.detail === detail && request === h.request) {
+      $("#as-of-message").textContent = e.status === 404 ? "the execution did not exist yet" : `${e.status || ""} ${e.message}`;
+    }
+    return;
+  }
+  if (state.detail !== detail || request !== h.request) return;
+  const badge = $("#as-of-status");
+  badge.textContent = x.status;
+  badge.className = `badge ${x.status}`;
+  $("#as-of-attempt").textContent = x.attempt ?? x.retry_count ?? "";
+  $("#as-of-progress").textContent = `${x.steps_completed ?? 0} of ${x.steps_total ?? 0} completed` +
+    (x.steps_failed ? `, ${x.steps_failed} failed` : "");
+  $("#as-of-error").textContent = x.error_message || "";
+  $("#as-of-error").hidden = $("#as-of-error").previousElementSibling.hidden = !x.error_message;
+  $("#as-of-steps").replaceChildren(...(x.steps || []).map((step) => {
+    const item = el("li", { dataset: { step: String(step.step_index) } },
+      el("span", { className: `badge step-status ${step.status}`, textContent: step.status }), " ",
+      el("span", { className: "step-name", textContent: step.label || step.action }));
+    if (step.error_message) item.append(el("div", { className: "error", textContent: step.error_message }));
+    return item;
+  }));
 }
 
 // --- commands ------------------------------------------------------------------------------------------------
@@ -742,7 +997,12 @@ function applyStats(stats, { counts }) {
     }
   }
   state.figures = { avg: stats.avg_duration_ms, p95: stats.p95_duration_ms };
-  state.depth = stats.depth_by_priority;
+  // The snapshot, plus what the feed changed after it (the events after as_of it does not include yet).
+  state.depth = { ...stats.depth_by_priority };
+  if (counts || !stats.as_of) state.depthLog = [];
+  else state.depthLog = state.depthLog.filter((c) => idAfter(c.id, stats.as_of));
+  for (const c of state.depthLog) addDepth(c.priority, c.n);
+  view.depthDirty = true;
   view.countersDirty = true;
   view.chartsDirty = true;
   schedule();
@@ -840,6 +1100,7 @@ function selectQueue(id) {
     tr.classList.toggle("selected", tr.dataset.id === id);
   }
   $("#queue-items").hidden = !id;
+  if (state.item && state.item.queueId !== id) closeItem();
   if (!id) return;
   const q = (state.queues || []).find((x) => x.id === id);
   $("#queue-items-name").textContent = q ? q.name : short(id);
@@ -864,10 +1125,11 @@ async function loadItems() {
   $("#queue-items tbody").replaceChildren(...page.items.map((it) => {
     const exec = it.execution_id
       ? el("td", {}, el("a", { href: "#", textContent: short(it.execution_id), title: it.execution_id,
-                               on: { click: (e) => { e.preventDefault(); select(it.execution_id); } } }))
+                               on: { click: (e) => { e.preventDefault(); e.stopPropagation(); select(it.execution_id); } } }))
       : cell("");
     const err = it.error ? `${it.error.kind}: ${it.error.message}` : "";
-    return el("tr", { dataset: { id: it.id } },
+    const picked = state.item && state.item.id === it.id ? "selected" : "";
+    return el("tr", { dataset: { id: it.id }, className: picked, on: { click: () => openItem(id, it.id) } },
       el("td", {}, el("code", { textContent: short(it.id), title: it.id })),
       cell(it.reference), el("td", {}, el("span", { className: `badge item-status ${it.status}`, textContent: it.status })),
       cell(it.priority), cell(it.retry_count), exec, cell(fmtTime(ms(it.created_at))),
@@ -878,6 +1140,110 @@ async function loadItems() {
 }
 
 const refreshItems = debounce(loadItems, QUEUES_REFRESH_MS, PROJECTION_LAG_MS);
+
+// --- work-queue item detail: its facts, the executions that processed it, its history ------------------------
+
+function openItem(queueId, itemId) {
+  state.item = { queueId, id: itemId };
+  for (const tr of document.querySelectorAll("#queue-items tbody tr")) tr.classList.toggle("selected", tr.dataset.id === itemId);
+  $("#item-detail").hidden = false;
+  $("#item-detail-id").textContent = short(itemId);
+  $("#item-detail-id").title = itemId;
+  $("#item-detail-message").textContent = "";
+  loadItem();
+}
+
+function closeItem() {
+  state.item = null;
+  $("#item-detail").hidden = true;
+  for (const tr of document.querySelectorAll("#queue-items tbody tr.selected")) tr.classList.remove("selected");
+}
+
+// "execution <id>" in a history entry's detail (queue_item.started says which run took the item).
+const EXECUTION_IN_DETAIL = /\bexecution ([0-9A-Za-z_-]{8,})/;
+const executionOf = (change) => change.execution_id || ((EXECUTION_IN_DETAIL.exec(change.detail || "") || [])[1]) || null;
+
+// The executions that processed an item: the list the API gives (execution_ids, or executions as ids or
+// {id, …}), those its history names, and the item's own execution_id, oldest first.
+function itemExecutions(it) {
+  const ids = [];
+  const add = (x) => {
+    const id = typeof x === "string" ? x : x && (x.id || x.execution_id);
+    if (id && !ids.includes(id)) ids.push(id);
+  };
+  for (const x of it.execution_ids || []) add(x);
+  for (const x of it.executions || []) add(x);
+  for (const change of it.history || []) add(executionOf(change));
+  add(it.execution_id);
+  return ids;
+}
+
+function execLink(id) {
+  return el("a", { href: "#", className: "exec-link", textContent: short(id), title: id, dataset: { id },
+                   on: { click: (e) => { e.preventDefault(); e.stopPropagation(); select(id); $("#detail").scrollIntoView({ block: "nearest" }); } } });
+}
+
+function itemLink(queueId, id) {
+  return el("a", { href: "#", className: "item-link", textContent: short(id), title: id, dataset: { id },
+                   on: { click: (e) => { e.preventDefault(); openItem(queueId, id); } } });
+}
+
+async function loadItem() {
+  const picked = state.item;
+  if (!picked) return;
+  let it;
+  try {
+    it = await api("GET", `/api/queues/${encodeURIComponent(picked.queueId)}/items/${encodeURIComponent(picked.id)}`);
+  } catch (e) {
+    if (state.item === picked) $("#item-detail-message").textContent = `${e.status ? `${e.status}: ` : ""}${e.message}`;
+    return;
+  }
+  if (state.item !== picked) return;
+  const badge = $("#item-detail-status");
+  badge.textContent = it.status;
+  badge.className = `badge item-status ${it.status}`;
+  const json = (v) => el("pre", { className: "json", textContent: JSON.stringify(v, null, 2) });
+  const facts = [
+    ["reference", it.reference], ["priority", it.priority], ["retries", it.retry_count],
+    ["retry of", it.retry_of && itemLink(picked.queueId, it.retry_of)],
+    ["retried as", it.retry_id && itemLink(picked.queueId, it.retry_id)],
+    ["processed by", it.processed_by], ["progress", it.progress],
+    ["created", it.created_at && new Date(ms(it.created_at)).toLocaleString([], { hour12: false })],
+    ["deadline", it.deadline && new Date(ms(it.deadline)).toLocaleString([], { hour12: false })],
+    ["defer until", it.defer_until && new Date(ms(it.defer_until)).toLocaleString([], { hour12: false })],
+    ["processing", it.processing_ms !== null && it.processing_ms !== undefined ? fmtDuration(it.processing_ms) : null],
+    ["error", it.error && `${it.error.kind}: ${it.error.message}`],
+    ["data", json(it.data)],
+    ["result", it.result !== null && it.result !== undefined ? json(it.result) : null],
+  ].filter(([, v]) => v !== null && v !== undefined && v !== "");
+  $("#item-facts").replaceChildren(...facts.flatMap(([k, v]) => [
+    el("dt", { textContent: k }), el("dd", { className: k === "error" ? "error" : "", dataset: { fact: k } }, v instanceof Node ? v : String(v))]));
+  const runs = itemExecutions(it);
+  $("#item-executions").replaceChildren(...(runs.length ? runs.map((id) => {
+    const row = state.execs.get(id);
+    return el("li", { dataset: { id } }, execLink(id), ...(row ? [" ", el("span", { className: `badge ${row.status}`, textContent: row.status })] : []));
+  }) : [el("li", { className: "muted", textContent: "none yet" })]));
+  $("#item-history").replaceChildren(...(it.history || []).map((c) => el("li", { dataset: { event: c.event } },
+    el("time", { textContent: c.at ? new Date(ms(c.at)).toLocaleString([], { hour12: false }) : "" }), " ",
+    el("span", { className: "ev-type", textContent: c.event }), " ",
+    el("span", { className: `badge item-status ${c.status}`, textContent: c.status }),
+    c.processed_by ? ` by ${c.processed_by}` : "",
+    ...changeDetail(c))));
+}
+
+// A change's detail, its execution id (if it names one) as a link; or the link alone when only a field has it.
+function changeDetail(c) {
+  const run = executionOf(c);
+  const text = c.detail || "";
+  const at = run ? text.indexOf(run) : -1;
+  if (at >= 0) {
+    return [el("span", { className: "muted", textContent: ` ${text.slice(0, at)}` }), execLink(run),
+            el("span", { className: "muted", textContent: text.slice(at + run.length) })];
+  }
+  return [text ? el("span", { className: "muted", textContent: ` ${text}` }) : "", run ? " " : "", run ? execLink(run) : ""];
+}
+
+const refreshItem = debounce(loadItem, QUEUES_REFRESH_MS, PROJECTION_LAG_MS);
 
 // --- triggers --------------------------------------------------------------------------------------------------
 
@@ -965,7 +1331,10 @@ async function deleteTrigger(t) {
 }
 
 // A person pressed Run: the execution is recorded as a manual run (trigger_type "manual"), not a program's ("api").
+// A workflow whose steps reference params cannot run without them: Run opens the params editor instead.
 function runWorkflow(id) {
+  const w = state.workflows.find((x) => x.id === id);
+  if (w && paramRefs(w.steps).size) { openRun(id); return Promise.resolve(); }
   return api("POST", `/api/workflows/${encodeURIComponent(id)}/execute`, { trigger_type: "manual" })
     .catch((e) => alert(e.message));
 }
@@ -977,8 +1346,54 @@ function openRun(id) {
   $("#run-name").textContent = state.workflowNames.get(id) || short(id);
   $("#run-error").textContent = "";
   $("#run-result").textContent = "";
+  $("#run-needs").textContent = "";
   $("#run-form").hidden = false;
   $("#run-params").focus();
+  // The definition as saved now (GET /api/workflows/{id}), not the list's copy: what the run will pin.
+  const refs = api("GET", `/api/workflows/${encodeURIComponent(id)}`)
+    .then((w) => [...paramRefs(w.steps)].sort())
+    .catch(() => []);
+  state.runRefs = refs;
+  refs.then((list) => { if (state.runRefs === refs) checkRunParams(); return list; });
+}
+
+// Every "params.…" path a workflow's steps reference, as the engine resolves them ("invoice", "customer.id").
+function paramRefs(value, out = new Set()) {
+  if (typeof value === "string") {
+    for (const m of value.matchAll(PLACEHOLDER)) {
+      const parts = m[1].split(".");
+      if (parts[0] === "params" && parts.length > 1) out.add(parts.slice(1).join("."));
+    }
+  } else if (Array.isArray(value)) {
+    for (const v of value) paramRefs(v, out);
+  } else if (value && typeof value === "object") {
+    for (const v of Object.values(value)) paramRefs(v, out);
+  }
+  return out;
+}
+
+// Whether ``path`` ("customer.id", "lines.0") resolves in ``params``, by the engine's lookup rules.
+function hasPath(params, path) {
+  let v = params;
+  for (const part of path.split(".")) {
+    if (Array.isArray(v) && /^\d+$/.test(part) && Number(part) < v.length) v = v[Number(part)];
+    else if (v && typeof v === "object" && !Array.isArray(v) && Object.prototype.hasOwnProperty.call(v, part)) v = v[part];
+    else return false;
+  }
+  return true;
+}
+
+// While typing: which referenced params the editor's object lacks (nothing is flagged while it is not JSON).
+async function checkRunParams() {
+  const refs = state.runRefs ? await state.runRefs : [];
+  const needs = $("#run-needs");
+  if (!refs.length) { needs.textContent = "This workflow references no params."; needs.className = "muted"; return []; }
+  let missing = [];
+  try { missing = refs.filter((path) => !hasPath(readParams(), path)); } catch { /* shown on submit */ }
+  needs.replaceChildren(`References ${refs.map((r) => `params.${r}`).join(", ")}`,
+    ...(missing.length ? ["; ", el("b", { className: "missing", textContent: `missing: ${missing.join(", ")}` })] : ["."]));
+  needs.className = missing.length ? "error" : "muted";
+  return missing;
 }
 
 // The params must be a JSON object: checked here before anything is sent; the API's refusal (422: a missing
@@ -1002,6 +1417,16 @@ async function submitRun() {
   $("#run-result").textContent = "";
   let params;
   try { params = readParams(); } catch (e) { $("#run-error").textContent = e.message; return; }
+  // A run without a param its steps reference would fail on that step, retry, and end in the DLQ: refuse here.
+  const refs = state.runRefs ? await state.runRefs : [];
+  if (id !== state.runWorkflowId) return;
+  const missing = refs.filter((path) => !hasPath(params, path));
+  if (missing.length) {
+    await checkRunParams();
+    $("#run-error").textContent = `params: missing ${missing.join(", ")} (referenced by the workflow's steps as ` +
+      `${missing.map((m) => `{{ params.${m} }}`).join(", ")})`;
+    return;
+  }
   const body = { trigger_type: "manual", params };
   const priority = $("#run-priority").value;
   if (priority) body.priority = Number(priority);
@@ -1037,6 +1462,74 @@ const refreshWorkflows = debounce(async () => {
   $("#workflows").hidden = page.items.length === 0;
 }, 1000);
 
+// --- robots (DESIGN §10) ----------------------------------------------------------------------------------------
+
+function fmtAgo(t) {
+  if (!t) return "never";
+  const s = Math.max(0, Math.round((Date.now() - t) / 1000));
+  if (s < 60) return `${s} s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+  return new Date(t).toLocaleString([], { hour12: false });
+}
+
+// current_task: the task id the robot holds ("<execution id>.<n>": a task id names its execution), or an object
+// {task_id, execution_id, step_index, action, label}: shown as the step it runs and a link to its execution.
+function taskCell(task) {
+  if (!task) return el("td", { className: "task muted", textContent: "–" });
+  if (typeof task !== "object") {
+    const id = String(task);
+    const execution = id.includes(".") ? id.slice(0, id.lastIndexOf(".")) : null;
+    const row = execution && state.execs.get(execution);
+    task = { task_id: id, execution_id: execution, step_index: row && row.status === "running" ? row.current : null };
+  }
+  const what = [task.label || task.action, task.step_index !== undefined && task.step_index !== null ? `step ${task.step_index}` : ""]
+    .filter(Boolean).join(", ");
+  const cell = el("td", { className: "task", title: task.task_id || "" }, what);
+  if (task.execution_id) cell.append(" of ", execLink(task.execution_id));
+  return cell;
+}
+
+const refreshRobots = debounce(async () => {
+  if (!state.api.has("GET /api/robots") || !state.key) return;
+  let page;
+  try {
+    page = await api("GET", "/api/robots");
+  } catch {
+    return; // the next event or tick tries again
+  }
+  state.robots = page.items || [];
+  renderRobots(page.next_cursor);
+}, ROBOTS_REFRESH_MS);
+
+function renderRobots(more) {
+  if (!state.robots) return;
+  $("#robots tbody").replaceChildren(...state.robots.map((r) => el("tr", { dataset: { id: r.id }, className: r.status },
+    el("td", { className: "name", title: r.id }, r.name || short(r.id)),
+    el("td", { className: "pool", textContent: r.pool || "" }),
+    el("td", {}, el("span", { className: `badge robot-status ${r.status}`, textContent: r.status })),
+    el("td", { className: "seen", textContent: fmtAgo(ms(r.last_seen_at)), title: r.last_seen_at || "" }),
+    taskCell(r.current_task))));
+  const counts = {};
+  for (const r of state.robots) counts[r.status] = (counts[r.status] || 0) + 1;
+  $("#robots-note").textContent = state.robots.length
+    ? `${state.robots.length}${more ? "+" : ""} robot(s): ` + Object.entries(counts).map(([k, n]) => `${n} ${k}`).join(", ")
+    : "none registered (POST /api/robots)";
+  $("#robots").hidden = false;
+}
+
+// Views of endpoints another release may lack (robots, history) ask /openapi.json first rather than a 404.
+async function loadOperations() {
+  try {
+    const r = await fetch("/openapi.json");
+    const doc = await r.json();
+    state.api = new Set(Object.entries(doc.paths || {}).flatMap(([path, ops]) => Object.keys(ops).map((m) => `${m.toUpperCase()} ${path}`)));
+  } catch {
+    state.api = new Set();
+  }
+  $("#tab-history").hidden = !state.api.has("GET /api/executions/{id}/events");
+  if (!state.api.has("GET /api/robots")) $("#robots").hidden = true;
+}
+
 async function loadAll() {
   const generation = ++state.generation;
   if (state.feed) state.feed.stop();
@@ -1065,6 +1558,7 @@ async function loadAll() {
   refreshQueues();
   refreshWorkflows();
   refreshTriggers();
+  loadOperations().then(refreshRobots);
   schedule();
 }
 
@@ -1159,7 +1653,15 @@ function init() {
   $("#more").addEventListener("click", () => loadRows(true).catch((e) => { $("#search-message").textContent = e.message; }));
   $("#item-status").addEventListener("change", (e) => { state.itemStatus = e.target.value; loadItems(); });
   $("#run-form").addEventListener("submit", (e) => { e.preventDefault(); submitRun(); });
-  $("#run-close").addEventListener("click", () => { $("#run-form").hidden = true; state.runWorkflowId = null; });
+  $("#run-close").addEventListener("click", () => { $("#run-form").hidden = true; state.runWorkflowId = null; state.runRefs = null; });
+  $("#run-params").addEventListener("input", () => { if (state.runRefs) checkRunParams(); });
+  $("#item-detail-close").addEventListener("click", closeItem);
+  for (const b of document.querySelectorAll("#detail .tab")) b.addEventListener("click", () => showTab(b.dataset.tab));
+  const slider = $("#history-slider");
+  slider.addEventListener("input", () => state.detail && pickHistory(state.detail, Number(slider.value), { wait: 150 }));
+  $("#history-more").addEventListener("click", () => state.detail && loadHistory(state.detail, true));
+  // Robots go offline without an event (they just stop calling): re-read every few seconds while shown.
+  setInterval(() => { if (!document.hidden && state.key) refreshRobots(); }, ROBOTS_POLL_MS);
   // Running rows show a live duration; charts roll over each minute.
   setInterval(() => {
     for (const id of view.ids) {
