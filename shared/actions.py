@@ -57,6 +57,15 @@ class FailParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     until_attempt: int | None = None
 
 
+class WorkflowParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Start a child execution of another workflow of the tenant (shared/subworkflows.py); with ``wait`` the
+    step ends with the child: its ``result``, or its error."""
+
+    workflow_id: str
+    params: dict[str, Any] = {}
+    wait: bool = True
+
+
 BUILTIN_PARAMS: dict[str, type[msgspec.Struct]] = {
     "noop": NoopParams,
     "log": LogParams,
@@ -64,6 +73,7 @@ BUILTIN_PARAMS: dict[str, type[msgspec.Struct]] = {
     "set": SetParams,
     "http_request": HttpRequestParams,
     "fail": FailParams,
+    "workflow": WorkflowParams,
 }
 # The longest a ``delay`` step may sleep (1 h): longer waits belong to a schedule trigger, not an executor slot.
 MAX_DELAY_MS = 3_600_000
@@ -128,17 +138,18 @@ def validate_step(
     private or link-local address; a templated URL is checked when the step runs."""
     where = f"steps[{index}]"
     params_type = types.get(step.action)
+    if step.runs_on is not None and step.action == "workflow":
+        raise ValidationFailed(f"{where}.runs_on: a `workflow` step starts a child execution, it cannot run on a "
+                               "robot", field=f"{where}.runs_on")
+    if params_type is None and step.runs_on is not None:
+        # An action the robots bring (a plug-in installed where they run): the robot checks its params.
+        _check_references(where, index, step)
+        return None
     if params_type is None:
         raise ValidationFailed(
             f"{where}.action: unknown action {step.action!r}", field=f"{where}.action", known=sorted(types)
         )
-    for ref in references(step.params):
-        if not valid_reference(ref):
-            raise ValidationFailed(f"{where}.params: bad template reference {{{{ {ref} }}}}", field=f"{where}.params")
-        if ref.startswith("steps.") and int(ref.split(".")[1]) >= index:
-            raise ValidationFailed(
-                f"{where}.params: {{{{ {ref} }}}} refers to a step that has not run yet", field=f"{where}.params"
-            )
+    _check_references(where, index, step)
     fields = {f.name: f.type for f in msgspec.structs.fields(params_type)}
     checked = {
         k: (_stand_in(fields[k]) if k in fields and has_template(v) and fields[k] is not str else v)
@@ -149,6 +160,16 @@ def validate_step(
         field = f"{where}.params.url"
         check_literal(check_url(parsed.url, field, allow_credentials=True), field, allow_private=allow_private)
     return parsed
+
+
+def _check_references(where: str, index: int, step: StepDef) -> None:
+    for ref in references(step.params):
+        if not valid_reference(ref):
+            raise ValidationFailed(f"{where}.params: bad template reference {{{{ {ref} }}}}", field=f"{where}.params")
+        if ref.startswith("steps.") and int(ref.split(".")[1]) >= index:
+            raise ValidationFailed(
+                f"{where}.params: {{{{ {ref} }}}} refers to a step that has not run yet", field=f"{where}.params"
+            )
 
 
 def parse_params(params_type: type[msgspec.Struct], params: Mapping[str, Any], where: str = "params") -> Any:

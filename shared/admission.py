@@ -51,11 +51,14 @@ def admission_unit(
     trigger_type: str = "api",
     parent_execution_id: str | None = None,
     idempotency: tuple[str, bytes] | None = None,
+    max_attempts: int | None = None,
 ) -> Unit:
     """Queue ``runs`` of ``workflow`` (pinned at ``workflow.version``) if the monthly quota allows all of them.
 
     ``idempotency=(redis key, reply)``: a second request with the same key gets the first reply back
-    (``Duplicate``) and changes nothing.
+    (``Duplicate``) and changes nothing. ``max_attempts`` overrides the definition's ``retry.attempts`` for
+    these runs (the executor reads the state's ``max_attempts``): a queue item's run gets 1, since its queue
+    owns the retries of the item.
     """
     unit = Unit(p)
     if idempotency is not None:
@@ -102,6 +105,7 @@ def admission_unit(
                 "params": _encoder.encode(run.params),
                 "trigger_type": trigger_type,
                 "dead_lettered": "0",
+                **({"max_attempts": max_attempts} if max_attempts is not None else {}),
             },
         )
         unit.to_backlog(p, run.priority, tenant_id, run.execution_id)

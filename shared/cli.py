@@ -11,6 +11,7 @@ from pathlib import Path
 
 from services.admin.cli import ADMIN_COMMANDS
 from services.admin.cli import add_commands as add_admin_commands
+from services.robot.cli import add_command as add_robot_command
 from shared.errors import ConfigError, OrqError
 from shared.runtime import configure_logging, run_until_signalled
 from shared.settings import DEV_DATA_DIR, DEV_SETTINGS_FILE, Settings, load_settings, with_dev_settings
@@ -36,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     replay = sub.add_parser("replay", help="rebuild every projection from the event archive and the streams")
     replay.add_argument("--no-progress", action="store_true")
     add_admin_commands(sub)
+    add_robot_command(sub)
     return parser
 
 
@@ -137,6 +139,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> None:
 
             run_until_signalled(lambda stop: serve_dev(settings, stop, host=args.host, port=args.port,
                                                        data_dir=args.data_dir))
+        case "robot":
+            from services.robot.cli import run as run_robot
+
+            run_robot(args, settings)
         case "replay":
             count = asyncio.run(_replay(settings, show_progress=not args.no_progress))
             print(f"replayed {count} events")

@@ -78,6 +78,16 @@ class Unit:
             return [len(self.blobs)]
         return value
 
+    def absorb(self, other: Unit) -> Unit:
+        """Append ``other``'s guards and operations (same partition): one atomic unit of both."""
+        assert other.p == self.p, "a unit spans one partition"
+        offset = len(self.blobs)
+        self.guards += other.guards
+        for op in other.ops:
+            self.ops.append([[arg[0] + offset] if isinstance(arg, list) else arg for arg in op])
+        self.blobs += other.blobs
+        return self
+
     # --- guards ---------------------------------------------------------------------------------------------
     def require(self, key: str, field_name: str, allowed: Sequence[str], label: str) -> Unit:
         """``HGET key field`` must be one of ``allowed`` ("" stands for a missing field)."""
@@ -170,6 +180,11 @@ class Unit:
     def unwork(self, p: int, execution_id: str, group: str = keys.GROUP_EXECUTOR) -> Unit:
         """Take back (ack and delete) the execution's work entry, if it has one, and drop a pending retry."""
         self.ops.append(["unwork", keys.prefix(p), execution_id, group])
+        return self
+
+    def untask(self, p: int, execution_id: str) -> Unit:
+        """End the execution's robot task, if it has one (offered or claimed), and unpark it."""
+        self.ops.append(["untask", keys.prefix(p), execution_id])
         return self
 
     def xadd(self, stream: str, entry: Mapping[str, Value], ref: tuple[str, str] | None = None) -> Unit:

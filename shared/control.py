@@ -24,6 +24,7 @@ from shared.events import (
     WorkflowPaused,
     WorkflowResumed,
 )
+from shared.queues_claims import QUEUE_RUN_ATTEMPTS
 from shared.state import FENCE, Status
 
 STATUS_GUARD = "status"
@@ -48,7 +49,7 @@ def cancel_unit(*, p: int, tenant_id: str, execution_id: str, observed: Status, 
     if observed is Status.QUEUED:
         unit.hincrby(keys.queued(p), tenant_id, -1)
         unit.unqueue(p, execution_id)
-    unit.unwork(p, execution_id).release(p, tenant_id, execution_id)
+    unit.unwork(p, execution_id).untask(p, execution_id).release(p, tenant_id, execution_id)
     if observed in (Status.QUEUED, Status.RUNNING):  # queued: it may be dispatched already, about to start
         unit.publish(keys.cancel_channel(p), execution_id)
     return unit
@@ -101,7 +102,8 @@ def requeue_unit(
             priority=priority,
         )
     )
-    unit.unwork(p, execution_id).release(p, tenant_id, execution_id)  # no-ops unless something was left over
+    # No-ops unless something was left over.
+    unit.unwork(p, execution_id).untask(p, execution_id).release(p, tenant_id, execution_id)
     unit.hset(state_key, {"status": Status.QUEUED.value, "attempt": 1, "dead_lettered": "0", "queued_at": now_ms,
                           "priority": priority})
     unit.hdel(state_key, "started_at")  # the new series' duration counts from its own start, not the DLQ's wait
@@ -142,6 +144,8 @@ def restored_state(
         "trigger_type": row["trigger_type"],
         "dead_lettered": "1" if row["in_dlq"] else "0",
     }
+    if row["trigger_type"] == "queue_item":  # as admission set it: the queue owns the retries of its items
+        state["max_attempts"] = QUEUE_RUN_ATTEMPTS
     if row["started_at"] is not None:
         state["started_at"] = row["started_at"]
     if dlq_id:

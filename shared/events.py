@@ -112,6 +112,7 @@ class StepCompleted(EventBase, tag="step.completed", kw_only=True, frozen=True):
     step_index: int
     output: Any = None
     duration_ms: int = 0
+    worker_id: str | None = None  # the robot that ran it (a step run by an executor names none)
 
 
 class StepFailed(EventBase, tag="step.failed", kw_only=True, frozen=True):
@@ -120,6 +121,36 @@ class StepFailed(EventBase, tag="step.failed", kw_only=True, frozen=True):
     duration_ms: int = 0
     attempt: int = 1
     continued: bool = False
+    worker_id: str | None = None  # the robot that ran it (a step run by an executor names none)
+
+
+class StepOffered(EventBase, tag="step.offered", kw_only=True, frozen=True):
+    """A ``runs_on`` step waits for a robot of ``pool`` (the execution is parked, holding no executor slot).
+    ``task_id`` names this offer: a task offered again (its robot went silent) gets a new one."""
+
+    step_index: int
+    action: str
+    label: str | None = None
+    pool: str
+    task_id: str
+    attempt: int = 1
+
+
+class StepClaimed(EventBase, tag="step.claimed", kw_only=True, frozen=True):
+    """A robot took an offered step: it runs from now, under a lease the robot renews by heartbeats."""
+
+    step_index: int
+    task_id: str
+    robot_id: str
+    attempt: int = 1
+
+
+class StepWaiting(EventBase, tag="step.waiting", kw_only=True, frozen=True):
+    """A ``workflow`` step with ``wait`` started child ``child_execution_id``; the parent is parked (no slot)
+    until the child ends."""
+
+    step_index: int
+    child_execution_id: str
 
 
 class ExecutionProgress(EventBase, tag="execution.progress", kw_only=True, frozen=True):
@@ -405,6 +436,27 @@ class QueueItemRetried(EventBase, tag="queue_item.retried", kw_only=True, frozen
     reason: Literal["failed", "abandoned"] = "failed"
 
 
+# --- robots (shared/robots.py) ----------------------------------------------------------------------------------
+
+
+class RobotRegistered(EventBase, tag="robot.registered", kw_only=True, frozen=True):
+    """A robot of the tenant (``aggregate_id``) joined ``pool``. Carries the first characters of its key, to
+    recognise it by, never the key or its hash: events reach the tenant's feed and the archive."""
+
+    name: str
+    pool: str
+    key_prefix: str
+    created_at: int
+
+
+class RobotDeleted(EventBase, tag="robot.deleted", kw_only=True, frozen=True):
+    """The robot is gone and its key revoked. Repeats what the row needs, so the projection reads nothing."""
+
+    name: str = ""
+    pool: str = ""
+    created_at: int = 0
+
+
 Event = (
     TenantCreated
     | TenantPlanChanged
@@ -419,6 +471,9 @@ Event = (
     | StepStarted
     | StepCompleted
     | StepFailed
+    | StepOffered
+    | StepClaimed
+    | StepWaiting
     | ExecutionProgress
     | ExecutionLog
     | ExecutionRetrying
@@ -449,6 +504,8 @@ Event = (
     | QueueItemFailed
     | QueueItemAbandoned
     | QueueItemRetried
+    | RobotRegistered
+    | RobotDeleted
 )
 
 EVENT_TYPES: dict[str, type[EventBase]] = {

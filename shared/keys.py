@@ -21,7 +21,9 @@ GROUP_NOTIFIER = "notifier"
 CONSUMER_BACKOFF = "backoff"
 CONSUMER_THROTTLED = "throttled"
 CONSUMER_RELEASED = "released"  # handed over by an executor shutting down: the next one takes it at once
-PSEUDO_CONSUMERS = frozenset({CONSUMER_BACKOFF, CONSUMER_THROTTLED})
+# Held while the execution waits outside any executor (a robot runs its step, or a child execution runs).
+CONSUMER_PARKED = "parked"
+PSEUDO_CONSUMERS = frozenset({CONSUMER_BACKOFF, CONSUMER_THROTTLED, CONSUMER_PARKED})
 
 
 def partition_of(tenant_id: str, partitions: int) -> int:
@@ -115,6 +117,28 @@ def rate(p: int, tenant_id: str, minute: int) -> str:
 def parked(p: int, workflow_id: str) -> str:
     """Executions of a paused workflow set aside by the dispatcher, waiting for the workflow to resume."""
     return f"{tag(p)}:parked:{workflow_id}"
+
+
+def offers(p: int, tenant_id: str, pool: str) -> str:
+    """Robot tasks offered to a tenant's pool, waiting for a robot: a sorted set scored by priority, then age."""
+    return f"{tag(p)}:offers:{tenant_id}:{pool}"
+
+
+def task(p: int, task_id: str) -> str:
+    """Hash of one robot task (an offered ``runs_on`` step): see shared/robot_tasks.py."""
+    return f"{tag(p)}:task:{task_id}"
+
+
+@cache
+def task_leases(p: int) -> str:
+    """Claimed robot tasks of the partition scored by when their lease runs out (ms): what the scan re-offers."""
+    return f"{tag(p)}:task_leases"
+
+
+@cache
+def offers_channel(p: int) -> str:
+    """Pub/sub channel told ``<tenant> <pool>`` when a task is offered, so long-polling robots answer at once."""
+    return f"{tag(p)}:offered"
 
 
 def dlq(p: int) -> str:
@@ -277,3 +301,17 @@ def queue_due(p: int) -> str:
 def trigger_runs(p: int) -> str:
     """Hash execution id → "<trigger id> <item id>" of queue items being processed by ``queue_item`` triggers."""
     return f"{tag(p)}:trigger_runs"
+
+
+# --- robots (shared/robots.py, services/api/routes/robots.py) -------------------------------------------------
+
+
+def robot(p: int, robot_id: str) -> str:
+    """Hash of one robot: ``tenant``, ``name``, ``pool``, ``key_hash``, ``created_at``; the task protocol keeps
+    its live fields there too (``last_seen`` ms, ``task`` while it holds one). Deleted with the robot."""
+    return f"{tag(p)}:robot:{robot_id}"
+
+
+def robot_names(p: int, tenant_id: str) -> str:
+    """Hash casefolded robot name → robot id of a tenant's robots (names are unique per tenant)."""
+    return f"{tag(p)}:robotnames:{tenant_id}"

@@ -63,9 +63,14 @@ from shared.events import (
     NotificationQueued,
     NotificationResendRequested,
     NotificationSent,
+    RobotDeleted,
+    RobotRegistered,
+    StepClaimed,
     StepCompleted,
     StepFailed,
+    StepOffered,
     StepStarted,
+    StepWaiting,
     TenantCreated,
     TenantPaused,
     TenantPlanChanged,
@@ -92,7 +97,8 @@ LOGS = "execution_logs"
 USAGE = "usage_monthly"
 NOTIFICATIONS = "notifications"
 TRIGGERS = "workflow_triggers"
-TABLES = (TENANTS, API_KEYS, WORKFLOWS, EXECUTIONS, STEPS, LOGS, USAGE, NOTIFICATIONS, TRIGGERS, *QUEUE_TABLES)
+ROBOTS = "robots"
+TABLES = (TENANTS, API_KEYS, WORKFLOWS, EXECUTIONS, STEPS, LOGS, USAGE, NOTIFICATIONS, TRIGGERS, *QUEUE_TABLES, ROBOTS)
 
 # Primary key columns per table, in order (mirrors shared.schema).
 PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
@@ -106,6 +112,7 @@ PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
     NOTIFICATIONS: ("id",),
     TRIGGERS: ("id",),
     **QUEUE_PRIMARY_KEYS,
+    ROBOTS: ("id",),
 }
 
 # Status values of execution rows and step rows.
@@ -118,6 +125,7 @@ QUEUED, RUNNING, RETRYING, COMPLETED, FAILED, CANCELLED = (
     "cancelled",
 )
 PENDING = "pending"
+OFFERED = "offered"  # a ``runs_on`` step waiting for a robot of its pool
 _FINISHED = frozenset({COMPLETED, FAILED, CANCELLED})
 
 # Events about one execution (its id is the aggregate id).
@@ -138,6 +146,9 @@ _EXECUTION_EVENTS: tuple[type[EventBase], ...] = (
     StepStarted,
     StepCompleted,
     StepFailed,
+    StepOffered,
+    StepClaimed,
+    StepWaiting,
 )
 
 
@@ -201,7 +212,7 @@ def needs_of(events: Iterable[EventBase], *, never_applied: bool = False) -> Nee
     queued: set[str] = set()
     for event in events:
         match event:
-            case StepStarted() | StepCompleted() | StepFailed():
+            case StepStarted() | StepCompleted() | StepFailed() | StepOffered() | StepClaimed() | StepWaiting():
                 needs.executions.add(event.aggregate_id)
             case ExecutionQueued():
                 queued.add(event.aggregate_id)
@@ -267,7 +278,7 @@ class Projection:
 
     def drop_written(self) -> None:
         """Forget rows the fold only ever writes (logs, API keys) once they are clean: a cache keeps the rest."""
-        for table in (LOGS, API_KEYS, NOTIFICATIONS, TRIGGERS, *QUEUE_TABLES):
+        for table in (LOGS, API_KEYS, NOTIFICATIONS, TRIGGERS, *QUEUE_TABLES, ROBOTS):
             if not self.dirty[table]:
                 self.rows[table].clear()
 
@@ -294,7 +305,7 @@ class Projection:
                 return False
             self._applied[event.tenant_id] = position
         match event:  # most frequent first
-            case StepStarted() | StepCompleted() | StepFailed():
+            case StepStarted() | StepCompleted() | StepFailed() | StepOffered() | StepClaimed() | StepWaiting():
                 self._step(event)
             case ExecutionQueued():
                 self._queued(event)
@@ -310,6 +321,8 @@ class Projection:
                 self._trigger(event)
             case _ if isinstance(event, QUEUE_EVENTS):
                 fold_queue_event(self.rows, self._touch, event)
+            case RobotRegistered() | RobotDeleted():
+                self._robot(event)
             case _:
                 pass
         return True
@@ -442,6 +455,21 @@ class Projection:
         }
         self._touch(TRIGGERS, event.aggregate_id)
 
+    # --- robots ---------------------------------------------------------------------------------------------
+    def _robot(self, event: RobotRegistered | RobotDeleted) -> None:
+        """The whole row from the event alone (``robot.deleted`` repeats the registration): nothing is read."""
+        deleted = isinstance(event, RobotDeleted)
+        self.rows[ROBOTS][event.aggregate_id] = {
+            "id": event.aggregate_id,
+            "tenant_id": event.tenant_id,
+            "name": _clip(event.name, 100),
+            "pool": _clip(event.pool, 64),
+            "deleted": deleted,
+            "created_at": event.created_at,
+            "deleted_at": event.ts if deleted else None,
+        }
+        self._touch(ROBOTS, event.aggregate_id)
+
     # --- executions -----------------------------------------------------------------------------------------
     def _queued(self, event: ExecutionQueued) -> None:
         executions = self.rows[EXECUTIONS]
@@ -502,6 +530,8 @@ class Projection:
             "duration_ms": None,
             "output_data": None,
             "error_message": None,
+            "worker_id": None,
+            "child_execution_id": None,
         }
         self.rows[STEPS][(execution_id, index)] = row
         self._steps_of.setdefault(execution_id, set()).add(index)
@@ -607,31 +637,17 @@ class Projection:
         self._touch(LOGS, key)
 
     # --- steps ----------------------------------------------------------------------------------------------
-    def _step(self, event: StepStarted | StepCompleted | StepFailed) -> None:
+    def _step(self, event: StepEvent) -> None:
         execution = self.rows[EXECUTIONS].get(event.aggregate_id)
         if execution is None:
             return
         key = (event.aggregate_id, event.step_index)
         step = self.rows[STEPS].get(key)
-        match event:
-            case StepStarted():
-                if step is None:
-                    step = self._new_step(event.aggregate_id, event.tenant_id, event.step_index, event.action,
-                                          event.label)
-                step["status"], step["started_at"], step["completed_at"] = RUNNING, event.ts, None
-                step["duration_ms"] = step["output_data"] = None  # an earlier attempt's error stays
-                step["attempts"] += 1
-                execution["current_step"] = event.step_index
-            case StepCompleted():
-                if step is None:
-                    return
-                step["status"], step["completed_at"], step["duration_ms"] = COMPLETED, event.ts, event.duration_ms
-                step["output_data"] = json_value(event.output)
-            case StepFailed():
-                if step is None:
-                    return
-                step["status"], step["completed_at"], step["duration_ms"] = FAILED, event.ts, event.duration_ms
-                step["error_message"] = event.error
+        if step is None:
+            if not isinstance(event, StepStarted | StepOffered):  # nothing started it: nothing to attach it to
+                return
+            step = self._new_step(event.aggregate_id, event.tenant_id, event.step_index, event.action, event.label)
+        _fold_step(step, execution, event)
         self._touch(STEPS, key)
         self._recount(execution)
         execution["updated_at"] = event.ts
@@ -659,11 +675,41 @@ class Projection:
         for index in self._steps_of.get(execution["id"], ()):
             key = (execution["id"], index)
             step = steps[key]
-            if step["status"] == RUNNING:
+            if step["status"] in (RUNNING, OFFERED):
                 step["status"], step["completed_at"] = CANCELLED, ts
                 step["duration_ms"] = _since(step["started_at"], ts)
                 self._touch(STEPS, key)
         self._recount(execution)
+
+
+StepEvent = StepStarted | StepCompleted | StepFailed | StepOffered | StepClaimed | StepWaiting
+
+
+def _fold_step(step: Row, execution: Row, event: StepEvent) -> None:
+    match event:
+        case StepStarted():
+            step["status"], step["started_at"], step["completed_at"] = RUNNING, event.ts, None
+            step["duration_ms"] = step["output_data"] = None  # an earlier attempt's error stays
+            step["attempts"] += 1
+            step["worker_id"] = step["child_execution_id"] = None
+            execution["current_step"] = event.step_index
+        case StepOffered():  # waits for a robot; it starts when one claims it
+            step["status"], step["started_at"], step["completed_at"] = OFFERED, None, None
+            step["duration_ms"] = step["output_data"] = step["worker_id"] = None
+            execution["current_step"] = event.step_index
+        case StepClaimed():
+            step["status"], step["started_at"], step["worker_id"] = RUNNING, event.ts, _clip(event.robot_id, 64)
+            step["attempts"] += 1
+        case StepWaiting():
+            step["child_execution_id"] = event.child_execution_id
+        case StepCompleted():
+            step["status"], step["completed_at"], step["duration_ms"] = COMPLETED, event.ts, event.duration_ms
+            step["output_data"] = json_value(event.output)
+            step["worker_id"] = _clip(event.worker_id, 64) if event.worker_id else step["worker_id"]
+        case StepFailed():
+            step["status"], step["completed_at"], step["duration_ms"] = FAILED, event.ts, event.duration_ms
+            step["error_message"] = event.error
+            step["worker_id"] = _clip(event.worker_id, 64) if event.worker_id else step["worker_id"]
 
 
 def _since(start: int | None, end: int) -> int | None:

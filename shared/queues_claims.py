@@ -45,8 +45,13 @@ from shared.redis import text
 log = logging.getLogger(__name__)
 
 ITEM_STATUS_GUARD = "item_status"
+RUN_LINKED_GUARD = "run_linked"
+TRIGGER_CLAIMER = "trigger:"  # + the trigger's id: ``processed_by`` of an item a queue_item trigger claimed
 ABANDON_BATCH = 100
 IN_PROGRESS = "in_progress"
+# Attempts of a run started for a queue item (the execution's ``max_attempts``): the queue owns the item's
+# retries (``max_retries``, a new item each), so the run's own retry policy does not repeat the work inside.
+QUEUE_RUN_ATTEMPTS = 1
 
 # The claim op replaces this event's ``aggregate_id`` and ``item`` inside the script.
 _PLACEHOLDER = QueueItemSnapshot(queue_id="", status="in_progress", priority=5, origin_at=0, created_at=0)
@@ -102,6 +107,44 @@ def claim_item(
     unit.zadd(keys.queue_due(p), now_ms + queue.abandon_after_ms, item.id)
     unit.event(QueueItemStarted(tenant_id=item.tenant_id, aggregate_id=item.id, ts=now_ms, item=snapshot))
     return unit
+
+
+def link_run(unit: Unit, *, trigger_id: str, item_id: str, execution_id: str) -> Unit:
+    """Record execution → item in ``trigger_runs`` and count the run in its trigger's ``inflight``: when the run
+    ends, the trigger service settles the item and frees the slot (``services/trigger/feeder.py``)."""
+    p = unit.p
+    unit.hincrby(keys.trigger(p, trigger_id), "inflight", 1)
+    return unit.hset(keys.trigger_runs(p), {execution_id: f"{trigger_id} {item_id}"})
+
+
+def rerun_item(
+    unit: Unit, *, item: ItemState, queue: QueueState, execution_id: str, now_ms: int, data_json: bytes
+) -> Unit:
+    """Add to ``unit`` (a plain or DLQ retry of ``execution_id``, the run that processed ``item`` and whose end
+    the item already followed) the item's new processing: ``in_progress`` again with that run, linked to it so
+    that it follows the run's next end. ``data_json`` is the item's data (it left Redis when the item ended).
+
+    The item keeps its ``retry_id``: an item the queue retried already is not retried a second time
+    (:func:`will_retry`). Only a ``queue_item`` trigger's run is linked (``processed_by`` ``trigger:<id>``).
+    """
+    p = unit.p
+    item_key = keys.queue_item(p, item.id)
+    trigger_id = (item.snapshot.processed_by or "").removeprefix(TRIGGER_CLAIMER)
+    snapshot = msgspec.structs.replace(item.snapshot, status=IN_PROGRESS, started_at=now_ms, finished_at=None,
+                                       processing_ms=None, error=None, progress=None)
+    unit.require(item_key, "status", [item.status], ITEM_STATUS_GUARD)
+    unit.require(keys.trigger_runs(p), execution_id, [""], RUN_LINKED_GUARD)
+    unit.hset(item_key, {"status": IN_PROGRESS, "started_at": now_ms, "snap": encode_snapshot(snapshot),
+                         "data": data_json})
+    unit.zadd(keys.queue_due(p), now_ms + queue.abandon_after_ms, item.id)
+    unit.event(QueueItemStarted(tenant_id=item.tenant_id, aggregate_id=item.id, ts=now_ms, item=snapshot))
+    return link_run(unit, trigger_id=trigger_id, item_id=item.id, execution_id=execution_id)
+
+
+def rerunnable(item: ItemState | None, execution_id: str) -> bool:
+    """``item`` ended with ``execution_id``, a ``queue_item`` trigger's run: a retry of that run takes it back."""
+    return (item is not None and item.status != IN_PROGRESS and item.snapshot.execution_id == execution_id
+            and (item.snapshot.processed_by or "").startswith(TRIGGER_CLAIMER))
 
 
 def _in_progress(unit: Unit, item: ItemState) -> Unit:
@@ -207,7 +250,8 @@ def abandon_unit(*, p: int, item: ItemState, queue: QueueState, now_ms: int, ret
 
 
 def will_retry(item: ItemState, queue: QueueState) -> bool:
-    return item.snapshot.retry_count < queue.max_retries
+    """Retries are left, and the item has no retry yet (one taken back by a run's retry may have one)."""
+    return item.snapshot.retry_id is None and item.snapshot.retry_count < queue.max_retries
 
 
 def _ended(item: ItemState, status: Literal["completed", "failed"], now_ms: int) -> QueueItemSnapshot:

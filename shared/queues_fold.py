@@ -195,5 +195,6 @@ def _item(rows: Rows, touch: Touch, event: ItemEvent) -> None:
             "ts": event.ts,
             "processed_by": _clip(item.processed_by, 200),
             "detail": _detail(event),
+            "execution_id": item.execution_id,
         }
         touch(QUEUE_ITEM_HISTORY, key)

@@ -118,6 +118,9 @@ execution_steps = Table(
     Column("duration_ms", BigInteger, nullable=True),
     Column("output_data", Json, nullable=True),
     Column("error_message", LongText, nullable=True),
+    # The robot that runs or ran it (``runs_on`` steps; docs/robots.md); steps run by executors name none.
+    Column("worker_id", String(64), nullable=True),
+    Column("child_execution_id", ID, nullable=True),  # a ``workflow`` step's child (sub-workflows)
 )
 
 execution_logs = Table(
@@ -151,6 +154,8 @@ event_archive = Table(
     Column("tenant_id", ID, nullable=False),
     Column("aggregate_id", String(64), nullable=False),
     Column("body", Blob, nullable=False),
+    # One execution's history (GET /api/executions/{id}/events, /logs, ?as_of=) is a range of this index.
+    Index("ix_event_archive_aggregate", "partition", "aggregate_id", "ms", "seq"),
 )
 
 projection_checkpoints = Table(
@@ -276,6 +281,8 @@ queue_items = Table(
     Index("ix_queue_items_queue_created", "queue_id", "created_at", "id"),
     Index("ix_queue_items_queue_status", "queue_id", "status", "created_at", "id"),
     Index("ix_queue_items_queue_reference", "queue_id", "reference"),
+    # A retried queue-item run finds its item (services/api/commands.py).
+    Index("ix_queue_items_execution", "execution_id"),
 )
 
 queue_item_data = Table(
@@ -300,8 +307,27 @@ queue_item_history = Table(
     Column("ts", BigInteger, nullable=False),
     Column("processed_by", String(200), nullable=True),
     Column("detail", LongText, nullable=True),
+    # The execution processing the item as of this event (a queue_item trigger's run), so the item's detail
+    # lists every execution that processed it.
+    Column("execution_id", ID, nullable=True),
+)
+
+# Robots (shared/robots.py): registrations only. Live fields (last seen, current task) change at every robot call
+# and stay in Redis; GET /api/robots joins them to these rows.
+robots = Table(
+    "robots",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("tenant_id", ID, nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("pool", String(64), nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("deleted_at", BigInteger, nullable=True),
+    Index("ix_robots_tenant", "tenant_id", "deleted", "created_at", "id"),
 )
 
 # Tables a replay rebuilds (everything but the archive it replays from).
 PROJECTION_TABLES = [tenants, api_keys, workflows, executions, execution_steps, execution_logs, usage_monthly,
-                     notifications, workflow_triggers, work_queues, queue_items, queue_item_data, queue_item_history]
+                     notifications, workflow_triggers, work_queues, queue_items, queue_item_data, queue_item_history,
+                     robots]

@@ -65,6 +65,11 @@ class Settings:
     # The Redis hash of an ended execution lives this long after its ending was projected into SQL
     # (services/projector/projector.py sets the TTL; a retry clears it or rebuilds the hash from SQL).
     state_retention_s: int = STATE_RETENTION_S
+    # Robots (DESIGN §10, docs/robots.md): a claimed task whose robot sent no heartbeat for this long is offered
+    # again (counted like an executor crash).
+    robot_lease_s: float = 60.0
+    # A robot not seen (no authenticated call) for this long is listed ``offline`` (GET /api/robots).
+    robot_offline_s: float = 60.0
     # Triggers (services/trigger, see docs/triggers.md).
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 2525
@@ -133,6 +138,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         executor_concurrency=_int(env, "ORQ_EXECUTOR_CONCURRENCY", defaults.executor_concurrency),
         lease_s=_float(env, "ORQ_LEASE_SECONDS", defaults.lease_s),
         max_crashes=_int(env, "ORQ_MAX_CRASHES", defaults.max_crashes),
+        robot_lease_s=_float(env, "ORQ_ROBOT_LEASE_S", defaults.robot_lease_s),
+        robot_offline_s=_float(env, "ORQ_ROBOT_OFFLINE_S", defaults.robot_offline_s),
         max_body_bytes=_int(env, "ORQ_MAX_BODY_BYTES", defaults.max_body_bytes),
         max_output_bytes=_int(env, "ORQ_MAX_OUTPUT_BYTES", defaults.max_output_bytes),
         projector_batch=_int(env, "ORQ_PROJECTOR_BATCH", defaults.projector_batch),

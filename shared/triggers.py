@@ -33,6 +33,9 @@ TriggerType = Literal["schedule", "webhook", "email", "file_watcher", "queue_ite
                       "manual"]
 TRIGGER_TYPES: tuple[str, ...] = ("schedule", "webhook", "email", "file_watcher", "queue_item",
                                   "workflow_completed", "api", "manual")
+# What started an execution (its ``trigger_type``): a trigger of one of these types, or a parent execution's
+# ``workflow`` step (shared/subworkflows.py).
+EXECUTION_SOURCES: tuple[str, ...] = (*TRIGGER_TYPES, "workflow")
 # Types the trigger service watches (the others fire through the API).
 WATCHED_TYPES = ("schedule", "file_watcher", "email", "workflow_completed", "queue_item")
 TOKEN_TYPES = frozenset({"webhook", "email"})

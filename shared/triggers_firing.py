@@ -95,6 +95,7 @@ class Request:
     skip_if_running: bool = False
     consume_on_skip: bool = True
     execution_id: str | None = None  # when a claim must name the execution (a queue item's)
+    max_attempts: int | None = None  # overrides the workflow's retry.attempts (a queue item's run: 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +175,7 @@ class Firer:
             now_ms=now_ms,
             trigger_type=trigger.type,
             parent_execution_id=request.parent_execution_id,
+            max_attempts=request.max_attempts,
         )
         self._add_trigger_part(unit, trigger, request, execution_id, now_ms)
         outcome = await self.committer.commit(unit)

@@ -32,6 +32,8 @@ class StepDef(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     params: dict[str, Any] = {}
     timeout_s: float | None = None
     on_error: Literal["fail", "continue"] = "fail"
+    # A robot pool: the step is offered to the tenant's robots of that pool instead of running in an executor.
+    runs_on: str | None = None
 
 
 class NotifyDef(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

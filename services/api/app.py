@@ -22,16 +22,20 @@ from services.api.context import ApiContext
 from services.api.errors import exception_handlers
 from services.api.feed import FeedHub
 from services.api.limits import BodySizeLimit
+from services.api.offers import OfferWaiters
 from services.api.routes import (
     control,
     dlq,
     execute,
     executions,
     health,
+    history,
     home,
     notifications,
     queue_items,
     queues,
+    robot_tasks,
+    robots,
     stats,
     tenants,
     triggers,
@@ -49,12 +53,14 @@ from shared.settings import Settings
 API_INDEX = {
     "name": "Orquesta API",
     "openapi": "/openapi.json",
+    "reference": "/reference",
     "health": "/healthz",
     "collections": {
         "workflows": "/api/workflows",
         "executions": "/api/executions",
         "triggers": "/api/triggers",
         "queues": "/api/queues",
+        "robots": "/api/robots",
         "dlq": "/api/dlq",
         "tenant": "/api/tenants/me",
     },
@@ -70,14 +76,18 @@ async def api_index(request: Request) -> JSONResponse:
 
 def all_routes() -> list[BaseRoute]:
     return [
+        Route("/api", api_index, methods=["GET"]),
         *tenants.routes,
         *control.routes,
         *workflows.routes,
         *execute.routes,
+        *history.routes,
         *executions.routes,
         *dlq.routes,
         *queues.routes,
         *queue_items.routes,
+        *robot_tasks.routes,
+        *robots.routes,
         *notifications.routes,
         *health.routes,
         *openapi.routes,
@@ -101,6 +111,7 @@ def create_app(
         committer=committer or Committer(redis),
         action_types=param_types(load_plugins()),
         feed=FeedHub(redis, settings.partitions),
+        offers=OfferWaiters(redis, settings.partitions),
     )
 
     @asynccontextmanager
@@ -109,6 +120,7 @@ def create_app(
         ws.redact_tokens_in_server_logs()
         yield
         await ctx.feed.stop()
+        await ctx.offers.close()
         if own_committer:
             await ctx.committer.close()
 
@@ -120,7 +132,5 @@ def create_app(
     )
     # "/api/workflows/" is not "/api/workflows": answer 404 rather than a redirect clients must follow.
     app.router.redirect_slashes = False
-    # Not in all_routes(): that list is what /openapi.json documents, and the index is not an operation of its own.
-    app.router.routes.insert(0, Route("/api", api_index, methods=["GET"]))
     app.state.api = ctx
     return app

@@ -1,7 +1,8 @@
-"""Bearer authentication: the admin token, or a tenant API key ``orq_<tenant_id>_<secret>``.
+"""Bearer authentication: the admin token, a tenant API key ``orq_<tenant_id>_<secret>``, or a robot key
+``orqr_<tenant_id>_<robot_id>_<secret>`` (robot routes only, see shared/robots.py).
 
 The tenant id (and so the partition) is read from the key itself; the key's SHA-256 is compared in constant
-time with the ``key_hash`` of the tenant's hash. Only the hash is ever stored.
+time with the ``key_hash`` of the tenant's (or robot's) hash. Only the hash is ever stored.
 """
 
 from __future__ import annotations
@@ -10,14 +11,16 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.requests import Request
 
 from services.api.context import context
 from shared import keys
+from shared.clock import now_ms
 from shared.errors import Forbidden, Unauthorized
+from shared.robots import ROBOT_KEY, RobotState, robot_from_hash, touch_robot
 from shared.state import TenantState, tenant_from_hash
 
 KEY_PREFIX = "orq_"
@@ -56,7 +59,10 @@ async def require_admin(request: Request) -> None:
     token = _bearer(request)
     if _is_admin(token, context(request).settings.admin_token):
         return
-    await require_tenant(request)
+    if ROBOT_KEY.match(token) is None:
+        await require_tenant(request)
+    elif await _verified_robot(request, token, touch=False) is None:
+        raise Unauthorized("invalid API key")
     raise Forbidden("this operation needs the admin token")
 
 
@@ -77,6 +83,9 @@ async def require_tenant_reading(request: Request, key_of: Callable[[int], str] 
     if match is None:
         if _is_admin(token, ctx.settings.admin_token):
             raise Forbidden("this operation needs a tenant API key, not the admin token")
+        # Verified first (a miss costs a round trip only on this error path): a 403 tells the caller its key is good.
+        if ROBOT_KEY.match(token) is not None and await _verified_robot(request, token, touch=False) is not None:
+            raise Forbidden("this route needs a tenant API key, not a robot key")
         raise Unauthorized("invalid API key")
     tenant_id = match.group("tenant")
     p = keys.partition_of(tenant_id, ctx.settings.partitions)
@@ -94,3 +103,44 @@ async def require_tenant_reading(request: Request, key_of: Callable[[int], str] 
         raise Unauthorized("invalid API key")
     # A paused tenant keeps its API: its executions wait, nothing is refused or lost.
     return tenant, replies[1]
+
+
+async def require_robot(request: Request) -> RobotState:
+    """The robot whose key the caller holds, its call recorded as ``last_seen`` (same round trip). A tenant API key
+    or the admin token gets 403 (this route is a robot's); anything else, a deleted robot's key included, 401."""
+    token = _bearer(request)
+    if ROBOT_KEY.match(token) is None:
+        ctx = context(request)
+        if _is_admin(token, ctx.settings.admin_token):
+            raise Forbidden("this route needs a robot key, not the admin token")
+        if _KEY.match(token) is not None:
+            await require_tenant(request)  # a wrong tenant key is a 401 like any wrong key
+            raise Forbidden("this route needs a robot key, not a tenant API key")
+        raise Unauthorized("invalid robot key")
+    robot = await _verified_robot(request, token, touch=True)
+    if robot is None:
+        raise Unauthorized("invalid robot key")
+    return robot
+
+
+async def _verified_robot(request: Request, token: str, *, touch: bool) -> RobotState | None:
+    """The robot of ``token`` (a string matching the robot key pattern) if the key is its current one, else None.
+    ``touch``: record the call as the robot's ``last_seen`` (only a robot route's call counts as the robot seen)."""
+    match = ROBOT_KEY.match(token)
+    assert match is not None
+    ctx = context(request)
+    tenant_id, robot_id = match.group("tenant"), match.group("robot")
+    p = keys.partition_of(tenant_id, ctx.settings.partitions)
+    digest = key_hash(token)
+    raw: Mapping[Any, Any]
+    if touch:
+        raw = await touch_robot(ctx.redis, p, robot_id, digest, now_ms())
+    else:
+        raw = await ctx.redis.hgetall(keys.robot(p, robot_id))
+    robot = robot_from_hash(robot_id, p, raw)
+    expected = robot.key_hash if robot is not None else _NO_TENANT_HASH
+    if not hmac.compare_digest(digest.encode(), expected.encode()) or robot is None:
+        return None
+    if robot.tenant_id != tenant_id:  # the key names another tenant than the robot's: not this robot's key
+        return None
+    return robot

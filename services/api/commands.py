@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, cast
 
+import msgspec
 from sqlalchemy import select
 
 from services.api.context import ApiContext
@@ -25,8 +26,11 @@ from shared.commit import Applied, Unit
 from shared.control import cancel_unit, dlq_purge_unit, priority_unit, requeue_unit, restored_state
 from shared.errors import Conflict, NotFound
 from shared.events import ExecutionDlqPurged
+from shared.queues import read_queue
+from shared.queues_claims import rerun_item, rerunnable
+from shared.queues_items import read_item
 from shared.redis import text
-from shared.schema import execution_steps, executions
+from shared.schema import execution_steps, executions, queue_item_data, queue_items
 from shared.state import FINISHED, Status, TenantState, read_execution
 
 ATTEMPTS = 3
@@ -119,7 +123,7 @@ async def retry(ctx: ApiContext, tenant: TenantState, execution_id: str, *, from
     """A new series of attempts for a failed or cancelled execution.
 
     ``from_dlq=True`` (the DLQ endpoint) needs the execution to be in the DLQ (else 404); ``None`` takes it
-    out of the DLQ if it is there.
+    out of the DLQ if it is there. A queue item's run takes its item back in the same unit (docs/queues.md).
     """
     for _ in range(ATTEMPTS):
         found = await lookup(ctx, tenant, execution_id)
@@ -144,9 +148,34 @@ async def retry(ctx: ApiContext, tenant: TenantState, execution_id: str, *, from
             now_ms=ts,
             restore=restore,
         )
+        trigger_type = found.row["trigger_type"] if isinstance(found, Retired) else text(found.get("trigger_type"))
+        if trigger_type == "queue_item":
+            await _take_item_back(ctx, tenant, execution_id, unit, ts)
         if isinstance(await ctx.committer.commit(unit), Applied):
             return CommandAccepted(execution_id=execution_id, status=Status.QUEUED.value, priority=priority)
     raise Conflict("execution is changing concurrently, try again")
+
+
+async def _take_item_back(ctx: ApiContext, tenant: TenantState, execution_id: str, unit: Unit, ts: int) -> None:
+    """A retried queue-item run whose end its item already followed: the item is in progress again with it
+    (in the retry's unit), and follows its next end. A run whose end the trigger service has not handled yet
+    still has its item waiting for it: nothing to add."""
+    p = tenant.partition
+    if await ctx.redis.hexists(keys.trigger_runs(p), execution_id):
+        return
+    c = queue_items.c
+    async with ctx.engine.connect() as conn:
+        row = (await conn.execute(
+            select(c.id, queue_item_data.c.data)
+            .outerjoin(queue_item_data, queue_item_data.c.item_id == c.id)
+            .where(c.execution_id == execution_id, c.tenant_id == tenant.id)
+        )).first()
+    item = await read_item(ctx.redis, p, row.id) if row is not None else None
+    queue = await read_queue(ctx.redis, p, item.queue_id) if item is not None else None
+    if row is None or item is None or queue is None or not rerunnable(item, execution_id):
+        return
+    rerun_item(unit, item=item, queue=queue, execution_id=execution_id, now_ms=ts,
+               data_json=msgspec.json.encode(row.data if row.data is not None else {}))
 
 
 async def _restore(ctx: ApiContext, tenant: TenantState, found: Retired, ts: int) -> dict[str, Any]:

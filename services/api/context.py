@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
 from services.api.feed import FeedHub
+from services.api.offers import OfferWaiters
 from shared.commit import Committer
 from shared.pinned import PinnedDefinitions
 from shared.plans import Plan, plan_named
@@ -27,6 +28,7 @@ class ApiContext:
     committer: Committer
     action_types: Mapping[str, type[msgspec.Struct]]
     feed: FeedHub
+    offers: OfferWaiters
     definitions: PinnedDefinitions = field(default_factory=PinnedDefinitions)
 
     def plan(self, name: str) -> Plan:

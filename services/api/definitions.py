@@ -26,7 +26,8 @@ def build_definition(body: WorkflowIn, action_types: Mapping[str, type[msgspec.S
                      allow_private: bool = False) -> WorkflowDef:
     """``allow_private`` (``ORQ_ALLOW_PRIVATE_NETWORKS``): literal ``http_request`` URLs may name private hosts."""
     steps = [
-        StepDef(action=s.action, label=s.label, params=s.params, timeout_s=s.timeout_s, on_error=s.on_error)
+        StepDef(action=s.action, label=s.label, params=s.params, timeout_s=s.timeout_s, on_error=s.on_error,
+                runs_on=s.runs_on)
         for s in body.steps
     ]
     for index, step in enumerate(steps):

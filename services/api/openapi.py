@@ -18,14 +18,14 @@ from starlette.routing import Route
 from services.api import responses, schemas
 from services.api.context import context
 from services.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
-from services.api.routes import ws
+from services.api.routes import history, ws
 from shared.actions import MAX_DELAY_MS
 from shared.settings import Settings
 from shared.state import Status
-from shared.triggers import TRIGGER_TYPES
+from shared.triggers import EXECUTION_SOURCES, TRIGGER_TYPES
 
 REF = "#/components/schemas/{name}"
-Auth = Literal["tenant", "admin", "none"]
+Auth = Literal["tenant", "admin", "robot", "none"]
 
 
 class PlainText:
@@ -56,6 +56,17 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 PAGE = (
     _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}, "page size"),
     _query("cursor", {"type": "string"}, "`next_cursor` of the previous page"),
+)
+HISTORY_PAGE = (
+    _query("limit", {"type": "integer", "minimum": 1, "maximum": history.MAX_LIMIT, "default": history.DEFAULT_LIMIT},
+           "page size"),
+    _query("cursor", {"type": "string"}, "`next_cursor` of the previous page"),
+)
+AS_OF = _query(
+    "as_of",
+    {"type": "string"},
+    "the execution as it stood at this point: a stream id (`<ms>` or `<ms>-<seq>`, as events' `id`) or an "
+    "ISO-8601 time (UTC when it has no offset); 404 if it had not been queued yet",
 )
 IDEMPOTENCY = {
     "name": "Idempotency-Key",
@@ -139,11 +150,17 @@ OPS: tuple[Op, ...] = (
         query=(
             _query("status", {"type": "string", "enum": [s.value for s in Status]}, "only this status"),
             _query("workflow_id", {"type": "string"}, "only this workflow's"),
+            _query("trigger_type", {"type": "string", "enum": list(EXECUTION_SOURCES)}, "only those started this way"),
             *PAGE,
         ),
         errors=(422,),
     ),
-    Op("get", "/api/executions/{id}", "Get an execution with its steps", "executions", {200: schemas.Execution}),
+    Op("get", "/api/executions/{id}", "Get an execution with its steps (as it stood then, with `as_of`)",
+       "executions", {200: schemas.Execution}, query=(AS_OF,), errors=(422,)),
+    Op("get", "/api/executions/{id}/events", "An execution's events in log order, as the WebSocket feed sends them",
+       "executions", {200: schemas.EventPage}, query=HISTORY_PAGE, errors=(422,)),
+    Op("get", "/api/executions/{id}/logs", "An execution's log lines (execution.log events) in log order",
+       "executions", {200: schemas.LogPage}, query=HISTORY_PAGE, errors=(422,)),
     Op(
         "patch",
         "/api/executions/{id}",
@@ -199,6 +216,30 @@ OPS: tuple[Op, ...] = (
        "Finish an item in progress (completed, or failed: business final, application retried while retries are "
        "left), or record its progress", "queues", {200: schemas.QueueItem}, body=schemas.QueueItemUpdateIn,
        errors=(409,)),
+    # --- robots (services/api/routes/robots.py) ---
+    Op("post", "/api/robots", "Register a robot (names are unique per tenant, regardless of case); its key is shown "
+       "once", "robots", {201: schemas.RobotRegistered}, body=schemas.RobotIn, errors=(409,)),
+    Op("get", "/api/robots", "List robots with their live status, newest first", "robots", {200: schemas.RobotPage},
+       query=(_query("pool", {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,64}$"}, "only this pool's"), *PAGE),
+       errors=(422,)),
+    Op("get", "/api/robots/me", "The calling robot itself (robot key)", "robots", {200: schemas.RobotSelf},
+       auth="robot"),
+    Op("get", "/api/robots/{id}", "Get a robot with its live status", "robots", {200: schemas.Robot}),
+    Op("delete", "/api/robots/{id}", "Delete a robot: its key stops working at once", "robots", {204: None}),
+    # --- robot tasks (services/api/routes/robot_tasks.py): a stale task id is a 409 whose code says why ---
+    Op("post", "/api/robots/tasks/next", "Take the next task offered to the robot's pool (long poll up to wait_s; "
+       "204 when nothing came)", "robots", {200: schemas.Task, 204: None}, auth="robot", body=schemas.TaskNextIn,
+       body_required=False),
+    Op("post", "/api/robots/tasks/{task_id}/heartbeat", "Renew the task's lease, report progress (409 lease_lost "
+       "or cancelled: stop)", "robots", {200: schemas.Lease}, auth="robot", body=schemas.HeartbeatIn,
+       body_required=False, errors=(409,)),
+    Op("post", "/api/robots/tasks/{task_id}/complete", "Complete the task's step with its output", "robots",
+       {200: schemas.TaskDone}, auth="robot", body=schemas.TaskCompleteIn, body_required=False, errors=(409,)),
+    Op("post", "/api/robots/tasks/{task_id}/fail", "Fail the task's step (the workflow's retry policy decides "
+       "what follows)", "robots", {200: schemas.TaskDone}, auth="robot", body=schemas.TaskFailIn,
+       errors=(409,)),
+    Op("post", "/api/robots/tasks/{task_id}/logs", "Add log lines to the task's execution", "robots", {204: None},
+       auth="robot", body=schemas.TaskLogsIn, errors=(409,)),
     Op("get", "/api/dlq", "List dead-lettered executions", "dlq", {200: schemas.DlqPage}, query=PAGE, errors=(422,)),
     Op(
         "get",
@@ -240,8 +281,12 @@ OPS: tuple[Op, ...] = (
         auth="none",
         errors=(503,),
     ),
+    Op("get", "/api", "An index of the API: its collections, the event feed, this document, the reference page",
+       "meta", {200: dict}, auth="none"),
     Op("get", "/openapi.json", "This document", "meta", {200: dict}, auth="none"),
     Op("get", "/", "The dashboard (static page; it asks for a tenant key)", "meta", {200: str}, auth="none"),
+    Op("get", "/reference", "This document as a readable page (static; renders /openapi.json)", "meta", {200: str},
+       auth="none"),
     Op("get", "/api/stats", "Execution statistics: counts, depth, throughput, durations, error rate", "stats",
        {200: schemas.Stats}),
     Op("get", "/metrics", "Prometheus metrics (orq_*), every tenant together", "stats", {200: PlainText},
@@ -345,6 +390,8 @@ def _operation(op: Op) -> dict[str, Any]:
         out["security"] = []
     elif op.auth == "admin":
         out["description"] = "Needs the admin token (`ORQ_ADMIN_TOKEN`)."
+    elif op.auth == "robot":
+        out["description"] = "Needs a robot key (`orqr_…`, from `POST /api/robots`); a tenant API key gets 403."
     return out
 
 

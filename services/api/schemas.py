@@ -61,6 +61,8 @@ class StepIn(_In):
     params: dict[str, Any] = {}
     timeout_s: Annotated[float, Meta(gt=0, le=MAX_STEP_TIMEOUT_S)] | None = None
     on_error: Literal["fail", "continue"] = "fail"
+    runs_on: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$", description=(
+        "a robot pool: the step is offered to the tenant's robots of that pool (docs/robots.md)"))] | None = None
 
 
 NotifyOn = Literal["completed", "failed", "dead_lettered"]
@@ -214,6 +216,8 @@ class ExecutionStep(_Out):
     error_message: Annotated[str | None, Meta(description=(
         "the error of the step's last failed attempt: kept when a later attempt completes it, "
         "so an execution that succeeded on a retry still shows what failed before"))]
+    worker_id: Annotated[str | None, Meta(description="the robot that runs or ran this `runs_on` step")] = None
+    child_execution_id: Annotated[str | None, Meta(description="the child execution of a `workflow` step")] = None
 
 
 class ExecutionSummary(_Out):
@@ -251,6 +255,38 @@ class Execution(ExecutionSummary):
 
 class ExecutionPage(_Out):
     items: list[ExecutionSummary]
+    next_cursor: Cursor
+
+
+class FeedEvent(_Out):
+    """One event as the WebSocket feed sends it (``GET /api/executions/{id}/events``)."""
+
+    id: Annotated[str, Meta(description="the event's stream id")]
+    type: str
+    tenant_id: str
+    aggregate_id: str
+    ts: Annotated[int, Meta(description="ms since the epoch")]
+    v: int
+    data: dict[str, Any]
+
+
+class EventPage(_Out):
+    items: list[FeedEvent]
+    next_cursor: Cursor
+
+
+class LogLine(_Out):
+    """One ``execution.log`` line (``GET /api/executions/{id}/logs``)."""
+
+    event_id: Annotated[str, Meta(description="the log event's stream id")]
+    ts: Annotated[int, Meta(description="ms since the epoch")]
+    step_index: int
+    level: str
+    message: str
+
+
+class LogPage(_Out):
+    items: list[LogLine]
     next_cursor: Cursor
 
 
@@ -497,10 +533,12 @@ class QueueItemChange(_Out):
     at: Timestamp | None
     processed_by: str | None
     detail: str | None
+    execution_id: Annotated[str | None, Meta(description="the execution processing the item as of this change")]
 
 
 class QueueItemDetail(QueueItem):
     history: list[QueueItemChange]
+    executions: Annotated[list[str], Meta(description="the executions that processed the item, first one first")]
 
 
 class QueueItemPage(_Out):
@@ -532,3 +570,106 @@ class QueueStats(_Out):
     sla_breaches: int
     at_risk: int
     at_risk_items: list[QueueItemAtRisk]
+
+
+# --- robots (services/api/routes/robots.py) ------------------------------------------------------------------------
+
+RobotName = Annotated[str, Meta(min_length=1, max_length=100)]
+Pool = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="1..64 of A-Z a-z 0-9 _ . -")]
+RobotStatus = Literal["idle", "busy", "offline"]
+
+
+class RobotIn(_In):
+    name: Annotated[RobotName, Meta(description="unique per tenant, regardless of case")]
+    pool: Pool
+
+
+class RobotRegistered(_Out):
+    id: str
+    name: str
+    pool: str
+    robot_key: Annotated[str, Meta(description="Shown once; only its hash is kept. The robot sends it as its bearer.")]
+
+
+class Robot(_Out):
+    id: str
+    name: str
+    pool: str
+    status: Annotated[RobotStatus, Meta(description=(
+        "offline: no call within ORQ_ROBOT_OFFLINE_S (or never); busy: it holds a task; else idle"))]
+    last_seen_at: Annotated[Timestamp | None, Meta(description="its last authenticated call")]
+    current_task: Annotated[str | None, Meta(description="the task id it holds now")]
+    created_at: Timestamp | None
+
+
+class RobotPage(_Out):
+    items: list[Robot]
+    next_cursor: Cursor
+
+
+class RobotSelf(_Out):
+    """What a robot learns about itself (``GET /api/robots/me``, with its robot key)."""
+
+    id: str
+    name: str
+    pool: str
+    tenant_id: str
+
+
+# --- robot tasks (services/api/routes/robot_tasks.py, DESIGN §10) -------------------------------------------
+
+MAX_TASK_WAIT_S = 30
+MAX_LOG_LINES = 100
+
+
+class TaskNextIn(_In):
+    wait_s: Annotated[float, Meta(ge=0, le=MAX_TASK_WAIT_S, description=(
+        "long poll: wait up to this long for a task (answered at once when one is offered meanwhile)"))] = 0
+
+
+class Task(_Out):
+    """A step for the robot to run: its rendered params, and the lease it must renew by heartbeats."""
+
+    task_id: str
+    execution_id: str
+    step_index: int
+    action: str
+    label: str | None
+    params: Any
+    attempt: int
+    lease_s: float
+
+
+class HeartbeatIn(_In):
+    progress: Annotated[float, Meta(ge=0, le=100, description="percent of the step done")] | None = None
+    message: Annotated[str, Meta(max_length=2000)] | None = None
+
+
+class Lease(_Out):
+    lease_s: float
+
+
+class TaskCompleteIn(_In):
+    output: Any = None
+
+
+class TaskFailIn(_In):
+    message: Annotated[str, Meta(min_length=1, max_length=2000)]
+    kind: Annotated[Literal["business", "application"], Meta(description=(
+        "recorded with the error; either way the workflow's retry policy and DLQ decide what follows"))] = "application"
+
+
+class TaskLogLine(_In):
+    message: Annotated[str, Meta(min_length=1, max_length=10_000)]
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class TaskLogsIn(_In):
+    lines: Annotated[list[TaskLogLine], Meta(min_length=1, max_length=MAX_LOG_LINES)]
+
+
+class TaskDone(_Out):
+    task_id: str
+    execution_id: str
+    step_status: Annotated[str, Meta(description="completed or failed (an output over ORQ_MAX_OUTPUT_BYTES fails it)")]
+    execution_status: str

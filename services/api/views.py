@@ -82,6 +82,8 @@ def execution_step(row: Row[Any]) -> ExecutionStep:
         duration_ms=m["duration_ms"],
         output_data=m["output_data"],
         error_message=m["error_message"],
+        worker_id=m.get("worker_id"),
+        child_execution_id=m.get("child_execution_id"),
     )
 
 

@@ -40,7 +40,7 @@ class Job:
     @property
     def recovered(self) -> bool:
         """Taken from a consumer that stopped renewing its lease: that executor died."""
-        return self.previous_owner not in ("", keys.CONSUMER_BACKOFF, keys.CONSUMER_THROTTLED, keys.CONSUMER_RELEASED)
+        return self.previous_owner not in ("", keys.CONSUMER_RELEASED, *keys.PSEUDO_CONSUMERS)
 
     def int_field(self, name: bytes, default: int = 0) -> int:
         raw = self.state.get(name)

@@ -15,21 +15,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+from redis.asyncio import Redis
 
 from services.executor.actions import Actions
 from services.executor.job import Job
-from shared import keys
+from shared import keys, outcomes, robot_tasks, subworkflows
+from shared.actions import WorkflowParams
 from shared.clock import now_ms
 from shared.commit import Committer, Refused, Unit
 from shared.errors import StepFailed
 from shared.events import (
-    ExecutionCompleted,
-    ExecutionDeadLettered,
-    ExecutionFailed,
     ExecutionLog,
     ExecutionProgress,
     ExecutionRecovered,
-    ExecutionRetrying,
     ExecutionStarted,
     StepCompleted,
     StepStarted,
@@ -37,6 +35,8 @@ from shared.events import (
 from shared.events import (
     StepFailed as StepFailedEvent,
 )
+from shared.pinned import PinnedDefinitions
+from shared.plans import Plan
 from shared.sizes import fits
 from shared.state import FENCE, Status
 from shared.templates import render
@@ -68,6 +68,11 @@ class RunEnv:
     # larger: templates can repeat an output many times, and the rendered value is encoded as a whole.
     max_params_bytes: int = 4 * 1024 * 1024
     draining: asyncio.Event = field(default_factory=asyncio.Event)
+    # What a ``workflow`` step needs to admit its child (shared/subworkflows.py).
+    redis: Redis | None = None
+    plans: dict[str, Plan] = field(default_factory=dict)
+    partitions: int = 1
+    definitions: PinnedDefinitions = field(default_factory=PinnedDefinitions)
 
 
 class StepContext:
@@ -174,8 +179,10 @@ class ExecutionRun:
             unit.hdel(key, "retry_at")
         unit.event(ExecutionStarted(**self._ids(), ts=ts, attempt=self.attempt, executor=self.env.consumer,
                                     from_step=from_step))
-        if from_step < len(definition.steps):  # the first step starts with the execution: one commit less
-            unit.event(self._step_started(definition, from_step, ts))
+        if b"parked" in job.state:  # resumed after a robot step or a child: no longer parked
+            unit.hdel(key, "parked")
+        if from_step < len(definition.steps) and _runs_here(definition.steps[from_step]):
+            unit.event(self._step_started(definition, from_step, ts))  # starts with the execution: one commit less
         await self._commit(unit)
         return True
 
@@ -192,24 +199,27 @@ class ExecutionRun:
                 raise HandedOver(f"before step {index}")
             step = definition.steps[index]
             t0 = time.perf_counter()
-            if index > first:
+            if step.runs_on is not None:
+                if await self._offer(definition, index, params, outputs):
+                    return  # parked: a robot runs the step, an executor goes on after it
+                continue  # its params could not be rendered: the step failed and was let pass
+            if index > first and _runs_here(step):
                 self.env.committer.submit(self._guarded().event(self._step_started(definition, index, now_ms())))
             try:
-                output = await self._run_step(index, definition, params, outputs)
+                if step.action == "workflow":
+                    child = await self._start_child(definition, index, params, outputs)
+                    if child is None:
+                        return  # parked until the child ends
+                    output = child
+                else:
+                    output = await self._run_step(index, definition, params, outputs)
                 body = self._encode_output(output)
             except (StepFailed, msgspec.EncodeError) as exc:
                 error = exc.message if isinstance(exc, StepFailed) else f"step output is not serialisable: {exc}"
                 duration = int((time.perf_counter() - t0) * 1000)
-                if step.on_error == "continue":
-                    await self._commit(self._guarded().event(
-                        StepFailedEvent(**self._ids(), ts=now_ms(), step_index=index, error=error,
-                                        duration_ms=duration, attempt=self.attempt, continued=True)
-                    ).hset(self.job.state_key, {"step": index + 1}))
-                    if index == last:
-                        await self._commit(self._complete(self._guarded(), outputs.get(index - 1)))
-                    continue
-                await self._fail(definition, index, error, duration)
-                return
+                if await self._step_failed(definition, index, error, duration, outputs):
+                    return
+                continue
             duration = int((time.perf_counter() - t0) * 1000)
             outputs[index] = output
             unit = self._guarded().event(
@@ -243,11 +253,7 @@ class ExecutionRun:
 
     async def _run_action(self, step: StepDef, index: int, params: dict[str, Any], outputs: dict[int, Any]) -> Any:
         try:
-            rendered = render(step.params, params, outputs)
-            if not fits(rendered, self.env.max_params_bytes):
-                raise StepFailed(f"params_too_large: the step's rendered params are over ORQ_MAX_BODY_BYTES="
-                                 f"{self.env.max_params_bytes} bytes")
-            parsed = self.env.actions.parse(step.action, rendered)
+            parsed = self.env.actions.parse(step.action, self._render(step, params, outputs))
             runner = self.env.actions.runner(step.action)
             if step.timeout_s is None:
                 return await runner(parsed, StepContext(self, index))
@@ -260,51 +266,117 @@ class ExecutionRun:
         except Exception as exc:  # an action is foreign code: its error is the step's failure, not ours
             raise StepFailed(f"{type(exc).__name__}: {exc}") from exc
 
+    # --- parking: a robot step, a child execution ------------------------------------------------------------
+    def _park(self, unit: Unit) -> Unit:
+        """The execution leaves this executor without ending: its entry waits on the ``parked`` consumer and its
+        concurrency slot is freed; whoever ends the wait puts it back on the ``due`` index."""
+        self.finishing = True
+        unit.claim(self.job.stream, keys.GROUP_EXECUTOR, keys.CONSUMER_PARKED, self.job.entry_id)
+        return unit.release(self.job.p, self.job.tenant_id, self.job.execution_id)
+
+    def _render(self, step: StepDef, params: dict[str, Any], outputs: dict[int, Any]) -> Any:
+        rendered = render(step.params, params, outputs)
+        if not fits(rendered, self.env.max_params_bytes):
+            raise StepFailed(f"params_too_large: the step's rendered params are over ORQ_MAX_BODY_BYTES="
+                             f"{self.env.max_params_bytes} bytes")
+        return rendered
+
+    async def _offer(self, definition: WorkflowDef, index: int, params: dict[str, Any],
+                     outputs: dict[int, Any]) -> bool:
+        """Offer step ``index`` to the robots of its pool and park; False when its params could not be rendered
+        (the step failed then: the run went on past it or ended, as its ``on_error`` says)."""
+        step = definition.steps[index]
+        try:
+            rendered = self._render(step, params, outputs)
+            if step.action in self.env.actions.params:  # an action the robot brings is checked by the robot
+                self.env.actions.parse(step.action, rendered)
+        except StepFailed as exc:
+            if await self._step_failed(definition, index, exc.message, 0, outputs):
+                return True
+            return False
+        offer = robot_tasks.Offer(self.job.p, self.job.tenant_id, self.job.execution_id, self.job.priority, index,
+                                  step, self.attempt, rendered)
+        unit = self._guarded()
+        robot_tasks.offer(unit, offer, now_ms())
+        await self._commit(self._park(unit))
+        return True
+
+    async def _start_child(self, definition: WorkflowDef, index: int, params: dict[str, Any],
+                           outputs: dict[int, Any]) -> Any:
+        """Start the child of a ``workflow`` step. With ``wait`` the run parks (None); without, the step's
+        output is the child's id."""
+        assert self.env.redis is not None, "a workflow step needs the executor's Redis client"
+        step = definition.steps[index]
+        wanted: WorkflowParams = self.env.actions.parse(step.action, self._render(step, params, outputs))
+        ts = now_ms()
+        child = await subworkflows.admit_child(
+            self.env.redis, self.env.definitions, self.env.plans, p=self.job.p, partitions=self.env.partitions,
+            tenant_id=self.job.tenant_id, parent_id=self.job.execution_id, parent_state=self.job.state,
+            step_index=index, params=wanted, now_ms=ts)
+        unit = self._guarded().absorb(child.unit)
+        if wanted.wait:
+            subworkflows.wait_for(unit, p=self.job.p, tenant_id=self.job.tenant_id, parent_id=self.job.execution_id,
+                                  step_index=index, child_id=child.execution_id, now_ms=ts)
+            self._park(unit)
+        outcome = await self.env.committer.commit(unit)
+        if isinstance(outcome, Refused):
+            if outcome.label == FENCE:
+                raise RunStopped(f"{outcome.label} is {outcome.actual!r}")
+            self.finishing = False
+            raise StepFailed(f"{outcome.label}: the child execution could not be queued")
+        return None if wanted.wait else {"execution_id": child.execution_id}
+
+    async def _step_failed(self, definition: WorkflowDef, index: int, error: str, duration: int,
+                           outputs: dict[int, Any]) -> bool:
+        """A step failed: let it pass (``on_error: continue``; False) or end the attempt (True)."""
+        if definition.steps[index].on_error != "continue":
+            await self._fail(definition, index, error, duration)
+            return True
+        await self._commit(self._guarded().event(
+            StepFailedEvent(**self._ids(), ts=now_ms(), step_index=index, error=error, duration_ms=duration,
+                            attempt=self.attempt, continued=True)
+        ).hset(self.job.state_key, {"step": index + 1}))
+        if index == len(definition.steps) - 1:
+            await self._commit(self._complete(self._guarded(), outputs.get(index - 1)))
+            return True
+        return False
+
     # --- endings --------------------------------------------------------------------------------------------
-    def _end(self, unit: Unit) -> Unit:
+    def _attempt(self) -> outcomes.Attempt:
+        assert self.job.definition is not None
+        return outcomes.Attempt(self.job.p, self.job.tenant_id, self.job.execution_id, self.attempt,
+                                outcomes.max_attempts(self.job.state, self.job.definition))
+
+    def _ending(self) -> outcomes.Ending:
+        def backoff(unit: Unit) -> None:
+            unit.claim(self.job.stream, keys.GROUP_EXECUTOR, keys.CONSUMER_BACKOFF, self.job.entry_id)
+
+        return outcomes.Ending(end=self._end, backoff=backoff)
+
+    def _end(self, unit: Unit) -> None:
         """The hand-out ends with this commit: its work entry goes, its concurrency slot is freed."""
         self.finishing = True
         # The fence guarantees the entry is still this run's: ack it by id, no lookup.
         unit.ack(self.job.stream, keys.GROUP_EXECUTOR, self.job.entry_id)
         unit.hdel(self.job.state_key, "work_stream", "work_id")
-        return unit.release(self.job.p, self.job.tenant_id, self.job.execution_id)
+        unit.release(self.job.p, self.job.tenant_id, self.job.execution_id)
 
     def _complete(self, unit: Unit, result: Any) -> Unit:
-        ts = now_ms()
-        unit.event(ExecutionCompleted(**self._ids(), ts=ts, result=result, duration_ms=max(0, ts - self.started_ms)))
-        unit.hset(self.job.state_key, {"status": Status.COMPLETED.value})
-        return self._end(unit)
+        outcomes.complete(unit, self._attempt(), now_ms(), result, started_ms=self.started_ms, ending=self._ending())
+        return unit
 
     async def _fail(self, definition: WorkflowDef, index: int, error: str, duration: int) -> None:
         self.finishing = True
-        ts = now_ms()
-        key = self.job.state_key
-        unit = self._guarded().event(StepFailedEvent(**self._ids(), ts=ts, step_index=index, error=error,
-                                                     duration_ms=duration, attempt=self.attempt))
-        resume_at = 0 if definition.retry_from == "start" else index
-        policy = definition.retry
-        if self.attempt < policy.attempts:
-            delay = policy.backoff.delay_before(self.attempt + 1)
-            retry_at = ts + delay
-            unit.event(ExecutionRetrying(**self._ids(), ts=ts, failed_attempt=self.attempt,
-                                         next_attempt=self.attempt + 1, delay_ms=delay, error=error))
-            unit.hset(key, {"status": Status.RETRYING.value, "attempt": self.attempt + 1, "step": resume_at,
-                            "retry_at": retry_at})
-            unit.hincrby(key, "retry_count", 1)
-            # The entry waits on the backoff consumer; the 'due' index says when the retry may be taken.
-            unit.release(self.job.p, self.job.tenant_id, self.job.execution_id)
-            unit.claim(self.job.stream, keys.GROUP_EXECUTOR, keys.CONSUMER_BACKOFF, self.job.entry_id)
-            unit.zadd(keys.due(self.job.p), retry_at, self.job.execution_id)
-        else:
-            self._dead_letter(unit, ts, error, reason="exhausted", step=resume_at)
+        unit = self._guarded()
+        outcomes.fail_step(unit, self._attempt(), definition, index, error, now_ms(), duration_ms=duration,
+                           ending=self._ending())
         await self._commit(unit)
 
     def _dead_letter(self, unit: Unit, ts: int, error: str, *, reason: str, step: int) -> None:
-        key = self.job.state_key
-        unit.event(ExecutionFailed(**self._ids(), ts=ts, error=error, attempt=self.attempt, dead_lettered=True))
-        unit.event(ExecutionDeadLettered(**self._ids(), ts=ts, reason=reason, error=error))  # type: ignore[arg-type]
-        unit.hset(key, {"status": Status.FAILED.value, "dead_lettered": "1", "step": step})
-        unit.xadd(keys.dlq(self.job.p),
-                  {"e": self.job.execution_id, "t": self.job.tenant_id, "reason": reason, "error": error[:2000]},
-                  ref=(key, "dlq_id"))
-        self._end(unit)
+        attempt = outcomes.Attempt(self.job.p, self.job.tenant_id, self.job.execution_id, self.attempt, 1)
+        outcomes.dead_letter(unit, attempt, ts, error, reason=reason, step=step, ending=self._ending())
+
+
+def _runs_here(step: StepDef) -> bool:
+    """An executor runs the step (a ``runs_on`` step is announced by its offer, not started here)."""
+    return step.runs_on is None

@@ -29,6 +29,7 @@ from redis.exceptions import ResponseError
 from services.executor.actions import Actions
 from services.executor.global_rate import GlobalRate
 from services.executor.job import Job, jobs_from_reply
+from services.executor.robot_leases import RobotLeases
 from services.executor.run import ExecutionRun, RunEnv
 from shared import keys
 from shared.clock import now_ms
@@ -69,7 +70,9 @@ class Executor:
         self.name = name or consumer_name()
         self.slots = settings.executor_concurrency
         self.env = RunEnv(committer, actions, self.name, settings.max_crashes, settings.max_output_bytes,
-                          settings.max_body_bytes)
+                          settings.max_body_bytes, redis=redis, plans=dict(settings.plans),
+                          partitions=settings.partitions)
+        self._robot_leases = RobotLeases(redis, committer, self.env.definitions, settings)
         self.partitions = list(range(settings.partitions))
         self.streams = {p: keys.work_streams(p) for p in self.partitions}
         self._dispatch = PipelinedScript(load_lua("dispatch.lua"))
@@ -106,6 +109,8 @@ class Executor:
             asyncio.create_task(self._dispatch_loop(stop), name="dispatch"),
             asyncio.create_task(self._every(BACKOFF_POLL_S, stop, self._take_due), name="backoff"),
             asyncio.create_task(self._every(self.settings.lease_s / 3, stop, self._take_expired), name="expired"),
+            asyncio.create_task(self._every(min(self.settings.robot_lease_s / 3, 1.0), stop,
+                                            self._robot_leases.reoffer_expired), name="robot leases"),
             asyncio.create_task(self._listen_for_cancels(stop), name="cancels"),
         ]
         leases = asyncio.create_task(self._every(self.settings.lease_s / 3, renewing, self._renew_leases),
@@ -262,14 +267,17 @@ class Executor:
             name = text(stream)
             self._bells[name] = text(entries[-1][0])
             self._may_have_work.add(self._bell_partition[name])
+        if reply and self.free > 0:
+            # A parked execution may be ready to go on (its robot or child finished): look in the rung partitions.
+            await self._take_due([self._bell_partition[text(stream)] for stream, _ in reply])
         if reply and time.monotonic() >= self._next_expired_look:
             # A shutting-down executor may have handed work over: look now (at most once a second).
             self._next_expired_look = time.monotonic() + 1.0
             await self._take_expired()
 
-    async def _take_due(self) -> None:
+    async def _take_due(self, partitions: list[int] | None = None) -> None:
         """Take retries whose time has come: as many as there are free slots, from each partition in turn."""
-        for p in self._rotated():
+        for p in self._rotated(partitions):
             now = now_ms()
             allowed = await self._global.reserve(self.free, now)
             if allowed <= 0:

@@ -28,7 +28,16 @@ from shared.commit import Applied, Refused, Unit
 from shared.events import ExecutionDlqPurged
 from shared.lru import LRU
 from shared.queues import QueueState, read_queue
-from shared.queues_claims import IN_PROGRESS, claim_item, complete_unit, fail_unit, next_ready
+from shared.queues_claims import (
+    IN_PROGRESS,
+    QUEUE_RUN_ATTEMPTS,
+    TRIGGER_CLAIMER,
+    claim_item,
+    complete_unit,
+    fail_unit,
+    link_run,
+    next_ready,
+)
 from shared.queues_items import ItemState, read_items
 from shared.redis import text
 from shared.settings import Settings
@@ -62,10 +71,9 @@ class ItemClaim:
         p = unit.p
         trigger_key = keys.trigger(p, self.trigger.id)
         unit.within_hash_limit(trigger_key, "inflight", 1, self.max_concurrent, SLOTS_GUARD)
-        claim_item(unit, item=self.item, queue=self.queue, claimer=f"trigger:{self.trigger.id}",
+        claim_item(unit, item=self.item, queue=self.queue, claimer=f"{TRIGGER_CLAIMER}{self.trigger.id}",
                    now_ms=self.now, execution_id=self.execution_id)
-        unit.hincrby(trigger_key, "inflight", 1)
-        unit.hset(keys.trigger_runs(p), {self.execution_id: f"{self.trigger.id} {self.item.id}"})
+        link_run(unit, trigger_id=self.trigger.id, item_id=self.item.id, execution_id=self.execution_id)
 
 
 class Feeder:
@@ -121,7 +129,8 @@ class Feeder:
             execution_id = new_id()
             claim = ItemClaim(trigger, item, queue, execution_id, config.max_concurrent, now)
             request = Request(params=item.data(), source={"queue_id": config.queue_id, "item_id": item.id},
-                              claims=[claim], consume_on_skip=False, execution_id=execution_id)
+                              claims=[claim], consume_on_skip=False, execution_id=execution_id,
+                              max_attempts=QUEUE_RUN_ATTEMPTS)
             outcome = await self.firer.fire(p, trigger.id, request, now)
             if isinstance(outcome, Fired):
                 started += 1

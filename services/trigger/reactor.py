@@ -6,6 +6,8 @@
   result as params and ``parent_execution_id`` set. The firing claims ``event:<stream id>``, so a redelivered
   event (a crash before the ack, a takeover) never fires twice.
 - An execution of a queue item ended: the item follows (see :mod:`services.trigger.feeder`).
+- A child execution ended: the parent waiting for it goes on; a cancelled parent's child is cancelled (see
+  :mod:`services.trigger.parents`).
 - ``queue_item.added``: the queue's triggers are fed.
 
 Consumer groups split the log among trigger instances; the claims make any overlap harmless.
@@ -21,6 +23,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from services.trigger.feeder import Feeder
+from services.trigger.parents import Parents
 from shared import keys
 from shared.clock import now_ms
 from shared.consumer import Record
@@ -73,6 +76,7 @@ class Reactor:
         self.redis = redis
         self.firer = firer
         self.feeder = feeder
+        self.parents = Parents(redis, firer.committer)
         self.clock = clock
         self._partition_of = {keys.log(p): p for p in range(settings.partitions)}
 
@@ -91,6 +95,7 @@ class Reactor:
                 continue
             ended = outcome_of(event)
             if ended is not None:
+                await self.parents.execution_ended(p, event.aggregate_id, *ended)
                 await self.feeder.finish(p, event.aggregate_id, *ended)
                 await self.chain(p, record.id, event.aggregate_id, *ended)
 

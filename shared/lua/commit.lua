@@ -134,6 +134,24 @@ local function apply(op, ids, base)
       redis.call('HDEL', key, 'work_stream', 'work_id')
     end
     redis.call('ZREM', op[2] .. 'due', op[3])
+  elseif kind == 'untask' then
+    -- {untask, partition prefix, execution id}: the execution's robot task (a 'runs_on' step offered or
+    -- claimed, see shared/robot_tasks.py), if it has one, ends: it leaves its pool's offers and the lease
+    -- scan, its robot no longer shows it, and the execution is no longer parked on it.
+    local key = op[2] .. 'exec:' .. op[3]
+    local task_id = redis.call('HGET', key, 'task')
+    if task_id then
+      local task_key = op[2] .. 'task:' .. task_id
+      local t = redis.call('HMGET', task_key, 'tenant', 'pool', 'robot')
+      if t[1] and t[2] then redis.call('ZREM', op[2] .. 'offers:' .. t[1] .. ':' .. t[2], task_id) end
+      redis.call('ZREM', op[2] .. 'task_leases', task_id)
+      if t[3] and redis.call('HGET', op[2] .. 'robot:' .. t[3], 'task') == task_id then
+        redis.call('HDEL', op[2] .. 'robot:' .. t[3], 'task')
+      end
+      redis.call('DEL', task_key)
+      redis.call('HDEL', key, 'task')
+    end
+    redis.call('HDEL', key, 'parked')
   elseif kind == 'xadd' then
     -- {xadd, stream, ref key or '', ref field, field, value, ...}
     local id = xadd_fields(op[2], op, 5)

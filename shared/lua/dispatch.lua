@@ -19,8 +19,9 @@
 --             Each execution taken gets a work entry, delivered to this consumer at once.
 --             (The tenant's 'queued' count drops when the executor's start commit moves it to running.)
 --             An execution of a paused workflow is set aside on the workflow's 'parked' list until resumed.
---   due     - executions waiting to retry whose time has come (the 'due' sorted set, by due time) and whose
---             tenant has room; their entries move from the 'backoff' consumer to this one.
+--   due     - executions waiting to retry whose time has come (the 'due' sorted set, by due time), and parked
+--             ones ready to go on ('parked' = 'resume': their robot step or child execution ended), whose
+--             tenant has room; their entries move from the 'backoff' (or 'parked') consumer to this one.
 --   expired - entries of consumers idle past the lease (their executor died, or handed them over on
 --             shutdown, or lost them to a dropped connection - this consumer's own orphans included: an entry
 --             this executor still holds is renewed every lease/3, so one idle past the lease is not held).
@@ -245,9 +246,11 @@ elseif mode == 'due' then
   for _, exec_id in ipairs(due) do
     if want <= 0 then break end
     local exec_key = exec_prefix .. exec_id
-    local st = redis.call('HMGET', exec_key, 'status', 'tenant', 'work_stream', 'work_id')
+    local st = redis.call('HMGET', exec_key, 'status', 'tenant', 'work_stream', 'work_id', 'parked')
     local k = st[3] and key_index(st[3])
-    if st[1] ~= 'retrying' or not k or not st[4] then
+    -- A retry, or a parked execution whose robot step or child ended (it goes on with its next step).
+    local resuming = st[1] == 'running' and st[5] == 'resume'
+    if (st[1] ~= 'retrying' and not resuming) or not k or not st[4] then
       redis.call('ZREM', due_key, exec_id)  -- cancelled or retried by hand meanwhile: nothing to resume
     else
       local until_ms = no_room_until(st[2])
@@ -258,7 +261,7 @@ elseif mode == 'due' then
         local claimed = redis.call('XCLAIM', KEYS[k], group, consumer, 0, st[4], 'JUSTID')
         if #claimed > 0 then
           hand_out(exec_key, st[2], false)
-          load(k, st[4], exec_id, 'backoff')
+          load(k, st[4], exec_id, resuming and 'parked' or 'backoff')
           want = want - 1
         end
       end
@@ -273,7 +276,7 @@ elseif mode == 'expired' then
     for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[k], group)) do
       if want <= 0 then break end
       local name, pending = field(c, 'name'), field(c, 'pending')
-      if pending > 0 and name ~= 'backoff' and name ~= 'throttled' then
+      if pending > 0 and name ~= 'backoff' and name ~= 'throttled' and name ~= 'parked' then
         local idle = redis.call('XPENDING', KEYS[k], group, 'IDLE', min_idle, '-', '+', want, name)
         for _, p in ipairs(idle) do
           local claimed = redis.call('XCLAIM', KEYS[k], group, consumer, min_idle, p[1])

@@ -58,6 +58,8 @@ STEP_FIELDS = {
     "duration_ms",
     "output_data",
     "error_message",
+    "worker_id",
+    "child_execution_id",
 }
 
 

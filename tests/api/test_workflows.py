@@ -41,6 +41,7 @@ async def test_create_saves_version_one(client: httpx.AsyncClient, redis: Redis,
         "params": {"values": {"n": "{{ params.n }}"}},
         "timeout_s": None,
         "on_error": "fail",
+        "runs_on": None,
     }
     assert body["created_at"].endswith("Z") and body["created_at"] == body["updated_at"]
     p = tenant.partition

@@ -263,8 +263,27 @@ async def _check_places(redis: Redis, p: int, states: dict[str, dict[str, str]])
     due = {_s(m): int(s) for m, s in await redis.zrange(keys.due(p), 0, -1, withscores=True)}
     for execution_id, where in places.items():
         assert len(where) <= 1, f"execution {execution_id} is in {len(where)} places: {where}"
+    tasks = await _tasks(redis, p)
+    for task_id, execution_id in tasks.items():
+        s = states.get(execution_id, {})
+        assert s.get("status") == "running" and s.get("parked") == "robot" and s.get("task") == task_id, (
+            f"task {task_id} is live but its execution {execution_id} is {s.get('status')} parked "
+            f"{s.get('parked')!r} on {s.get('task')!r}")
     for execution_id, s in states.items():
-        _check_place(p, execution_id, s, places.get(execution_id, []), pending, due)
+        _check_place(p, execution_id, s, places.get(execution_id, []), pending, due, tasks)
+
+
+async def _tasks(redis: Redis, p: int) -> dict[str, str]:
+    """Live robot tasks (task id -> execution id): each is in its pool's offers or the lease index, not both."""
+    found: dict[str, str] = {}
+    offered = {_s(m) for key in await _scan(redis, keys.prefix(p) + "offers:*") for m in await redis.zrange(key, 0, -1)}
+    leased = {_s(m) for m in await redis.zrange(keys.task_leases(p), 0, -1)}
+    assert not offered & leased, f"tasks both offered and claimed: {offered & leased}"
+    for task_id in offered | leased:
+        execution_id = _s(await redis.hget(keys.task(p, task_id), "execution_id"))
+        assert execution_id, f"task {task_id} is indexed but has no hash"
+        found[task_id] = execution_id
+    return found
 
 
 async def _places(redis: Redis, p: int) -> tuple[dict[str, list[str]], dict[str, str]]:
@@ -285,13 +304,15 @@ async def _places(redis: Redis, p: int) -> tuple[dict[str, list[str]], dict[str,
 
 
 def _check_place(p: int, execution_id: str, s: dict[str, str], where: list[str],
-                 pending: dict[str, str], due: dict[str, int]) -> None:
+                 pending: dict[str, str], due: dict[str, int], tasks: dict[str, str]) -> None:
     status, work_id = s.get("status"), s.get("work_id")
     if work_id:
         assert where == [f"{s['work_stream']}/{work_id}"], f"{execution_id}: work_id {work_id} but in {where}"
     if status == "queued" and not work_id:
         backlog, parked = keys.backlog(p, int(s["priority"]), s["tenant"]), keys.parked(p, s["workflow_id"])
         assert len(where) == 1 and where[0] in (backlog, parked), f"queued {execution_id} in {where}"
+    elif status == "running" and s.get("parked"):  # waits for a robot, or to go on with its next step
+        _check_parked(p, execution_id, s, pending, due, tasks)
     elif status in ("queued", "running") or (status == "retrying" and s.get("owner")):  # handed out
         assert work_id, f"{status} {execution_id} has no work entry"
         consumer = pending[f"{s['work_stream']}/{work_id}"]
@@ -305,8 +326,26 @@ def _check_place(p: int, execution_id: str, s: dict[str, str], where: list[str],
         assert due.get(execution_id, -1) >= int(s["retry_at"]), f"retrying {execution_id} is not in the due index"
     else:
         assert not where and not s.get("owner"), f"{status} {execution_id} still holds {where} {s.get('owner')}"
-    if status != "retrying":
+    if status != "retrying" and s.get("parked") != "resume":
         assert execution_id not in due, f"{status} {execution_id} is waiting to retry"
+    if status != "running":
+        assert not s.get("parked"), f"{status} {execution_id} is still parked ({s.get('parked')})"
+    if s.get("parked") != "robot":
+        assert not s.get("task"), f"{status} {execution_id} still holds task {s.get('task')}"
+
+
+def _check_parked(p: int, execution_id: str, s: dict[str, str], pending: dict[str, str], due: dict[str, int],
+                  tasks: dict[str, str]) -> None:
+    """Parked: its entry pending to the ``parked`` consumer, no slot held; on a robot, exactly one live task
+    (offered or claimed, never both); ready to go on, in the due index."""
+    assert not s.get("owner"), f"parked {execution_id} still counts as running"
+    assert s.get("work_id") and pending[f"{s['work_stream']}/{s['work_id']}"] == keys.CONSUMER_PARKED, (
+        f"parked {execution_id} has its entry elsewhere")
+    if s["parked"] == "robot":
+        mine = [t for t, owner in tasks.items() if owner == execution_id]
+        assert mine == [s.get("task")], f"{execution_id} parked on task {s.get('task')} but holds {mine}"
+    else:
+        assert s["parked"] == "resume" and execution_id in due, f"{execution_id} parked {s['parked']} not due"
 
 
 async def _check_history(redis: Redis, p: int) -> None:

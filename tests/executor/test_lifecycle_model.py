@@ -13,6 +13,7 @@ import os
 from typing import Any, cast
 
 import httpx
+import msgspec
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -20,12 +21,14 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from services.api import commands
 from services.api.context import ApiContext
-from shared import keys
+from services.executor.robot_leases import RobotLeases
+from shared import keys, robot_tasks
 from shared.admission import Run, admission_unit
 from shared.clock import new_id, now_ms
 from shared.commit import Applied, Committer
 from shared.control import workflow_delete_unit, workflow_pause_unit
 from shared.errors import Conflict, NotFound
+from shared.pinned import PinnedDefinitions
 from shared.redis import connect
 from shared.settings import Settings
 from shared.state import WorkflowState
@@ -39,12 +42,16 @@ TENANTS = tenants_in_one_partition(2, prefix="model")
 P = keys.partition_of(TENANTS[0], PARTITIONS)
 MAX_NODES = 4
 MAX_EXECUTIONS = 12
+POOL = "desk"
+ROBOTS = ("robot-a", "robot-b")
 
 
-def _definition(name: str, retry_from: str) -> WorkflowDef:
+def _definition(name: str, retry_from: str, robot: bool = False) -> WorkflowDef:
+    # With ``robot``, the middle step runs on a robot of pool "desk": the run parks, a robot rule takes it.
+    middle = StepDef(action="noop", runs_on=POOL) if robot else StepDef(action="noop")
     return WorkflowDef(
         name=name,
-        steps=[StepDef(action="gate"), StepDef(action="noop"), StepDef(action="gate")],
+        steps=[StepDef(action="gate"), middle, StepDef(action="gate")],
         retry=RetryPolicy(attempts=2, backoff=Backoff(type="fixed", delay_ms=1)),
         retry_from=retry_from,  # type: ignore[arg-type]
     )
@@ -62,8 +69,11 @@ class Lifecycle(RuleBasedStateMachine):
         self.rig = Rig(self.redis, self.client, 1)
         self.workflows: list[tuple[WorkflowState, WorkflowDef]] = []
         self.ids: list[str] = []
+        self.claimed: list[tuple[str, str, int]] = []  # (robot, task id, partition) a robot believes it holds
+        self.leases = RobotLeases(self.redis, self.committer, PinnedDefinitions(),
+                                  Settings(redis_url=REDIS_URL, partitions=PARTITIONS, max_crashes=3))
         ctx = ApiContext(Settings(redis_url=REDIS_URL, partitions=PARTITIONS, plans=PLANS), self.redis,
-                         cast(Any, None), self.committer, {}, cast(Any, None))
+                         cast(Any, None), self.committer, {}, cast(Any, None), cast(Any, None))
         self.ctx = ctx
 
     def run(self, coro: Any) -> Any:
@@ -73,9 +83,10 @@ class Lifecycle(RuleBasedStateMachine):
     def setup(self) -> None:
         async def seed() -> None:
             await self.redis.flushdb()
-            for tenant, plan, retry_from in ((TENANTS[0], "tight", "failed_step"), (TENANTS[1], "enterprise", "start"),
-                                             (TENANTS[1], "enterprise", "failed_step")):
-                definition = _definition(f"wf-{tenant}", retry_from)
+            for tenant, plan, retry_from, robot in ((TENANTS[0], "tight", "failed_step", True),
+                                                    (TENANTS[1], "enterprise", "start", False),
+                                                    (TENANTS[1], "enterprise", "failed_step", True)):
+                definition = _definition(f"wf-{tenant}", retry_from, robot)
                 workflow = await seed_workflow(self.committer, tenant, definition, plan=plan)
                 self.workflows.append((workflow, definition))
             await self.rig.start_node()
@@ -196,6 +207,48 @@ class Lifecycle(RuleBasedStateMachine):
         self.rig.gate.open(data.draw(st.sampled_from(self.rig.gate.waiting())), ok)
         self.run(self.rig.settle())
 
+    # --- robots (shared/robot_tasks.py, as the API's task routes call it) ---------------------------------------
+    @rule(robot=st.sampled_from(ROBOTS), tenant=st.sampled_from(TENANTS))
+    def robot_takes(self, robot: str, tenant: str) -> None:
+        claimed = self.run(robot_tasks.claim(self.redis, p=P, tenant_id=tenant, pool=POOL, robot_id=robot,
+                                             now_ms=now_ms(), lease_ms=60_000))
+        if claimed is not None:
+            self.claimed.append((robot, claimed.task_id, P))
+
+    @precondition(lambda self: self.claimed)
+    @rule(data=st.data(), outcome=st.sampled_from(["complete", "fail", "heartbeat"]))
+    def robot_reports(self, data: st.DataObject, outcome: str) -> None:
+        """A robot reports on a task it believes it holds: applied once while it does, refused (409) after."""
+        robot, task_id, p = data.draw(st.sampled_from(self.claimed))
+
+        async def report() -> None:
+            view = await robot_tasks.read_task(self.redis, p, task_id)
+            if view.refusal(robot) is not None:
+                return  # the route answers 409 and changes nothing
+            definition = await PinnedDefinitions().read_key(self.redis, view.execution[b"def_key"].decode())
+            assert definition is not None
+            if outcome == "complete":
+                unit = robot_tasks.complete_unit(view, robot, definition, now_ms=now_ms(), output={"ok": True},
+                                                 body=msgspec.msgpack.encode({"ok": True}))
+            elif outcome == "fail":
+                unit = robot_tasks.fail_unit(view, robot, definition, now_ms=now_ms(), error="screen not found")
+            else:
+                unit = robot_tasks.heartbeat_unit(view, robot, now_ms=now_ms(), lease_ms=60_000, progress=50.0,
+                                                  message=None)
+            await self.committer.commit(unit)
+
+        self.run(report())
+
+    @rule()
+    def robot_leases_run_out(self) -> None:
+        """Every claimed task's robot goes silent for a whole lease: the scan offers each again."""
+        async def expire() -> None:
+            for member in await self.redis.zrange(keys.task_leases(P), 0, -1):
+                await self.redis.zadd(keys.task_leases(P), {member: 0})
+            await self.leases.reoffer_expired()
+
+        self.run(expire())
+
     # --- faults -----------------------------------------------------------------------------------------------
     @rule(index=st.integers(0, MAX_NODES))
     def crash(self, index: int) -> None:
@@ -243,6 +296,20 @@ class Lifecycle(RuleBasedStateMachine):
         if self.workflows:
             self.run(check_invariants(self.redis, P))
 
+    async def _robots_finish_everything(self) -> None:
+        """Tasks claimed and abandoned are offered again; a robot takes and completes whatever is offered."""
+        for member in await self.redis.zrange(keys.task_leases(P), 0, -1):
+            await self.redis.zadd(keys.task_leases(P), {member: 0})
+        await self.leases.reoffer_expired()
+        for tenant in TENANTS:
+            while task := await robot_tasks.claim(self.redis, p=P, tenant_id=tenant, pool=POOL, robot_id=ROBOTS[0],
+                                                  now_ms=now_ms(), lease_ms=60_000):
+                view = await robot_tasks.read_task(self.redis, P, task.task_id)
+                definition = await PinnedDefinitions().read_key(self.redis, view.execution[b"def_key"].decode())
+                assert definition is not None
+                await self.committer.commit(robot_tasks.complete_unit(
+                    view, ROBOTS[0], definition, now_ms=now_ms(), output=None, body=msgspec.msgpack.encode(None)))
+
     async def _finish_everything(self) -> None:
         """No more faults: resume what is paused, open every gate; every execution must reach one ending."""
         for workflow, _ in self.workflows:
@@ -259,6 +326,7 @@ class Lifecycle(RuleBasedStateMachine):
                 break
             for execution_id in self.rig.gate.waiting():
                 self.rig.gate.open(execution_id, True)
+            await self._robots_finish_everything()
             # One executor does all the work, as under `orq dev`, preferably one with runs that died inside it:
             # it must take back its own orphans too.
             worker = next((n for n in self.rig.live() if n.dropped), self.rig.live()[0])

@@ -13,10 +13,12 @@ from services.api.bodies import read_json
 from services.api.commands import cancel, change_priority, owned_execution, retry
 from services.api.context import context
 from services.api.pagination import after, page_request, split_page
+from services.api.routes import history
 from services.api.schemas import ExecutionPage, PriorityIn
 from shared.errors import NotFound, ValidationFailed
 from shared.schema import execution_steps, executions
 from shared.state import Status
+from shared.triggers import EXECUTION_SOURCES
 
 MAX_FILTER_LENGTH = 64
 
@@ -45,6 +47,11 @@ async def list_executions(request: Request) -> Response:
         if len(workflow_id) > MAX_FILTER_LENGTH:
             raise ValidationFailed("workflow_id: too long", field="workflow_id")
         query = query.where(c.workflow_id == workflow_id)
+    trigger_type = _filter(request, "trigger_type")
+    if trigger_type is not None:
+        if trigger_type not in EXECUTION_SOURCES:
+            raise ValidationFailed(f"trigger_type: one of {', '.join(EXECUTION_SOURCES)}", field="trigger_type")
+        query = query.where(c.trigger_type == trigger_type)
     if page.after is not None:
         query = query.where(after(c.queued_at, c.id, page.after))
     query = query.order_by(c.queued_at.desc(), c.id.desc()).limit(page.limit + 1)
@@ -55,6 +62,9 @@ async def list_executions(request: Request) -> Response:
 
 
 async def get_execution(request: Request) -> Response:
+    as_of = request.query_params.get("as_of")
+    if as_of is not None:  # time travel: folded from the events, not read from the projection
+        return await history.execution_as_of(request, as_of)
     tenant = await require_tenant(request)
     ctx = context(request)
     execution_id = request.path_params["id"]

@@ -358,10 +358,19 @@ async def get_item(request: Request) -> Response:
             select(queue_item_history).where(h.item_id == item_id, h.tenant_id == tenant.id)
         )).all()
     changes = [
-        QueueItemChange(event=r.type, status=r.status, at=iso(r.ts), processed_by=r.processed_by, detail=r.detail)
+        QueueItemChange(event=r.type, status=r.status, at=iso(r.ts), processed_by=r.processed_by, detail=r.detail,
+                        execution_id=r.execution_id)
         for r in sorted(history, key=lambda r: stream_id_parts(r.event_id))  # log order (ids sort as numbers)
     ]
-    return responses.json(QueueItemDetail(**_row_fields(row), history=changes))
+    return responses.json(QueueItemDetail(**_row_fields(row), history=changes,
+                                          executions=_executions(changes, row.execution_id)))
+
+
+def _executions(changes: list[QueueItemChange], current: str | None) -> list[str]:
+    """Every execution that processed the item, in order; the item's own (``current``) too, for history rows
+    projected before they named their execution."""
+    ids = [c.execution_id for c in changes if c.execution_id is not None]
+    return list(dict.fromkeys([*ids, *([current] if current is not None else [])]))
 
 
 routes = [

@@ -15,7 +15,7 @@ from services.api.definitions import build_definition
 from services.api.ownership import MAX_ID_LENGTH, owned
 from services.api.pagination import live_page, page_request
 from services.api.schemas import WorkflowIn, WorkflowPage
-from shared import keys
+from shared import keys, subworkflows
 from shared.admission import WORKFLOW_CHANGED_GUARD, WORKFLOW_GONE_GUARD
 from shared.clock import new_id, now_ms
 from shared.commit import Applied, Refused, Unit
@@ -83,6 +83,8 @@ async def create_workflow(request: Request) -> Response:
     definition = build_definition(await read_json(request, WorkflowIn), ctx.action_types,
                                   allow_private=ctx.settings.allow_private_networks)
     workflow_id = new_id()
+    await subworkflows.check_calls(ctx.redis, ctx.definitions, p=tenant.partition, tenant_id=tenant.id,
+                                   workflow_id=workflow_id, definition=definition)
     ts = now_ms()
     outcome = await ctx.committer.commit(_save_unit(tenant, workflow_id, definition, None, ts))
     if not isinstance(outcome, Applied):
@@ -97,6 +99,8 @@ async def update_workflow(request: Request) -> Response:
     await owned_workflow(ctx, tenant, workflow_id)
     definition = build_definition(await read_json(request, WorkflowIn), ctx.action_types,
                                   allow_private=ctx.settings.allow_private_networks)
+    await subworkflows.check_calls(ctx.redis, ctx.definitions, p=tenant.partition, tenant_id=tenant.id,
+                                   workflow_id=workflow_id, definition=definition)
     for _ in range(SAVE_ATTEMPTS):
         previous = await owned_workflow(ctx, tenant, workflow_id)
         ts = now_ms()

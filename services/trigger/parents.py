@@ -1,0 +1,56 @@
+"""Sub-workflows seen from the log (shared/subworkflows.py): a child's end reaches the parent waiting for it,
+and a cancelled parent's waited-for child is cancelled too.
+
+Both are guarded commits on Redis state, so a redelivered event (a crash before the ack) changes nothing the
+second time: the parent no longer waits for that child, the child is already cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from redis.asyncio import Redis
+
+from shared import keys, subworkflows
+from shared.clock import now_ms
+from shared.commit import Applied, Committer
+from shared.control import cancel_unit
+from shared.pinned import PinnedDefinitions
+from shared.redis import text
+
+log = logging.getLogger(__name__)
+ATTEMPTS = 3  # the state moved between read and commit: read again, a few times
+
+
+class Parents:
+    def __init__(self, redis: Redis, committer: Committer) -> None:
+        self.redis = redis
+        self.committer = committer
+        self.definitions = PinnedDefinitions()
+
+    async def execution_ended(self, p: int, execution_id: str, status: str, result: Any, error: str) -> None:
+        await self._tell_parent(p, execution_id, status, result, error)
+        if status == "cancelled":
+            await self._cancel_child(p, execution_id)
+
+    async def _tell_parent(self, p: int, child_id: str, status: str, result: Any, error: str) -> None:
+        for _ in range(ATTEMPTS):
+            unit = await subworkflows.parent_outcome_unit(self.redis, self.definitions, p=p, child_id=child_id,
+                                                          status=status, result=result, error=error,
+                                                          now_ms=now_ms())
+            if unit is None or isinstance(await self.committer.commit(unit), Applied):
+                return
+
+    async def _cancel_child(self, p: int, parent_id: str) -> None:
+        for _ in range(ATTEMPTS):
+            found = await subworkflows.child_to_cancel(self.redis, p, parent_id)
+            if found is None:
+                return
+            child_id, observed = found
+            tenant_id = text(await self.redis.hget(keys.execution(p, child_id), "tenant"))
+            unit = cancel_unit(p=p, tenant_id=tenant_id, execution_id=child_id, observed=observed, now_ms=now_ms())
+            if isinstance(await self.committer.commit(unit), Applied):
+                log.info("cancelled child %s of cancelled execution %s", child_id, parent_id,
+                         extra={"execution_id": child_id})
+                return
