@@ -585,8 +585,3 @@ def to_wire(event: EventBase) -> dict[str, Any]:
 
 def to_json(event: EventBase) -> bytes:
     return _json_encoder.encode(to_wire(event))
-
-
-def entry_fields(event: EventBase) -> tuple[str, bytes]:
-    """(type, body) as written to a stream entry."""
-    return type_of(event), encode(event)

@@ -19,11 +19,10 @@ GROUP_NOTIFIER = "notifier"
 
 # Pseudo-consumers of the executor group: entries parked there are not owned by a live executor.
 CONSUMER_BACKOFF = "backoff"
-CONSUMER_THROTTLED = "throttled"
 CONSUMER_RELEASED = "released"  # handed over by an executor shutting down: the next one takes it at once
 # Held while the execution waits outside any executor (a robot runs its step, or a child execution runs).
 CONSUMER_PARKED = "parked"
-PSEUDO_CONSUMERS = frozenset({CONSUMER_BACKOFF, CONSUMER_THROTTLED, CONSUMER_PARKED})
+PSEUDO_CONSUMERS = frozenset({CONSUMER_BACKOFF, CONSUMER_PARKED})
 
 
 def partition_of(tenant_id: str, partitions: int) -> int:

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import keys, schema
 from shared.clock import stream_id_parts
-from shared.commit import Applied, Committer
+from shared.commit import Applied, Committer, load_lua
 from shared.control import dlq_purge_unit
 from shared.redis import Entries, text
 from shared.settings import Settings
@@ -38,38 +38,6 @@ log = logging.getLogger(__name__)
 
 DRY_RUN_COUNT_CAP = 100_000
 SCAN_BATCH = 1_000
-
-# KEYS[1]: the log. ARGV: bound id (checkpoint/retention), what set it, '1' to trim.
-# Lowers the bound to every group's first unacknowledged entry, then trims below it (when asked).
-_TRIM = """
-local function parse(id)
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(seq)
-end
-local function less(a, b)
-  local am, as = parse(a)
-  local bm, bs = parse(b)
-  return am < bm or (am == bm and as < bs)
-end
-if redis.call('EXISTS', KEYS[1]) == 0 then return {ARGV[1], 'no stream', 0} end
-local bound, by = ARGV[1], ARGV[2]
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-  local name, last
-  for i = 1, #g, 2 do
-    if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then last = g[i + 1] end
-  end
-  local summary = redis.call('XPENDING', KEYS[1], name)
-  local first_unacked = last
-  if summary[1] > 0 then first_unacked = summary[2] end
-  if less(first_unacked, bound) then
-    bound = first_unacked
-    by = 'group ' .. name
-  end
-end
-local removed = 0
-if ARGV[3] == '1' then removed = redis.call('XTRIM', KEYS[1], 'MINID', '=', bound) end
-return {bound, by, removed}
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +113,7 @@ async def trim_log(redis: Redis, p: int, checkpoint: str | None, *, retention_bo
     bound, by = checkpoint, "projector checkpoint"
     if stream_id_parts(retention_bound) < stream_id_parts(bound):
         bound, by = retention_bound, "minimum retention"
-    script = redis.register_script(_TRIM)
+    script = redis.register_script(load_lua("log_trim.lua"))
     reply = await script(keys=[keys.log(p)], args=[bound, by, "0" if dry_run else "1"])
     bound, by, removed = text(reply[0]), text(reply[1]), int(reply[2])
     if dry_run:

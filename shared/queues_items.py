@@ -28,7 +28,6 @@ from shared.redis import text
 
 NO_DEADLINE = 9_999_999_999_999  # ms, year 2286: sorts after every real deadline
 MAX_TIME_MS = NO_DEADLINE - 1
-MAX_BULK_ITEMS = 10_000
 DUPLICATE_REFERENCE_GUARD = "duplicate_reference"  # refused labels are "duplicate_reference:<index>"
 
 _snap_decoder = msgspec.msgpack.Decoder(QueueItemSnapshot)
@@ -173,11 +172,3 @@ def new_snapshot(queue_id: str, item: NewItem, now_ms: int) -> QueueItemSnapshot
         origin_at=now_ms,
         created_at=now_ms,
     )
-
-
-async def existing_references(redis: Redis, p: int, queue_id: str, references: Sequence[str]) -> dict[str, str]:
-    """Which of ``references`` the queue has seen, and the item that first carried each."""
-    if not references:
-        return {}
-    found = await redis.hmget(keys.queue_refs(p, queue_id), list(references))
-    return {ref: text(item) for ref, item in zip(references, found, strict=True) if item is not None}

@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from shared import keys
-from shared.commit import Unit
+from shared.commit import Unit, load_lua
 from shared.events import RobotDeleted, RobotRegistered
 from shared.redis import PipelinedScript, run_pipeline, text
 
@@ -142,13 +142,7 @@ def delete_unit(*, robot: RobotState, now_ms: int) -> Unit:
 # looking online, and a deleted robot's hash must not be brought back by the write), then answer the hash: one
 # round trip. The caller still compares the hash in constant time before trusting the reply; this comparison only
 # decides the write, on the SHA-256 of the caller's input, so its timing reveals nothing useful.
-_SEEN = PipelinedScript("""
-local stored = redis.call('HGET', KEYS[1], 'key_hash')
-if stored and stored == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'last_seen', ARGV[2])
-end
-return redis.call('HGETALL', KEYS[1])
-""")
+_SEEN = PipelinedScript(load_lua("robot_seen.lua"))
 
 
 async def touch_robot(redis: Redis, p: int, robot_id: str, key_hash: str, now_ms: int) -> dict[bytes, bytes]:

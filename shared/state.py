@@ -7,11 +7,16 @@ Execution hash ``orq:{p}:exec:<id>`` fields (all strings):
 to an executor and at every command that revokes one; every commit of a run checks it), ``owner`` (the
 executor consumer it is handed out to; set exactly while it counts in the tenant's ``running``),
 ``queued_at``, ``started_at``, ``params`` (msgpack), ``out:<i>`` (msgpack output of step i),
-``work_stream``/``work_id`` (its work entry, while it has one), ``retry_at`` (ms, while waiting to retry;
-the ``due`` sorted set holds the same time), ``dead_lettered`` ("1" once in the DLQ), ``dlq_id`` (its DLQ
-entry), ``trigger_type``.
+``work_stream``/``work_id`` (its work entry, while it has one: dispatch writes them), ``retry_at`` (ms: when
+the retry after a failed attempt is due, the time the ``due`` sorted set holds too; written with status
+``retrying`` by ``shared/outcomes.py``, removed by the start commit of the next run, so a cancel or manual retry
+in between leaves it behind until then), ``max_attempts`` (only when the run overrides its workflow's policy),
+``dead_lettered`` ("1" once in the DLQ), ``dlq_id`` (its DLQ entry), ``trigger_type``; while parked (see
+``shared/outcomes.py``): ``parked`` (``robot``, ``child`` or ``resume``), ``task`` (its robot task),
+``waits_for``/``waiting_since`` (its child execution); a child execution: ``parent``, ``parent_step``, ``depth``.
 Tenant hash ``orq:{p}:tenant:<id>``: ``name``, ``plan``, ``key_hash``, ``key_id``, ``created_at``, ``paused``.
-Workflow hash ``orq:{p}:wf:<id>``: ``tenant``, ``name``, ``version``, ``deleted`` ("0"/"1").
+Workflow hash ``orq:{p}:wf:<id>``: ``tenant``, ``name``, ``version``, ``deleted`` ("0"/"1"), ``paused`` ("0"/"1"),
+``created_at``, ``updated_at``.
 """
 
 from __future__ import annotations

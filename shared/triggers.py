@@ -29,8 +29,6 @@ from shared.errors import ValidationFailed
 from shared.events import TriggerDeleted, TriggerSaved, TriggerSnapshot
 from shared.redis import text
 
-TriggerType = Literal["schedule", "webhook", "email", "file_watcher", "queue_item", "workflow_completed", "api",
-                      "manual"]
 TRIGGER_TYPES: tuple[str, ...] = ("schedule", "webhook", "email", "file_watcher", "queue_item",
                                   "workflow_completed", "api", "manual")
 # What started an execution (its ``trigger_type``): a trigger of one of these types, or a parent execution's

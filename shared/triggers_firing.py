@@ -35,6 +35,7 @@ from shared.admission import (
 from shared.clock import month_of, new_id
 from shared.commit import Applied, Committer, Refused, Unit
 from shared.events import QuotaExceeded, TriggerFired, TriggerSkipped, TriggerSkipReason
+from shared.optimistic import MOVED, Moved, optimistically
 from shared.pinned import PinnedDefinitions
 from shared.plans import Plan, plan_named
 from shared.redis import text
@@ -47,7 +48,9 @@ log = logging.getLogger(__name__)
 CLAIM_GUARD = "claimed"
 LIVE_GUARD = "trigger_gone"
 OVERLAP_GUARD = "overlap"
-ATTEMPTS = 5
+# More rounds than the default on purpose: a firing has no caller to answer "try again" (one given up is
+# logged and reported as NotFired("busy")).
+FIRE_ATTEMPTS = 5
 _UNFINISHED = frozenset({Status.QUEUED.value, Status.RUNNING.value, Status.RETRYING.value})
 _FINISHED_OR_GONE = ["", Status.COMPLETED.value, Status.FAILED.value, Status.CANCELLED.value]
 
@@ -137,15 +140,16 @@ class Firer:
 
     async def fire(self, p: int, trigger_id: str, request: Request, now_ms: int) -> Outcome:
         """Fire ``trigger_id`` once for ``request`` (re-reading after a concurrent edit, a few times)."""
-        for _ in range(ATTEMPTS):
-            outcome = await self._attempt(p, trigger_id, request, now_ms)
-            if outcome is not None:
-                return outcome
-        log.warning("trigger %s kept changing under a firing; giving up this one", trigger_id)
-        return NotFired("busy")
 
-    async def _attempt(self, p: int, trigger_id: str, request: Request, now_ms: int) -> Outcome | None:
-        """One read-decide-commit round; None when the state moved under it (read again)."""
+        async def busy() -> Outcome:
+            log.warning("trigger %s kept changing under a firing; giving up this one", trigger_id)
+            return NotFired("busy")
+
+        return await optimistically(lambda: self._attempt(p, trigger_id, request, now_ms),
+                                    attempts=FIRE_ATTEMPTS, exhausted=busy)
+
+    async def _attempt(self, p: int, trigger_id: str, request: Request, now_ms: int) -> Outcome | Moved:
+        """One read-decide-commit round; MOVED when the state moved under it (read again)."""
         trigger = await read_trigger(self.redis, p, trigger_id)
         if trigger is None or not trigger.live:
             return NotFired("gone")
@@ -205,10 +209,10 @@ class Firer:
                                                  "last_fired_at": now_ms, "last_execution_id": execution_id})
 
     async def _refused(self, trigger: TriggerState, request: Request, refused: Refused, plan: Plan,
-                       now_ms: int) -> Outcome | None:
+                       now_ms: int) -> Outcome | Moved:
         match refused.label:
             case label if label in (REV_GUARD, WORKFLOW_CHANGED_GUARD, OVERLAP_GUARD):
-                return None
+                return MOVED
             case label if label == QUOTA_GUARD:
                 return await self.skip(trigger, request, "quota", now_ms, used=int(refused.actual or 0), plan=plan)
             case label if label == BACKLOG_GUARD:

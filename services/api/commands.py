@@ -26,6 +26,7 @@ from shared.commit import Applied, Unit
 from shared.control import cancel_unit, dlq_purge_unit, priority_unit, requeue_unit, restored_state
 from shared.errors import Conflict, NotFound
 from shared.events import ExecutionDlqPurged
+from shared.optimistic import MOVED, Moved, optimistically
 from shared.queues import read_queue
 from shared.queues_claims import rerun_item, rerunnable
 from shared.queues_items import read_item
@@ -33,7 +34,6 @@ from shared.redis import text
 from shared.schema import execution_steps, executions, queue_item_data, queue_items
 from shared.state import FINISHED, Status, TenantState, read_execution
 
-ATTEMPTS = 3
 RETRYABLE = frozenset({Status.FAILED, Status.CANCELLED})
 # A DLQ entry is added by the executor's dead-letter commit at Redis' time; SQL's dead_lettered_at is the
 # executor's clock. The entry is looked for this far either side (clock skew), a page at a time.
@@ -106,7 +106,8 @@ def _priority(state: State) -> int:
 
 async def cancel(ctx: ApiContext, tenant: TenantState, execution_id: str) -> CommandAccepted:
     """Queued or retrying: taken off its work stream. Running: stopped before its next step."""
-    for _ in range(ATTEMPTS):
+
+    async def attempt() -> CommandAccepted | Moved:
         state = await owned_execution(ctx, tenant, execution_id)
         status = status_of(state)
         if status in FINISHED:
@@ -116,7 +117,12 @@ async def cancel(ctx: ApiContext, tenant: TenantState, execution_id: str) -> Com
         )
         if isinstance(await ctx.committer.commit(unit), Applied):
             return CommandAccepted(execution_id=execution_id, status=Status.CANCELLED.value, priority=_priority(state))
-    raise conflict(status_of(await owned_execution(ctx, tenant, execution_id)))
+        return MOVED
+
+    async def still_moving() -> CommandAccepted:  # a 409 naming the status it kept moving to
+        raise conflict(status_of(await owned_execution(ctx, tenant, execution_id)))
+
+    return await optimistically(attempt, exhausted=still_moving)
 
 
 async def retry(ctx: ApiContext, tenant: TenantState, execution_id: str, *, from_dlq: bool | None) -> CommandAccepted:
@@ -125,7 +131,8 @@ async def retry(ctx: ApiContext, tenant: TenantState, execution_id: str, *, from
     ``from_dlq=True`` (the DLQ endpoint) needs the execution to be in the DLQ (else 404); ``None`` takes it
     out of the DLQ if it is there. A queue item's run takes its item back in the same unit (docs/queues.md).
     """
-    for _ in range(ATTEMPTS):
+
+    async def attempt() -> CommandAccepted | Moved:
         found = await lookup(ctx, tenant, execution_id)
         if isinstance(found, Retired):
             row = found.row
@@ -153,7 +160,9 @@ async def retry(ctx: ApiContext, tenant: TenantState, execution_id: str, *, from
             await _take_item_back(ctx, tenant, execution_id, unit, ts)
         if isinstance(await ctx.committer.commit(unit), Applied):
             return CommandAccepted(execution_id=execution_id, status=Status.QUEUED.value, priority=priority)
-    raise Conflict("execution is changing concurrently, try again")
+        return MOVED
+
+    return await optimistically(attempt, exhausted=Conflict("execution is changing concurrently, try again"))
 
 
 async def _take_item_back(ctx: ApiContext, tenant: TenantState, execution_id: str, unit: Unit, ts: int) -> None:
@@ -210,7 +219,9 @@ async def dlq_entry(ctx: ApiContext, p: int, execution_id: str, around_ms: int) 
 async def change_priority(ctx: ApiContext, tenant: TenantState, execution_id: str, priority: int) -> CommandAccepted:
     """Move a queued (not yet delivered) execution to another priority level."""
     check_priority(priority, ctx.plan(tenant.plan), "priority")
-    for _ in range(ATTEMPTS):
+    accepted = CommandAccepted(execution_id=execution_id, status=Status.QUEUED.value, priority=priority)
+
+    async def attempt() -> CommandAccepted | Moved:
         state = await owned_execution(ctx, tenant, execution_id)
         status = status_of(state)
         if status is not Status.QUEUED:
@@ -219,7 +230,7 @@ async def change_priority(ctx: ApiContext, tenant: TenantState, execution_id: st
             raise Conflict("execution is being started: its priority can no longer change", status="starting")
         previous = _priority(state)
         if previous == priority:
-            break
+            return accepted  # already there: nothing to append
         unit = priority_unit(
             p=tenant.partition,
             tenant_id=tenant.id,
@@ -228,11 +239,9 @@ async def change_priority(ctx: ApiContext, tenant: TenantState, execution_id: st
             priority=priority,
             now_ms=now_ms(),
         )
-        if isinstance(await ctx.committer.commit(unit), Applied):
-            break
-    else:
-        raise Conflict("execution is changing concurrently, try again")
-    return CommandAccepted(execution_id=execution_id, status=Status.QUEUED.value, priority=priority)
+        return accepted if isinstance(await ctx.committer.commit(unit), Applied) else MOVED
+
+    return await optimistically(attempt, exhausted=Conflict("execution is changing concurrently, try again"))
 
 
 async def purge(ctx: ApiContext, tenant: TenantState, execution_id: str) -> None:

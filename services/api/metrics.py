@@ -5,9 +5,10 @@ Where each figure comes from:
 - **SQL projection** (``executions``): counts by status, DLQ count, depth by priority (queued executions),
   throughput, durations and error rate. These answer queries, so they come from the projection like every
   other query, and are consistent with each other (one position of the projector).
-- **Redis** (``/metrics`` only): consumer-group lag and pending entries per group and partition
-  (``XINFO GROUPS``), executor slots busy (the ``running`` hash), backlog (the ``queued`` hash), DLQ
-  stream length and log length: the live state of the machinery, which the projection does not hold.
+- **Redis** (``/metrics`` only): consumer-group lag and pending entries, stream lengths, running executions
+  (the ``running`` hash), backlog (the ``queued`` hash) and DLQ size per partition: the live state of the
+  machinery, which the projection does not hold. Read by ``shared/inspection.py`` and exported by
+  ``shared/metrics.py``, the same families as every service's metrics port.
 
 Windowed figures use the last ``WINDOW_MINUTES`` minutes, rolling from ``now``: throughput is executions
 finished (completed or failed) per minute; durations are those of completed executions; the error rate is
@@ -20,17 +21,15 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 from sqlalchemy import func, select, true
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.projector.store import CHECKPOINT_NAME
 from shared import keys
-from shared.inspection import LAG_COUNT_CAP
-from shared.redis import text
+from shared.history import CHECKPOINT_NAME
+from shared.inspection import partition_status
+from shared.metrics import Exporter, Metric, counter, gauge, stream_metrics
 from shared.schema import executions, projection_checkpoints
 from shared.state import Status
 
@@ -200,165 +199,54 @@ class FiguresCache:
         return self._value
 
 
-# --- Redis gauges ----------------------------------------------------------------------------------------------
+# --- Prometheus ------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class GroupLag:
-    group: str
-    partition: int
-    lag: int
-    pending: int
+def api_metrics(figures: Figures, feed: dict[str, int]) -> list[Metric]:
+    """The API's own families: the projection's figures and this process's feed (``feed``: its counters)."""
+    def seconds(ms: float | None) -> float | None:
+        return None if ms is None else ms / 1000
+    last = figures.buckets[-1]
+    throughput = figures.throughput_per_minute / 60
+    return [
+        Metric("orq_executions", "gauge", "Executions by status (SQL projection; dead_lettered = now in the DLQ).",
+               {(("status", s),): n for s, n in figures.counts.items()}),
+        Metric("orq_queue_depth", "gauge", "Queued executions by priority (SQL projection).",
+               {(("priority", str(p)),): n for p, n in figures.depth.items()}),
+        gauge("orq_throughput_per_second",
+              f"Executions finished (completed or failed) per second over the last {WINDOW_MINUTES} minutes.",
+              throughput),
+        Metric("orq_finished_last_minute", "gauge", "Executions finished in the current minute, by outcome.",
+               {(("status", "completed"),): last.completed, (("status", "failed"),): last.failed}),
+        gauge("orq_execution_duration_avg_seconds",
+              f"Average duration of executions completed in the last {WINDOW_MINUTES} minutes.",
+              seconds(figures.avg_duration_ms)),
+        gauge("orq_execution_duration_p95_seconds",
+              f"95th percentile duration of executions completed in the last {WINDOW_MINUTES} minutes.",
+              seconds(figures.p95_duration_ms)),
+        gauge("orq_error_ratio", f"failed / (completed + failed) over the last {WINDOW_MINUTES} minutes.",
+              figures.error_rate),
+        gauge("orq_feed_subscribers", "WebSocket subscribers of this API process.", feed["subscribers"]),
+        counter("orq_feed_messages_total", "Events handed to WebSocket subscribers by this API process.",
+                feed["delivered"]),
+        counter("orq_feed_dropped_total", "Subscribers of this API process dropped for falling behind.",
+                feed["dropped"]),
+    ]
 
 
-@dataclass(frozen=True, slots=True)
-class Machinery:
-    """Live state of the streams, per partition."""
+class ApiMetrics:
+    """``/metrics`` of one API process: its exporter, and the SQL figures reused for ``METRICS_CACHE_S``.
 
-    lags: list[GroupLag]
-    slots_busy: dict[int, int]
-    backlog: dict[int, int]
-    dlq: dict[int, int]
-    log_length: dict[int, int]
-
-
-def _groups(reply: Any) -> list[dict[str, Any]]:
-    if isinstance(reply, ResponseError | None):  # no such stream yet
-        return []
-    return [{text(k) if isinstance(k, bytes) else k: v for k, v in g.items()} for g in cast(list[Any], reply)]
-
-
-def _hash_total(reply: Any) -> int:
-    return sum(int(v) for v in cast(list[Any], reply or []) if int(v) > 0)
-
-
-async def machinery(redis: Redis, partitions: int) -> Machinery:
-    """One pipeline of ``XINFO GROUPS``, ``HVALS``, ``XLEN`` over every partition (and a second for lags
-    Redis cannot tell)."""
-    streams: list[tuple[int, str]] = []
-    async with redis.pipeline(transaction=False) as pipe:
-        for p in range(partitions):
-            for stream in (keys.log(p), *keys.work_streams(p)):
-                streams.append((p, stream))
-                pipe.xinfo_groups(stream)
-            pipe.hvals(keys.running(p))
-            pipe.hvals(keys.queued(p))
-            pipe.xlen(keys.dlq(p))
-            pipe.xlen(keys.log(p))
-        replies = await pipe.execute(raise_on_error=False)
-    per_partition = len(keys.PRIORITIES) + 1
-    slots, backlog, dlq, log_length = {}, {}, {}, {}
-    infos: list[tuple[int, str, dict[str, Any]]] = []
-    at = 0
-    for p in range(partitions):
-        for n in range(per_partition):
-            infos += [(p, streams[p * per_partition + n][1], g) for g in _groups(replies[at + n])]
-        at += per_partition
-        slots[p] = _hash_total(replies[at])
-        backlog[p] = _hash_total(replies[at + 1])
-        dlq[p] = int(replies[at + 2] or 0)
-        log_length[p] = int(replies[at + 3] or 0)
-        at += 4
-    lags = await _lags(redis, infos)
-    return Machinery(lags, slots, backlog, dlq, log_length)
-
-
-async def _lags(redis: Redis, infos: list[tuple[int, str, dict[str, Any]]]) -> list[GroupLag]:
-    unknown = [(i, stream, text(g.get("last-delivered-id"))) for i, (_, stream, g) in enumerate(infos)
-               if g.get("lag") is None]
-    counted: dict[int, int] = {}
-    if unknown:
-        async with redis.pipeline(transaction=False) as pipe:
-            for _, stream, last in unknown:
-                pipe.xrange(stream, min=f"({last}", max="+", count=LAG_COUNT_CAP)
-            replies = await pipe.execute(raise_on_error=False)
-        for (i, _, _), reply in zip(unknown, replies, strict=True):
-            counted[i] = len(reply) if isinstance(reply, list) else 0
-    totals: dict[tuple[str, int], list[int]] = {}
-    for i, (p, _, g) in enumerate(infos):
-        lag = counted[i] if i in counted else int(g["lag"])
-        slot = totals.setdefault((text(g.get("name")), p), [0, 0])
-        slot[0] += lag
-        slot[1] += int(g.get("pending") or 0)
-    return [GroupLag(group, p, lag, pending) for (group, p), (lag, pending) in sorted(totals.items())]
-
-
-# --- Prometheus text format ------------------------------------------------------------------------------------
-
-Sample = tuple[dict[str, str], float]
-
-
-class Exposition:
-    """Prometheus text exposition format 0.0.4, written by hand (a few gauges need no client library)."""
-
-    CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+    The stream families are read from Redis at every scrape (one pipelined read), so an operator sees lag
+    the moment it grows."""
 
     def __init__(self) -> None:
-        self._lines: list[str] = []
+        self.exporter = Exporter()
+        self.figures = FiguresCache()
 
-    def add(self, name: str, kind: str, help_text: str, samples: Iterable[Sample]) -> None:
-        self._lines.append(f"# HELP {name} {help_text}")
-        self._lines.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
-            self._lines.append(f"{name}{_labels(labels)} {_number(value)}")
-
-    def gauge(self, name: str, help_text: str, value: float | None) -> None:
-        self.add(name, "gauge", help_text, [] if value is None else [({}, value)])
-
-    def text(self) -> str:
-        return "\n".join(self._lines) + "\n"
-
-
-def _labels(labels: dict[str, str]) -> str:
-    if not labels:
-        return ""
-    escaped = (f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"' for k, v in
-               labels.items())
-    return "{" + ",".join(escaped) + "}"
-
-
-def _number(value: float) -> str:
-    if isinstance(value, int) or float(value).is_integer():
-        return str(int(value))
-    return repr(float(value))
-
-
-def exposition(figures: Figures, state: Machinery, feed: dict[str, int]) -> str:
-    """Every ``orq_*`` metric (``feed``: this API process's feed counters)."""
-    out = Exposition()
-    out.add("orq_executions", "gauge", "Executions by status (SQL projection; dead_lettered = now in the DLQ).",
-            [({"status": s}, n) for s, n in figures.counts.items()])
-    out.add("orq_queue_depth", "gauge", "Queued executions by priority (SQL projection).",
-            [({"priority": str(p)}, n) for p, n in figures.depth.items()])
-    out.gauge("orq_throughput_per_minute",
-              f"Executions finished (completed or failed) per minute over the last {WINDOW_MINUTES} minutes.",
-              figures.throughput_per_minute)
-    out.add("orq_finished_last_minute", "gauge", "Executions finished in the current minute, by outcome.",
-            [({"status": "completed"}, figures.buckets[-1].completed),
-             ({"status": "failed"}, figures.buckets[-1].failed)])
-    out.gauge("orq_execution_duration_avg_ms",
-              f"Average duration of executions completed in the last {WINDOW_MINUTES} minutes.",
-              figures.avg_duration_ms)
-    out.gauge("orq_execution_duration_p95_ms",
-              f"95th percentile duration of executions completed in the last {WINDOW_MINUTES} minutes.",
-              figures.p95_duration_ms)
-    out.gauge("orq_error_rate", f"failed / (completed + failed) over the last {WINDOW_MINUTES} minutes.",
-              figures.error_rate)
-    out.add("orq_consumer_group_lag", "gauge", "Entries not yet delivered to a consumer group (XINFO GROUPS lag).",
-            [({"group": g.group, "partition": str(g.partition)}, g.lag) for g in state.lags])
-    out.add("orq_consumer_group_pending", "gauge", "Entries delivered to a group and not acknowledged yet.",
-            [({"group": g.group, "partition": str(g.partition)}, g.pending) for g in state.lags])
-    out.add("orq_executor_slots_busy", "gauge", "Executions running now (executor slots in use).",
-            [({"partition": str(p)}, n) for p, n in state.slots_busy.items()])
-    out.add("orq_backlog", "gauge", "Executions waiting in the fair-share backlogs.",
-            [({"partition": str(p)}, n) for p, n in state.backlog.items()])
-    out.add("orq_dlq_size", "gauge", "Entries in the dead-letter stream.",
-            [({"partition": str(p)}, n) for p, n in state.dlq.items()])
-    out.add("orq_log_length", "gauge", "Entries in the event log stream.",
-            [({"partition": str(p)}, n) for p, n in state.log_length.items()])
-    out.gauge("orq_feed_subscribers", "WebSocket subscribers of this API process.", feed["subscribers"])
-    out.add("orq_feed_messages_total", "counter", "Events handed to WebSocket subscribers by this API process.",
-            [({}, feed["delivered"])])
-    out.add("orq_feed_dropped_total", "counter", "Subscribers of this API process dropped for falling behind.",
-            [({}, feed["dropped"])])
-    return out.text()
+    async def scrape(
+        self, engine: AsyncEngine, redis: Redis, partitions: int, feed: dict[str, int], now: int
+    ) -> bytes:
+        figures = await self.figures.get(engine, now)
+        streams = stream_metrics(await partition_status(redis, partitions))
+        return self.exporter.render([*api_metrics(figures, feed), *streams])

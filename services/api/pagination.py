@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
-from sqlalchemy import ColumnElement, Row, Table, and_, false, or_, select
+from sqlalchemy import ColumnElement, Row, Select, Table, and_, false, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
@@ -72,15 +72,24 @@ def split_page(rows: Sequence[R], limit: int, key_of: Callable[[R], Key]) -> tup
     return page, encode_cursor(key_of(page[-1]))
 
 
+async def keyset_page(
+    engine: AsyncEngine, query: Select[Any], page: PageRequest, sort: ColumnElement[int], tiebreak: ColumnElement[str]
+) -> tuple[Sequence[Row[Any]], str | None]:
+    """The page of ``query``'s rows (already filtered) that ``page`` asks for, newest first by (sort,
+    tiebreak), and the cursor to the next one. ``sort`` and ``tiebreak`` must be among the selected columns
+    (a computed sort key as a label): the cursor is read back from the last row."""
+    if page.after is not None:
+        query = query.where(after(sort, tiebreak, page.after))
+    query = query.order_by(sort.desc(), tiebreak.desc()).limit(page.limit + 1)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    return split_page(rows, page.limit, lambda r: (r._mapping[sort], r._mapping[tiebreak]))
+
+
 async def live_page(
     engine: AsyncEngine, table: Table, tenant_id: str, page: PageRequest, *conditions: ColumnElement[bool]
 ) -> tuple[Sequence[Row[Any]], str | None]:
     """A page of the tenant's live (not deleted) rows of ``table``, newest first, by (created_at, id)."""
     c = table.c
     query = select(table).where(c.tenant_id == tenant_id, c.deleted == false(), *conditions)
-    if page.after is not None:
-        query = query.where(after(c.created_at, c.id, page.after))
-    query = query.order_by(c.created_at.desc(), c.id.desc()).limit(page.limit + 1)
-    async with engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
-    return split_page(rows, page.limit, lambda r: (r.created_at, r.id))
+    return await keyset_page(engine, query, page, c.created_at, c.id)

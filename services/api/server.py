@@ -15,10 +15,7 @@ import uvicorn
 
 from services.api.app import create_app
 from services.api.transport import GuardedHttpTools, HeadLimit
-from shared.commit import Committer
-from shared.db import create_engine, create_schema
-from shared.durability import ensure_durable
-from shared.redis import connect
+from shared.bootstrap import Service
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,43 +31,27 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def _create_schema(database_url: str) -> None:
-    """With an engine of its own: creating tables may take longer than the request timeout of the API's."""
-    engine = create_engine(database_url)
-    try:
-        await create_schema(engine)
-    finally:
-        await engine.dispose()
-
-
 async def serve(settings: Settings, stop: asyncio.Event, host: str, port: int) -> None:
     """Serve until ``stop`` is set; then stop accepting, let in-flight requests finish, and flush commits."""
-    redis = connect(settings.redis_url)
-    engine = create_engine(settings.database_url, timeout_s=settings.sql_timeout_s)
-    committer = Committer(redis)
     try:
-        await ensure_durable(redis, settings)
-        await _create_schema(settings.database_url)
-        app = create_app(settings, redis, engine, committer=committer)
-        config = uvicorn.Config(
-            HeadLimit(app),
-            host=host,
-            port=port,
-            http=GuardedHttpTools,
-            log_config=None,
-            lifespan="on",
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-            server_header=False,
-        )
-        server = _Server(config)
-        serving = asyncio.create_task(server.serve(), name="uvicorn")
-        stopping = asyncio.create_task(stop.wait(), name="api-stop")
-        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        server.should_exit = True
-        stopping.cancel()
-        await serving
+        async with Service(settings, stop, sql=True, sql_timeout_s=settings.sql_timeout_s) as service:
+            app = create_app(settings, service.redis, service.engine, committer=service.committer)
+            config = uvicorn.Config(
+                HeadLimit(app),
+                host=host,
+                port=port,
+                http=GuardedHttpTools,
+                log_config=None,
+                lifespan="on",
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+                server_header=False,
+            )
+            server = _Server(config)
+            serving = asyncio.create_task(server.serve(), name="uvicorn")
+            stopping = asyncio.create_task(stop.wait(), name="api-stop")
+            await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            server.should_exit = True
+            stopping.cancel()
+            await serving
     finally:
-        await committer.close()
-        await engine.dispose()
-        await redis.aclose()
         log.info("api stopped")

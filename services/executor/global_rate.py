@@ -11,18 +11,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from shared import keys
-
-_RESERVE = """
-local used = redis.call('INCRBY', KEYS[1], ARGV[1])
-if used == tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
-local excess = used - tonumber(ARGV[2])
-if excess > 0 then
-  local back = math.min(excess, tonumber(ARGV[1]))
-  redis.call('DECRBY', KEYS[1], back)
-  return tonumber(ARGV[1]) - back
-end
-return tonumber(ARGV[1])
-"""
+from shared.commit import load_lua
 
 
 class GlobalRate:
@@ -32,7 +21,7 @@ class GlobalRate:
         self.redis = redis
         self.limit = limit
         self.window_ms = window_ms
-        self._reserve: AsyncScript = redis.register_script(_RESERVE)
+        self._reserve: AsyncScript = redis.register_script(load_lua("global_rate_reserve.lua"))
 
     def _key(self, now_ms: int) -> str:
         return keys.global_rate(now_ms // self.window_ms)

@@ -32,12 +32,12 @@ from services.executor.job import Job, jobs_from_reply
 from services.executor.robot_leases import RobotLeases
 from services.executor.run import ExecutionRun, RunEnv
 from shared import keys
+from shared.bootstrap import Service
 from shared.clock import now_ms
 from shared.commit import Committer, load_lua
-from shared.durability import ensure_durable
-from shared.metrics_server import gauge, start_metrics_server
+from shared.metrics import gauge
 from shared.pinned import PinnedDefinitions
-from shared.redis import BLOCK_MS, PipelinedScript, connect, ensure_groups, run_pipeline, text
+from shared.redis import BLOCK_MS, PipelinedScript, ensure_groups, run_pipeline, text
 from shared.settings import Settings
 from shared.state import Status
 
@@ -402,14 +402,15 @@ class Executor:
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """``orq executor``: run until ``stop`` is set."""
-    redis = connect(settings.redis_url, max_connections=max(16, settings.executor_concurrency))
-    committer = Committer(redis)
-    async with httpx.AsyncClient(follow_redirects=False) as client:
-        executor = Executor(settings, redis, committer, Actions(client, allow_private=settings.allow_private_networks))
-        try:
-            await ensure_durable(redis, settings)
-            await start_metrics_server(settings, stop, redis, extra=lambda: [gauge("orq_executor_slots_busy", "execution slots in use", executor.slots - executor.free), gauge("orq_executor_slots", "execution slots", executor.slots)])  # noqa: E501
-            await executor.run(stop)
-        finally:
-            await committer.close()
-            await redis.aclose()
+    async with (
+        Service(settings, stop, redis_connections=max(16, settings.executor_concurrency)) as service,
+        httpx.AsyncClient(follow_redirects=False) as client,
+    ):
+        actions = Actions(client, allow_private=settings.allow_private_networks)
+        executor = Executor(settings, service.redis, service.committer, actions)
+        await service.serve_metrics(lambda: [
+            gauge("orq_executor_slots_busy", "Execution slots of this executor in use.",
+                  executor.slots - executor.free),
+            gauge("orq_executor_slots", "Execution slots of this executor.", executor.slots),
+        ])
+        await executor.run(stop)

@@ -31,16 +31,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.notifier.delivery import Attempt, Deliverer
 from shared import keys
+from shared.bootstrap import Service
 from shared.clock import now_ms
 from shared.commit import Applied, Committer
 from shared.consumer import Record, StreamConsumer
-from shared.db import create_engine, create_schema
-from shared.durability import ensure_durable
 from shared.maintenance import run_maintenance
-from shared.metrics_server import Metric, start_metrics_server
+from shared.metrics import Metric
 from shared.notifications import TRIGGERS, backoff_ms, outcome_unit, queue_units
 from shared.pinned import PINNED_CACHE_SIZE, PinnedDefinitions
-from shared.redis import Entries, connect, ensure_groups, read_group, text
+from shared.redis import Entries, ensure_groups, read_group, text
 from shared.settings import Settings
 from shared.state import read_execution
 from shared.workflows import WorkflowDef
@@ -286,19 +285,9 @@ class Notifier:
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """``orq notifier``: deliver notifications and run the scheduled maintenance until ``stop`` is set."""
-    redis = connect(settings.redis_url)
-    engine = create_engine(settings.database_url)
-    committer = Committer(redis)
-    try:
-        await ensure_durable(redis, settings)
-        await create_schema(engine)
-        async with httpx.AsyncClient(follow_redirects=False) as client:
-            notifier = Notifier(settings, redis, committer, Deliverer(settings, client), engine)
-            await start_metrics_server(settings, stop, redis, extra=notifier.metrics)
-            log.info("notifier %s starting on %d partitions", notifier.name, settings.partitions)
-            await notifier.run(stop)
-    finally:
-        await committer.close()
-        await engine.dispose()
-        await redis.aclose()
+    async with Service(settings, stop, sql=True) as service, httpx.AsyncClient(follow_redirects=False) as client:
+        notifier = Notifier(settings, service.redis, service.committer, Deliverer(settings, client), service.engine)
+        await service.serve_metrics(notifier.metrics)
+        log.info("notifier %s starting on %d partitions", notifier.name, settings.partitions)
+        await notifier.run(stop)
 

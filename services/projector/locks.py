@@ -14,78 +14,15 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from shared import keys
+from shared.commit import load_lua
 from shared.consumer import Record
 from shared.redis import text
 
 # A partition's lock expires this long after its holder last renewed it (every ~3 s, and on every read).
 LOCK_TTL_MS = 10_000
 
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
-# KEYS: lock, stream. ARGV: token, ttl ms, group, consumer. Claims every pending entry of the group to us.
-_TAKE_OVER = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-local cursor = '0-0'
-local claimed = 0
-repeat
-  local r = redis.call('XAUTOCLAIM', KEYS[2], ARGV[3], ARGV[4], 0, cursor, 'COUNT', 1000, 'JUSTID')
-  cursor = r[1]
-  claimed = claimed + #r[2]
-until cursor == '0-0'
-return claimed
-"""
-
-# Acks the consumer's pending entries up to an id (those are applied): the ids never travel over the wire.
-_ACK_UPTO = """
-local function ack_upto(stream, group, consumer, upto)
-  if upto == '' then return end
-  while true do
-    local pending = redis.call('XPENDING', stream, group, '-', upto, 1000, consumer)
-    if #pending == 0 then return end
-    local ids = {}
-    for i, entry in ipairs(pending) do ids[i] = entry[1] end
-    redis.call('XACK', stream, group, unpack(ids))
-    if #pending < 1000 then return end
-  end
-end
-"""
-
-# KEYS: lock, stream. ARGV: token, ttl ms, group, consumer, count, ack up to ('' for none).
-# Acks what the previous batch applied, then reads our own pending entries first (left by a failed batch or
-# a take-over), else new ones. Returns -1 when the lock is not ours (nothing acked or read), {1, entries},
-# or {0, last id of the stream} when there is nothing to read.
-_READ = _ACK_UPTO + """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-ack_upto(KEYS[2], ARGV[3], ARGV[4], ARGV[6])
-local r = redis.call('XREADGROUP', 'GROUP', ARGV[3], ARGV[4], 'COUNT', ARGV[5], 'STREAMS', KEYS[2], '0')
-if r and #r[1][2] > 0 then return {1, r[1][2]} end
-r = redis.call('XREADGROUP', 'GROUP', ARGV[3], ARGV[4], 'COUNT', ARGV[5], 'STREAMS', KEYS[2], '>')
-if r and #r[1][2] > 0 then return {1, r[1][2]} end
-local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-if #last > 0 then return {0, last[1][1]} end
-return {0, '0-0'}
-"""
-
-# KEYS: stream. ARGV: group, consumer, ack up to. (Acking needs no lock: it only drops applied entries.)
-_ACK = _ACK_UPTO + """
-ack_upto(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
-return 1
-"""
+# The read and the ack share one Lua function, put in front of each script.
+_ACK_UPTO = load_lua("projector_ack_upto.lua")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +43,11 @@ class PartitionLocks:
         self.token = token
         self.ttl_ms = ttl_ms
         self.group = group
-        self._renew = redis.register_script(_RENEW)
-        self._release = redis.register_script(_RELEASE)
-        self._take_over = redis.register_script(_TAKE_OVER)
-        self._read = redis.register_script(_READ)
-        self._ack = redis.register_script(_ACK)
+        self._renew = redis.register_script(load_lua("projector_lock_renew.lua"))
+        self._release = redis.register_script(load_lua("projector_lock_release.lua"))
+        self._take_over = redis.register_script(load_lua("projector_take_over.lua"))
+        self._read = redis.register_script(_ACK_UPTO + load_lua("projector_read.lua"))
+        self._ack = redis.register_script(_ACK_UPTO + load_lua("projector_ack.lua"))
 
     async def acquire(self, p: int) -> bool:
         return bool(await self.redis.set(keys.projector_lock(p), self.token, nx=True, px=self.ttl_ms))

@@ -42,14 +42,16 @@ from services.projector.locks import LOCK_TTL_MS, PartitionLocks, ReadResult
 from services.projector.retry import RETRY_POLL_S, requested, retry_all
 from services.projector.store import Fenced, Store, decode_records
 from shared import keys
+from shared.bootstrap import Service
 from shared.clock import now_ms, stream_id_parts
+from shared.commit import load_lua
 from shared.consumer import Record
-from shared.db import create_engine, create_schema, is_sqlite
-from shared.durability import check_rewind, ensure_durable
+from shared.db import is_sqlite
+from shared.durability import check_rewind
 from shared.events import ExecutionCancelled, ExecutionCompleted, ExecutionDeadLettered, ExecutionFailed
-from shared.metrics_server import Metric, counter, start_metrics_server
+from shared.metrics import Metric, counter
 from shared.projection import Projection, needs_of
-from shared.redis import connect, ensure_groups
+from shared.redis import ensure_groups
 from shared.settings import PROJECTOR_BATCH, STATE_RETENTION_S, Settings
 from shared.state import FINISHED
 
@@ -66,20 +68,6 @@ AfterCommit = Callable[[int, str], None]
 
 # Events after which an execution has ended (a retry may revive it: ``execution.requeued`` persists it).
 ENDINGS = (ExecutionCompleted, ExecutionFailed, ExecutionCancelled, ExecutionDeadLettered)
-# KEYS: execution hashes of one partition whose ending was just projected; ARGV[1]: retention (s), then the
-# ended statuses. Only a hash still ended gets the TTL: one revived meanwhile (requeued) keeps living.
-EXPIRE_ENDED = """
-local ended = {}
-for i = 2, #ARGV do ended[ARGV[i]] = true end
-local n = 0
-for _, key in ipairs(KEYS) do
-  if ended[redis.call('HGET', key, 'status')] then
-    redis.call('EXPIRE', key, ARGV[1])
-    n = n + 1
-  end
-end
-return n
-"""
 
 
 def _pos(stream_id: str | None) -> tuple[int, int]:
@@ -152,7 +140,7 @@ class Projector:
         self.cache_rows = cache_rows
         self.accept_rewind = accept_rewind  # ORQ_ACCEPT_REWOUND_REDIS: see shared.durability.check_rewind
         self.state_retention_s = state_retention_s  # ORQ_STATE_RETENTION_S: see _expire_ended
-        self._expire_ended_script = redis.register_script(EXPIRE_ENDED)
+        self._expire_ended_script = redis.register_script(load_lua("projector_expire_ended.lua"))
         self.locks = PartitionLocks(redis, token=self.consumer, ttl_ms=lock_ttl_ms)
         self.store = Store(engine)
         self.held: dict[int, HeldPartition] = {}
@@ -431,17 +419,10 @@ def projector_metrics(projector: Projector) -> list[Metric]:
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """``orq projector``: create the schema and groups, then project until ``stop`` is set."""
-    engine = create_engine(settings.database_url)
-    redis = connect(settings.redis_url)
-    try:
-        await ensure_durable(redis, settings)
-        await create_schema(engine)
-        projector = Projector(redis, engine, partitions=settings.partitions, batch=settings.projector_batch,
-                              accept_rewind=settings.accept_rewound_redis,
+    async with Service(settings, stop, committer=False, sql=True) as service:
+        projector = Projector(service.redis, service.engine, partitions=settings.partitions,
+                              batch=settings.projector_batch, accept_rewind=settings.accept_rewound_redis,
                               state_retention_s=settings.state_retention_s)
-        await start_metrics_server(settings, stop, redis, extra=lambda: projector_metrics(projector))
+        await service.serve_metrics(lambda: projector_metrics(projector))
         log.info("projector %s starting on %d partitions", projector.consumer, settings.partitions)
         await projector.run(stop)
-    finally:
-        await redis.aclose()
-        await engine.dispose()

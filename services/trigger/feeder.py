@@ -27,6 +27,7 @@ from shared.clock import new_id, now_ms
 from shared.commit import Applied, Refused, Unit
 from shared.events import ExecutionDlqPurged
 from shared.lru import LRU
+from shared.optimistic import MOVED, Moved, optimistically
 from shared.queues import QueueState, read_queue
 from shared.queues_claims import (
     IN_PROGRESS,
@@ -49,7 +50,6 @@ log = logging.getLogger(__name__)
 SLOTS_GUARD = "max_concurrent"
 RUN_GUARD = "run_finished"
 RUN_CHANGED_GUARD = "run_changed"
-FINISH_ATTEMPTS = 3
 QUOTA_PAUSE_MS = 60_000
 # Queue triggers remembered as paused (over quota or backlog) at once. An entry is a trigger id and a time
 # (~150 bytes), so at most ~1.5 MB; forgetting a pause early only costs one more firing attempt, refused again.
@@ -149,46 +149,63 @@ class Feeder:
         the same unit (``execution.dlq_purged``), so nobody retries it beside the queue's new item. A run
         requeued meanwhile (a DLQ retry before this) is running again: its item waits for that run's end.
         """
-        runs = keys.trigger_runs(p)
-        for _ in range(FINISH_ATTEMPTS):
-            record = text(await self.redis.hget(runs, execution_id))
-            if not record:
-                return False
-            trigger_id, _, item_id = record.partition(" ")
-            state = await self.redis.hmget(keys.execution(p, execution_id), ["status", "dead_lettered", "tenant"])
-            run_status, dead_lettered, tenant_id = text(state[0]), text(state[1]), text(state[2])
-            if run_status and run_status != status:
-                return False  # requeued (retried) since: the item stays in progress with this run
-            now = self.clock()
-            items = await read_items(self.redis, p, [item_id])
-            item = items[0]
-            trigger = await read_trigger(self.redis, p, trigger_id)
-            unit = Unit(p)
-            if item is not None and item.status == IN_PROGRESS and item.snapshot.execution_id == execution_id:
-                queue = await read_queue(self.redis, p, item.queue_id)
-                if status == "completed":
-                    unit = complete_unit(p=p, item=item, result=result, now_ms=now)
-                elif queue is not None:
-                    message = error or f"execution {execution_id} {status}"
-                    unit = fail_unit(p=p, item=item, queue=queue, message=message, now_ms=now,
-                                     kind="business" if status == "cancelled" else "application")
-                    if dead_lettered == "1":
-                        _leave_dlq(unit, p, tenant_id, execution_id, run_status, now)
-            _free_slot(unit, p, trigger_id, execution_id, record)
-            outcome = await self.firer.committer.commit(unit)
-            if isinstance(outcome, Applied):
-                break
-            if isinstance(outcome, Refused) and outcome.label == RUN_CHANGED_GUARD:
-                continue  # the run changed under us (a DLQ retry or purge at the same moment): read again
-            # The item moved on (abandoned meanwhile): still free the slot, once.
-            release = _free_slot(Unit(p), p, trigger_id, execution_id, record)
-            await self.firer.committer.commit(release)
-            break
-        else:
+        settled = await optimistically(lambda: self._settle(p, execution_id, status, result, error),
+                                       exhausted=_unsettled)
+        if settled is None:
             return False
+        trigger = settled.trigger
         if trigger is not None and trigger.live:
             await self.feed(trigger)
         return True
+
+    async def _settle(self, p: int, execution_id: str, status: str, result: Any,
+                      error: str) -> Settled | None | Moved:
+        """One round of :meth:`finish`: None when there is nothing (more) for this run to settle."""
+        record = text(await self.redis.hget(keys.trigger_runs(p), execution_id))
+        if not record:
+            return None
+        trigger_id, _, item_id = record.partition(" ")
+        state = await self.redis.hmget(keys.execution(p, execution_id), ["status", "dead_lettered", "tenant"])
+        run_status, dead_lettered, tenant_id = text(state[0]), text(state[1]), text(state[2])
+        if run_status and run_status != status:
+            return None  # requeued (retried) since: the item stays in progress with this run
+        now = self.clock()
+        items = await read_items(self.redis, p, [item_id])
+        item = items[0]
+        trigger = await read_trigger(self.redis, p, trigger_id)
+        unit = Unit(p)
+        if item is not None and item.status == IN_PROGRESS and item.snapshot.execution_id == execution_id:
+            queue = await read_queue(self.redis, p, item.queue_id)
+            if status == "completed":
+                unit = complete_unit(p=p, item=item, result=result, now_ms=now)
+            elif queue is not None:
+                message = error or f"execution {execution_id} {status}"
+                unit = fail_unit(p=p, item=item, queue=queue, message=message, now_ms=now,
+                                 kind="business" if status == "cancelled" else "application")
+                if dead_lettered == "1":
+                    _leave_dlq(unit, p, tenant_id, execution_id, run_status, now)
+        _free_slot(unit, p, trigger_id, execution_id, record)
+        outcome = await self.firer.committer.commit(unit)
+        if isinstance(outcome, Applied):
+            return Settled(trigger)
+        if isinstance(outcome, Refused) and outcome.label == RUN_CHANGED_GUARD:
+            return MOVED  # the run changed under us (a DLQ retry or purge at the same moment): read again
+        # The item moved on (abandoned meanwhile): still free the slot, once.
+        release = _free_slot(Unit(p), p, trigger_id, execution_id, record)
+        await self.firer.committer.commit(release)
+        return Settled(trigger)
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """A queue-item run's end was settled: its trigger (as read then, None if gone) is fed again."""
+
+    trigger: TriggerState | None
+
+
+async def _unsettled() -> None:
+    """The run kept changing under every attempt: leave it to whoever changed it (its item waits)."""
+    return None
 
 
 def _leave_dlq(unit: Unit, p: int, tenant_id: str, execution_id: str, status: str, now_ms: int) -> None:

@@ -16,11 +16,11 @@ from shared import keys, subworkflows
 from shared.clock import now_ms
 from shared.commit import Applied, Committer
 from shared.control import cancel_unit
+from shared.optimistic import MOVED, Moved, optimistically
 from shared.pinned import PinnedDefinitions
 from shared.redis import text
 
 log = logging.getLogger(__name__)
-ATTEMPTS = 3  # the state moved between read and commit: read again, a few times
 
 
 class Parents:
@@ -35,22 +35,32 @@ class Parents:
             await self._cancel_child(p, execution_id)
 
     async def _tell_parent(self, p: int, child_id: str, status: str, result: Any, error: str) -> None:
-        for _ in range(ATTEMPTS):
+        async def attempt() -> None | Moved:
             unit = await subworkflows.parent_outcome_unit(self.redis, self.definitions, p=p, child_id=child_id,
                                                           status=status, result=result, error=error,
                                                           now_ms=now_ms())
             if unit is None or isinstance(await self.committer.commit(unit), Applied):
-                return
+                return None
+            return MOVED
+
+        await optimistically(attempt, exhausted=_given_up)
 
     async def _cancel_child(self, p: int, parent_id: str) -> None:
-        for _ in range(ATTEMPTS):
+        async def attempt() -> None | Moved:
             found = await subworkflows.child_to_cancel(self.redis, p, parent_id)
             if found is None:
-                return
+                return None
             child_id, observed = found
             tenant_id = text(await self.redis.hget(keys.execution(p, child_id), "tenant"))
             unit = cancel_unit(p=p, tenant_id=tenant_id, execution_id=child_id, observed=observed, now_ms=now_ms())
             if isinstance(await self.committer.commit(unit), Applied):
                 log.info("cancelled child %s of cancelled execution %s", child_id, parent_id,
                          extra={"execution_id": child_id})
-                return
+                return None
+            return MOVED
+
+        await optimistically(attempt, exhausted=_given_up)
+
+
+async def _given_up() -> None:
+    """The state kept moving under every attempt: leave it quietly (the event is acked all the same)."""

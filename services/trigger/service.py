@@ -29,11 +29,8 @@ from services.trigger.reactor import Reactor
 from services.trigger.scheduler import Scheduler
 from services.trigger.watcher import FileWatcher
 from shared import keys
-from shared.commit import Committer
+from shared.bootstrap import Service
 from shared.consumer import StreamConsumer
-from shared.durability import ensure_durable
-from shared.metrics_server import start_metrics_server
-from shared.redis import connect
 from shared.settings import Settings
 from shared.triggers_firing import Firer
 
@@ -68,31 +65,28 @@ async def _every(seconds: float, action: Callable[[], Awaitable[object]], stop: 
 
 async def serve(settings: Settings, stop: asyncio.Event, consumer: str | None = None) -> None:
     """Run every part of the trigger service until ``stop`` is set."""
-    redis = connect(settings.redis_url)
-    committer = Committer(redis)
     try:
-        await ensure_durable(redis, settings)
-        await start_metrics_server(settings, stop, redis)
-        firer = Firer(redis, committer, settings)
-        feeder = Feeder(redis, firer, settings)
-        reactor = Reactor(redis, firer, feeder, settings)
-        log_consumer = StreamConsumer(
-            redis,
-            group=keys.GROUP_TRIGGER,
-            consumer=consumer or consumer_name(),
-            streams=[keys.log(p) for p in range(settings.partitions)],
-            handler=reactor.handle,
-        )
-        parts: dict[str, Callable[[], Awaitable[None]]] = {
-            "consumer": lambda: log_consumer.run(stop),
-            "scheduler": lambda: Scheduler(redis, firer, settings).run(stop),
-            "files": lambda: FileWatcher(redis, firer, settings).run(stop),
-            "smtp": lambda: serve_smtp(redis, firer, settings, stop),
-            "queue feed": lambda: _every(FEED_EVERY_S, feeder.feed_all, stop),
-            "queue abandon": lambda: sweep_abandoned(redis, committer, settings, stop),
-        }
-        await asyncio.gather(*(_supervised(name, part, stop) for name, part in parts.items()))
+        async with Service(settings, stop) as service:
+            redis, committer = service.redis, service.committer
+            await service.serve_metrics()
+            firer = Firer(redis, committer, settings)
+            feeder = Feeder(redis, firer, settings)
+            reactor = Reactor(redis, firer, feeder, settings)
+            log_consumer = StreamConsumer(
+                redis,
+                group=keys.GROUP_TRIGGER,
+                consumer=consumer or consumer_name(),
+                streams=[keys.log(p) for p in range(settings.partitions)],
+                handler=reactor.handle,
+            )
+            parts: dict[str, Callable[[], Awaitable[None]]] = {
+                "consumer": lambda: log_consumer.run(stop),
+                "scheduler": lambda: Scheduler(redis, firer, settings).run(stop),
+                "files": lambda: FileWatcher(redis, firer, settings).run(stop),
+                "smtp": lambda: serve_smtp(redis, firer, settings, stop),
+                "queue feed": lambda: _every(FEED_EVERY_S, feeder.feed_all, stop),
+                "queue abandon": lambda: sweep_abandoned(redis, committer, settings, stop),
+            }
+            await asyncio.gather(*(_supervised(name, part, stop) for name, part in parts.items()))
     finally:
-        await committer.close()
-        await redis.aclose()
         log.info("trigger service stopped")

@@ -276,7 +276,7 @@ elseif mode == 'expired' then
     for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[k], group)) do
       if want <= 0 then break end
       local name, pending = field(c, 'name'), field(c, 'pending')
-      if pending > 0 and name ~= 'backoff' and name ~= 'throttled' and name ~= 'parked' then
+      if pending > 0 and name ~= 'backoff' and name ~= 'parked' then
         local idle = redis.call('XPENDING', KEYS[k], group, 'IDLE', min_idle, '-', '+', want, name)
         for _, p in ipairs(idle) do
           local claimed = redis.call('XCLAIM', KEYS[k], group, consumer, min_idle, p[1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -88,6 +89,18 @@ async def execution_state(redis: Redis, tenant: TenantHandle, execution_id: str)
     return {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
 
 
+async def state_reaches(redis: Redis, tenant: TenantHandle, execution_id: str, field: str, *values: str,
+                        timeout: float = 20.0) -> dict[str, str]:
+    """The execution's Redis state once ``field`` holds one of ``values`` (an assertion error after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        current = await execution_state(redis, tenant, execution_id)
+        if current.get(field) in values:
+            return current
+        assert time.monotonic() < deadline, f"{field} stayed {current.get(field)!r}, wanted {values}: {current}"
+        await asyncio.sleep(0.05)
+
+
 async def mark_running(committer: Committer, tenant: TenantHandle, execution_id: str) -> None:
     """What dispatch's hand-out and the executor's start unit do, enough for the API's guards: the execution
     is owned by an executor and holds one of the tenant's running slots."""
@@ -133,6 +146,15 @@ async def executor(settings: Settings) -> AsyncIterator[None]:
     from services.executor.worker import serve as serve_executor
 
     async with _serving(serve_executor, settings):
+        yield
+
+
+@asynccontextmanager
+async def trigger_service(settings: Settings) -> AsyncIterator[None]:
+    """The real trigger service (``orq trigger``), in the background: chaining, queue items, sub-workflows."""
+    from services.trigger.service import serve as serve_triggers
+
+    async with _serving(serve_triggers, settings):
         yield
 
 

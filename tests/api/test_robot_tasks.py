@@ -21,9 +21,11 @@ from tests.api.support import (
     create_tenant,
     create_workflow,
     execute,
+    execution_state,
     executor,
     log_lengths,
     log_types,
+    state_reaches,
 )
 from tests.helpers import REDIS_URL
 
@@ -70,22 +72,6 @@ async def register(client: httpx.AsyncClient, tenant: TenantHandle, name: str, p
     return RobotClient(client, r.json())
 
 
-async def state(redis: Redis, tenant: TenantHandle, execution_id: str) -> dict[str, str]:
-    raw = await redis.hgetall(keys.execution(tenant.partition, execution_id))
-    return {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
-
-
-async def until(redis: Redis, tenant: TenantHandle, execution_id: str, field: str, *values: str,
-                timeout: float = 15.0) -> dict[str, str]:
-    deadline = time.monotonic() + timeout
-    while True:
-        current = await state(redis, tenant, execution_id)
-        if current.get(field) in values:
-            return current
-        assert time.monotonic() < deadline, f"{field} stayed {current.get(field)!r}, wanted {values}: {current}"
-        await asyncio.sleep(0.05)
-
-
 @pytest.fixture
 async def running(settings: Settings) -> AsyncIterator[None]:
     async with executor(settings):
@@ -97,7 +83,7 @@ async def test_a_robot_step_runs_on_a_robot_and_its_output_feeds_the_next_step(
     workflow = await create_workflow(client, tenant, {"name": "invoices", "steps": [ROBOT_STEP, AFTER_ROBOT]})
     robot = await register(client, tenant, "desk-1")
     execution_id = await execute(client, tenant, workflow["id"], params={"n": "INV-7"})
-    parked = await until(redis, tenant, execution_id, "parked", "robot")
+    parked = await state_reaches(redis, tenant, execution_id, "parked", "robot")
     assert "owner" not in parked, "a parked execution holds no executor slot"
     task = await robot.take()
     assert task["execution_id"] == execution_id and task["step_index"] == 0 and task["action"] == "set"
@@ -110,7 +96,7 @@ async def test_a_robot_step_runs_on_a_robot_and_its_output_feeds_the_next_step(
     r = await robot.call(task["task_id"], "complete", {"output": {"total": 99}})
     assert r.status_code == 200, r.text
     assert r.json()["step_status"] == "completed"
-    done = await until(redis, tenant, execution_id, "status", "completed")
+    done = await state_reaches(redis, tenant, execution_id, "status", "completed")
     assert "task" not in done and "parked" not in done
     types = await log_types(redis, tenant.partition)
     for expected in ("step.offered", "step.claimed", "execution.progress", "execution.log", "step.completed",
@@ -127,9 +113,9 @@ async def test_waiting_for_robots_holds_no_slot(client: httpx.AsyncClient, setti
     plain = await create_workflow(client, tenant, {"name": "plain", "steps": [{"action": "noop"}]})
     waiting = [await execute(client, tenant, robot_flow["id"], params={"n": i}) for i in range(10)]
     for execution_id in waiting:
-        await until(redis, tenant, execution_id, "parked", "robot")
+        await state_reaches(redis, tenant, execution_id, "parked", "robot")
     ran = await execute(client, tenant, plain["id"])
-    await until(redis, tenant, ran, "status", "completed")
+    await state_reaches(redis, tenant, ran, "status", "completed")
     assert int(await redis.hget(keys.running(tenant.partition), tenant.id) or 0) == 0
     assert await redis.zcard(keys.offers(tenant.partition, tenant.id, "desk")) == 10
 
@@ -149,7 +135,7 @@ async def test_a_silent_robots_task_goes_to_another_robot(client: httpx.AsyncCli
     assert refused.status_code == 409
     assert await log_lengths(redis, client_settings(client)) == before, "a stale call changes nothing"
     assert (await other.call(second["task_id"], "complete", {"output": {"total": 2}})).status_code == 200
-    done = await until(redis, tenant, execution_id, "status", "completed")
+    done = await state_reaches(redis, tenant, execution_id, "status", "completed")
     assert done["crash_count"] == "1"
     assert "execution.recovered" in await log_types(redis, tenant.partition)
 
@@ -168,7 +154,7 @@ async def test_a_failing_robot_step_is_retried_then_dead_lettered(client: httpx.
     assert second["attempt"] == 2
     r = await robot.call(second["task_id"], "fail", {"message": "screen not found", "kind": "business"})
     assert r.json()["execution_status"] == "failed"
-    dead = await state(redis, tenant, execution_id)
+    dead = await execution_state(redis, tenant, execution_id)
     assert dead["dead_lettered"] == "1"
     assert await redis.xlen(keys.dlq(tenant.partition)) == 1
     assert int(await redis.hget(keys.running(tenant.partition), tenant.id) or 0) == 0
@@ -186,7 +172,7 @@ async def test_cancel_reaches_the_robot_at_its_next_heartbeat(client: httpx.Asyn
     assert beat.status_code == 409 and beat.json()["error"]["code"] == "cancelled"
     late = await robot.call(task["task_id"], "complete", {"output": {"total": 5}})
     assert late.status_code == 409 and late.json()["error"]["code"] == "cancelled"
-    final = await state(redis, tenant, execution_id)
+    final = await execution_state(redis, tenant, execution_id)
     assert final["status"] == "cancelled" and "out:0" not in final
     assert await redis.zcard(keys.task_leases(tenant.partition)) == 0
     assert not await redis.exists(keys.task(tenant.partition, task["task_id"]))
@@ -197,7 +183,7 @@ async def test_a_queued_offer_is_withdrawn_by_cancel(client: httpx.AsyncClient, 
     workflow = await create_workflow(client, tenant, {"name": "one", "steps": [ROBOT_STEP]})
     robot = await register(client, tenant, "r")
     execution_id = await execute(client, tenant, workflow["id"], params={"n": 1})
-    await until(redis, tenant, execution_id, "parked", "robot")
+    await state_reaches(redis, tenant, execution_id, "parked", "robot")
     await client.post(f"/api/executions/{execution_id}/cancel", headers=tenant.headers)
     assert (await robot.next(wait_s=0)).status_code == 204
 
@@ -224,7 +210,7 @@ async def test_robot_keys_reach_only_their_pool_and_tenant(client: httpx.AsyncCl
     foreign = await register(client, other_tenant, "foreign")
     mine = await register(client, tenant, "mine")
     execution_id = await execute(client, tenant, workflow["id"], params={"n": 1})
-    await until(redis, tenant, execution_id, "parked", "robot")
+    await state_reaches(redis, tenant, execution_id, "parked", "robot")
     assert (await elsewhere.next(wait_s=0)).status_code == 204
     assert (await foreign.next(wait_s=0)).status_code == 204
     tenant_key = await client.post("/api/robots/tasks/next", json={}, headers=tenant.headers)

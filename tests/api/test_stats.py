@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from services.api.metrics import MINUTE_MS, percentile, summarize
@@ -179,7 +180,7 @@ async def test_metrics_in_prometheus_format(
     async with projector(settings):
 
         async def projected() -> str:
-            app.state.figures_cache = None  # the SQL figures are cached for a few seconds
+            app.state.metrics = None  # the SQL figures are cached for a few seconds
             r = await client.get("/metrics")
             assert r.status_code == 200
             assert _sample(r.text, "orq_executions", status="completed") == 2
@@ -193,16 +194,31 @@ async def test_metrics_in_prometheus_format(
     assert _sample(text, "orq_executions", status="queued") == 2
     assert _sample(text, "orq_executions", status="dead_lettered") == 1
     assert _sample(text, "orq_queue_depth", priority="3") == 1
-    assert _sample(text, "orq_execution_duration_avg_ms") == 200
-    assert _sample(text, "orq_execution_duration_p95_ms") == 300
-    assert _sample(text, "orq_error_rate") == pytest.approx(1 / 3, abs=1e-3)
-    assert _sample(text, "orq_throughput_per_minute") == pytest.approx(3 / 15, abs=1e-3)
+    assert _sample(text, "orq_execution_duration_avg_seconds") == 0.2
+    assert _sample(text, "orq_execution_duration_p95_seconds") == 0.3
+    assert _sample(text, "orq_error_ratio") == pytest.approx(1 / 3, abs=1e-3)
+    assert _sample(text, "orq_throughput_per_second") == pytest.approx(3 / 15 / 60, abs=1e-6)
     assert _sample(text, "orq_dlq_size", partition=str(p)) == 1
-    assert _sample(text, "orq_executor_slots_busy", partition=str(p)) == 1
-    assert _sample(text, "orq_consumer_group_lag", group="projector", partition=str(p)) == 0
+    assert _sample(text, "orq_running_executions", partition=str(p)) == 1
+    assert _sample(text, "orq_consumer_group_lag", group="projector", partition=str(p), stream="log") == 0
     assert _sample(text, "orq_feed_subscribers") == 0
+    assert _sample(text, "orq_feed_messages_total") == 0
+    _parses_with_the_official_parser(text)
     # The projector is stopped now: what is appended waits for it, and the lag says how much.
     await mark_running(committer, tenant, busy["q3"])
     await mark_running(committer, tenant, busy["q7"])
     text = (await client.get("/metrics")).text
-    assert _sample(text, "orq_consumer_group_lag", group="projector", partition=str(p)) == 2
+    assert _sample(text, "orq_consumer_group_lag", group="projector", partition=str(p), stream="log") == 2
+
+
+def _parses_with_the_official_parser(text: str) -> None:
+    """What Prometheus reads: typed families with the conventional names, the process collectors included."""
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["orq_executions"].type == "gauge"
+    assert families["orq_feed_messages"].type == "counter"  # the family of the ``_total`` sample
+    assert {s.name for s in families["orq_feed_messages"].samples} == {"orq_feed_messages_total"}
+    assert "process_cpu_seconds" in families or "python_gc_objects_collected" in families
+    lag = families["orq_consumer_group_lag"].samples
+    assert lag and all(set(s.labels) == {"partition", "stream", "group"} for s in lag)
+    for family in families.values():
+        assert not family.name.endswith(("_ms", "_per_minute", "_rate")), family.name  # base units, ratios

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx
@@ -14,12 +11,20 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 
-from services.trigger.service import serve as serve_triggers
 from shared import keys
 from shared.events import ExecutionQueued, decode
 from shared.plans import Plan, default_plans
 from shared.settings import Settings
-from tests.api.support import TenantHandle, create_tenant, create_workflow, execute, executor
+from tests.api.support import (
+    TenantHandle,
+    create_tenant,
+    create_workflow,
+    execute,
+    execution_state,
+    executor,
+    state_reaches,
+    trigger_service,
+)
 from tests.helpers import REDIS_URL
 
 
@@ -38,31 +43,8 @@ def settings(database_url: str) -> Settings:
 
 @pytest.fixture
 async def running(settings: Settings) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    async with AsyncExitStack() as stack:
-        await stack.enter_async_context(executor(settings))
-        triggers = asyncio.create_task(serve_triggers(settings, stop))
-        try:
-            yield
-        finally:
-            stop.set()
-            await asyncio.wait_for(triggers, 30)
-
-
-async def state(redis: Redis, tenant: TenantHandle, execution_id: str) -> dict[str, str]:
-    raw = await redis.hgetall(keys.execution(tenant.partition, execution_id))
-    return {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
-
-
-async def until(redis: Redis, tenant: TenantHandle, execution_id: str, field: str, *values: str,
-                timeout: float = 20.0) -> dict[str, str]:
-    deadline = time.monotonic() + timeout
-    while True:
-        current = await state(redis, tenant, execution_id)
-        if current.get(field) in values:
-            return current
-        assert time.monotonic() < deadline, f"{field} stayed {current.get(field)!r}, wanted {values}: {current}"
-        await asyncio.sleep(0.05)
+    async with executor(settings), trigger_service(settings):
+        yield
 
 
 def calls(child_id: str, **params: Any) -> dict[str, Any]:
@@ -77,12 +59,12 @@ async def test_the_childs_result_is_the_parent_steps_output(client: httpx.AsyncC
         calls(child["id"], params={"n": "{{ params.n }}"}),
         {"action": "set", "params": {"values": {"got": "{{ steps.0.output.doubled }}"}}}]})
     parent_id = await execute(client, tenant, parent["id"], params={"n": "4"})
-    done = await until(redis, tenant, parent_id, "status", "completed")
+    done = await state_reaches(redis, tenant, parent_id, "status", "completed")
     assert "waits_for" not in done and "parked" not in done
     final = await redis.hget(keys.execution(tenant.partition, parent_id), "out:1")
     assert msgspec.msgpack.decode(final) == {"got": "44"}, "the child's result fed the parent's next step"
     child_id = await _child_of(redis, tenant, parent_id)
-    child_state = await state(redis, tenant, child_id)
+    child_state = await execution_state(redis, tenant, child_id)
     assert child_state["status"] == "completed" and child_state["parent"] == parent_id
     assert child_state["trigger_type"] == "workflow" and child_state["depth"] == "1"
     types = [t.decode() for _, e in await redis.xrange(keys.log(tenant.partition)) for k, t in e.items()
@@ -96,9 +78,9 @@ async def test_without_wait_the_step_returns_the_childs_id(client: httpx.AsyncCl
                                                                                "params": {"ms": 200}}]})
     parent = await create_workflow(client, tenant, {"name": "parent", "steps": [calls(child["id"], wait=False)]})
     parent_id = await execute(client, tenant, parent["id"])
-    await until(redis, tenant, parent_id, "status", "completed")
+    await state_reaches(redis, tenant, parent_id, "status", "completed")
     child_id = await _child_of(redis, tenant, parent_id)
-    await until(redis, tenant, child_id, "status", "completed")
+    await state_reaches(redis, tenant, child_id, "status", "completed")
 
 
 async def test_a_failed_child_fails_the_parent_step(client: httpx.AsyncClient, tenant: TenantHandle, redis: Redis,
@@ -108,7 +90,7 @@ async def test_a_failed_child_fails_the_parent_step(client: httpx.AsyncClient, t
     parent = await create_workflow(client, tenant, {"name": "parent", "steps": [calls(child["id"])],
                                                     "retry": {"attempts": 1}})
     parent_id = await execute(client, tenant, parent["id"])
-    failed = await until(redis, tenant, parent_id, "status", "failed")
+    failed = await state_reaches(redis, tenant, parent_id, "status", "failed")
     assert failed["dead_lettered"] == "1"
     entries = await redis.xrange(keys.dlq(tenant.partition))
     errors = {e[b"e"].decode(): e[b"error"].decode() for _, e in entries}
@@ -121,12 +103,12 @@ async def test_cancelling_the_parent_cancels_the_child(client: httpx.AsyncClient
                                                                                "params": {"ms": 20_000}}]})
     parent = await create_workflow(client, tenant, {"name": "parent", "steps": [calls(child["id"])]})
     parent_id = await execute(client, tenant, parent["id"])
-    waiting = await until(redis, tenant, parent_id, "parked", "child")
+    waiting = await state_reaches(redis, tenant, parent_id, "parked", "child")
     child_id = waiting["waits_for"]
-    await until(redis, tenant, child_id, "status", "running")
+    await state_reaches(redis, tenant, child_id, "status", "running")
     r = await client.post(f"/api/executions/{parent_id}/cancel", headers=tenant.headers)
     assert r.status_code in (200, 202), r.text
-    await until(redis, tenant, child_id, "status", "cancelled")
+    await state_reaches(redis, tenant, child_id, "status", "cancelled")
 
 
 async def test_a_waiting_parent_holds_no_slot(client: httpx.AsyncClient, settings: Settings, redis: Redis,
@@ -135,7 +117,7 @@ async def test_a_waiting_parent_holds_no_slot(client: httpx.AsyncClient, setting
     child = await create_workflow(client, tenant, {"name": "child", "steps": [{"action": "noop"}]})
     parent = await create_workflow(client, tenant, {"name": "parent", "steps": [calls(child["id"])]})
     parent_id = await execute(client, tenant, parent["id"])
-    await until(redis, tenant, parent_id, "status", "completed")  # the child ran while its parent waited
+    await state_reaches(redis, tenant, parent_id, "status", "completed")  # the child ran while its parent waited
 
 
 async def test_call_cycles_and_unknown_workflows_are_refused_at_save(client: httpx.AsyncClient,
@@ -166,7 +148,7 @@ async def test_depth_is_capped(client: httpx.AsyncClient, tenant: TenantHandle, 
     loop = await create_workflow(client, tenant, {"name": "loop", "retry": {"attempts": 1}, "steps": [
         calls("{{ params.me }}", params={"me": "{{ params.me }}"})]})
     root = await execute(client, tenant, loop["id"], params={"me": loop["id"]})
-    failed = await until(redis, tenant, root, "status", "failed", timeout=40)
+    failed = await state_reaches(redis, tenant, root, "status", "failed", timeout=40)
     assert failed["dead_lettered"] == "1"
     errors = [e[b"error"].decode() for _, e in await redis.xrange(keys.dlq(tenant.partition))]
     assert any("depth_exceeded" in error for error in errors)

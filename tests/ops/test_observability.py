@@ -8,10 +8,12 @@ import logging
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.metrics_server import counter, start_metrics_server
+from shared.metrics import counter
+from shared.metrics_server import start_metrics_server
 from shared.runtime import configure_logging
 from shared.settings import Settings
 from tests.helpers import REDIS_URL, free_port
@@ -51,10 +53,17 @@ async def test_metrics_port_serves_prometheus_text(redis: Redis) -> None:
         await task
     assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/plain")
     text = reply.text
-    assert 'orq_consumer_group_lag{partition="1",stream="log",group="projector"} 1.0' in text
+    assert 'orq_consumer_group_lag{group="projector",partition="1",stream="log"} 1.0' in text  # labels sorted
+    assert 'orq_stream_length{partition="1",stream="log"} 1.0' in text
     assert 'orq_dlq_size{partition="2"} 1.0' in text
     assert "orq_test_total 7.0" in text and "# TYPE orq_test_total counter" in text
     assert missing.status_code == 404
+    families = {f.name: f for f in text_string_to_metric_families(text)}  # what Prometheus itself reads
+    assert families["orq_test"].type == "counter" and families["orq_up"].samples[0].value == 1
+    assert "process_cpu_seconds" in families or "python_gc_objects_collected" in families
+    # The same families, names and labels as the API's /metrics (one exporter, one lag reader).
+    assert {s.labels["group"] for s in families["orq_consumer_group_lag"].samples} == {"projector"}
+    assert {"orq_consumer_group_pending", "orq_running_executions", "orq_backlog"} <= set(families)
 
 
 async def test_metrics_port_is_off_by_default(redis: Redis) -> None:

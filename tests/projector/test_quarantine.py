@@ -18,7 +18,7 @@ from shared import keys
 from shared.clock import now_ms
 from shared.consumer import records_of
 from shared.events import EventBase
-from shared.metrics_server import render
+from shared.metrics import render
 from shared.settings import Settings
 from tests.helpers import assert_eventually
 from tests.projector.factories import append, fold, snapshot, stream_events

@@ -11,7 +11,7 @@ from services.api import responses, views
 from services.api.auth import require_tenant
 from services.api.commands import purge, retry
 from services.api.context import context
-from services.api.pagination import after, page_request, split_page
+from services.api.pagination import keyset_page, page_request
 from services.api.schemas import DlqPage
 from shared.schema import executions
 
@@ -21,14 +21,9 @@ async def list_dlq(request: Request) -> Response:
     ctx = context(request)
     page = page_request(request)
     c = executions.c
-    dead_at = func.coalesce(c.dead_lettered_at, c.queued_at)
-    query = select(executions, dead_at.label("sort_key")).where(c.tenant_id == tenant.id, c.in_dlq == true())
-    if page.after is not None:
-        query = query.where(after(dead_at, c.id, page.after))
-    query = query.order_by(dead_at.desc(), c.id.desc()).limit(page.limit + 1)
-    async with ctx.engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
-    items, cursor = split_page(rows, page.limit, lambda r: (r.sort_key, r.id))
+    dead_at = func.coalesce(c.dead_lettered_at, c.queued_at).label("sort_key")
+    query = select(executions, dead_at).where(c.tenant_id == tenant.id, c.in_dlq == true())
+    items, cursor = await keyset_page(ctx.engine, query, page, dead_at, c.id)
     return responses.json(DlqPage(items=[views.dlq_entry(r) for r in items], next_cursor=cursor))
 
 

@@ -28,6 +28,7 @@ from shared.clock import iso, month_end_ms, month_of, new_id, now_ms
 from shared.commit import Applied, Duplicate, Refused, Unit
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.events import QuotaExceeded
+from shared.optimistic import MOVED, Moved, optimistically
 from shared.plans import Plan
 from shared.state import TenantState, WorkflowState
 
@@ -69,10 +70,14 @@ async def _admit(request: Request, ctx: ApiContext, tenant: TenantState, workflo
     if idem_key is not None and (stored := await ctx.redis.get(idem_key)) is not None:
         return responses.raw_json(as_bytes(stored), 202)
     plan = ctx.plan(tenant.plan)
-    for attempt in range(ADMIT_ATTEMPTS):
-        if attempt:  # the workflow was saved under us: admit against its new version
-            workflow = await owned_workflow(ctx, tenant, workflow.id)
-        definition = await ctx.definitions.read(ctx.redis, tenant.partition, workflow.id, workflow.version)
+    rounds = 0
+
+    async def attempt() -> Response | Moved:
+        nonlocal rounds
+        # After the first round the workflow was saved under us: admit against its new version.
+        latest = await owned_workflow(ctx, tenant, workflow.id) if rounds else workflow
+        rounds += 1
+        definition = await ctx.definitions.read(ctx.redis, tenant.partition, latest.id, latest.version)
         if definition is None:
             raise NotFound(f"workflow {workflow.id} not found")
         now = now_ms()
@@ -80,7 +85,7 @@ async def _admit(request: Request, ctx: ApiContext, tenant: TenantState, workflo
             p=tenant.partition,
             tenant_id=tenant.id,
             plan=plan,
-            workflow=workflow,
+            workflow=latest,
             definition=definition,
             runs=runs,
             now_ms=now,
@@ -100,10 +105,12 @@ async def _admit(request: Request, ctx: ApiContext, tenant: TenantState, workflo
                     retry_after_s=BACKLOG_RETRY_AFTER_S, limit=plan.max_backlog, queued=int(actual or 0),
                 )
             case Refused(label=label) if label == WORKFLOW_CHANGED_GUARD:
-                continue
+                return MOVED
             case Refused():
                 raise NotFound(f"workflow {workflow.id} not found")
-    raise Conflict("the workflow is being changed concurrently, try again")
+
+    return await optimistically(attempt, attempts=ADMIT_ATTEMPTS,
+                                exhausted=Conflict("the workflow is being changed concurrently, try again"))
 
 
 async def _quota_exceeded(

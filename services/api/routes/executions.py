@@ -12,7 +12,8 @@ from services.api.auth import require_tenant
 from services.api.bodies import read_json
 from services.api.commands import cancel, change_priority, owned_execution, retry
 from services.api.context import context
-from services.api.pagination import after, page_request, split_page
+from services.api.listing import one_of
+from services.api.pagination import keyset_page, page_request
 from services.api.routes import history
 from services.api.schemas import ExecutionPage, PriorityIn
 from shared.errors import NotFound, ValidationFailed
@@ -39,9 +40,7 @@ async def list_executions(request: Request) -> Response:
     query = select(executions).where(c.tenant_id == tenant.id)
     status = _filter(request, "status")
     if status is not None:
-        if status not in Status.__members__.values():
-            raise ValidationFailed(f"status: one of {', '.join(Status)}", field="status")
-        query = query.where(c.status == status)
+        query = query.where(c.status == one_of("status", status, tuple(Status)))
     workflow_id = _filter(request, "workflow_id")
     if workflow_id is not None:
         if len(workflow_id) > MAX_FILTER_LENGTH:
@@ -49,15 +48,8 @@ async def list_executions(request: Request) -> Response:
         query = query.where(c.workflow_id == workflow_id)
     trigger_type = _filter(request, "trigger_type")
     if trigger_type is not None:
-        if trigger_type not in EXECUTION_SOURCES:
-            raise ValidationFailed(f"trigger_type: one of {', '.join(EXECUTION_SOURCES)}", field="trigger_type")
-        query = query.where(c.trigger_type == trigger_type)
-    if page.after is not None:
-        query = query.where(after(c.queued_at, c.id, page.after))
-    query = query.order_by(c.queued_at.desc(), c.id.desc()).limit(page.limit + 1)
-    async with ctx.engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
-    items, cursor = split_page(rows, page.limit, lambda r: (r.queued_at, r.id))
+        query = query.where(c.trigger_type == one_of("trigger_type", trigger_type, EXECUTION_SOURCES))
+    items, cursor = await keyset_page(ctx.engine, query, page, c.queued_at, c.id)
     return responses.json(ExecutionPage(items=[views.execution_summary(r) for r in items], next_cursor=cursor))
 
 

@@ -16,13 +16,14 @@ from starlette.routing import Route
 from services.api import responses
 from services.api.auth import require_tenant
 from services.api.context import context
+from services.api.listing import one_of
 from services.api.ownership import MAX_ID_LENGTH
-from services.api.pagination import after, page_request, split_page
+from services.api.pagination import keyset_page, page_request
 from services.api.schemas import Notification, NotificationPage, ResendAccepted
 from shared import keys
 from shared.clock import iso, now_ms
 from shared.commit import Applied, Refused
-from shared.errors import Conflict, NotFound, ValidationFailed
+from shared.errors import Conflict, NotFound
 from shared.notifications import resend_unit
 from shared.redis import text
 from shared.schema import notifications
@@ -60,15 +61,8 @@ async def list_notifications(request: Request) -> Response:
         query = query.where(c.execution_id == execution_id[:MAX_ID_LENGTH])
     status = request.query_params.get("status")
     if status is not None:
-        if status not in STATUSES:
-            raise ValidationFailed(f"status: one of {', '.join(STATUSES)}", field="status")
-        query = query.where(c.status == status)
-    if page.after is not None:
-        query = query.where(after(c.created_at, c.id, page.after))
-    query = query.order_by(c.created_at.desc(), c.id.desc()).limit(page.limit + 1)
-    async with ctx.engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
-    items, cursor = split_page(rows, page.limit, lambda r: (r.created_at, r.id))
+        query = query.where(c.status == one_of("status", status, STATUSES))
+    items, cursor = await keyset_page(ctx.engine, query, page, c.created_at, c.id)
     return responses.json(NotificationPage(items=[_view(r) for r in items], next_cursor=cursor))
 
 

@@ -16,8 +16,9 @@ from services.api import responses
 from services.api.auth import require_tenant
 from services.api.bodies import check_json_value, read_json
 from services.api.context import ApiContext, context
+from services.api.listing import one_of
 from services.api.ownership import MAX_ID_LENGTH
-from services.api.pagination import after, page_request, split_page
+from services.api.pagination import keyset_page, page_request
 from services.api.routes.queues import STATUSES, owned_queue
 from services.api.schemas import (
     ClaimIn,
@@ -36,6 +37,7 @@ from shared.clock import iso, new_id, now_ms, stream_id_parts
 from shared.commit import Applied, Refused
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.events import QueueItemSnapshot
+from shared.optimistic import MOVED, Moved, optimistically
 from shared.queues import QUEUE_CHANGED_GUARD, QueueState
 from shared.queues_claims import IN_PROGRESS, abandon_due, claim_unit, claimed_id, completed, failed, noted
 from shared.queues_items import (
@@ -53,8 +55,6 @@ from shared.state import TenantState
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ITEM_INDEX = re.compile(r"^items\[(?P<index>\d+)\]")
-# An add refused because the queue's unique_reference changed meanwhile is decided again, once or twice.
-ATTEMPTS = 3
 LAZY_SWEEP_MS = 1_000
 
 
@@ -175,8 +175,11 @@ def _duplicate(reference: str, index: int | None, holder: str) -> Conflict:
 
 
 async def _add(ctx: ApiContext, tenant: TenantState, queue_id: str, items: list[NewItem], bulk: bool) -> int:
-    """Add ``items`` all or nothing; returns the time they were added."""
-    for _ in range(ATTEMPTS):
+    """Add ``items`` all or nothing; returns the time they were added.
+
+    An add refused because the queue's ``unique_reference`` changed meanwhile is decided again."""
+
+    async def attempt() -> int | Moved:
         queue = await owned_queue(ctx, tenant, queue_id)
         if queue.unique_reference:
             _duplicates_within(items, bulk)
@@ -191,10 +194,11 @@ async def _add(ctx: ApiContext, tenant: TenantState, queue_id: str, items: list[
                 index = int(label.rpartition(":")[2])
                 raise _duplicate(items[index].reference or "", index if bulk else None, f"item {actual}")
             case Refused(label=label) if label == QUEUE_CHANGED_GUARD:
-                continue
+                return MOVED
             case _:
                 raise NotFound(f"queue {queue_id} not found")
-    raise Conflict("the queue is being changed concurrently, try again")
+
+    return await optimistically(attempt, exhausted=Conflict("the queue is being changed concurrently, try again"))
 
 
 # --- commands ------------------------------------------------------------------------------------------------
@@ -324,20 +328,13 @@ async def list_items(request: Request) -> Response:
     query = _item_query().where(c.queue_id == queue.id, c.tenant_id == tenant.id)
     status = request.query_params.get("status")
     if status:
-        if status not in STATUSES:
-            raise ValidationFailed(f"status: one of {', '.join(STATUSES)}", field="status")
-        query = query.where(c.status == status)
+        query = query.where(c.status == one_of("status", status, STATUSES))
     reference = request.query_params.get("reference")
     if reference:
         if len(reference) > 200:
             raise ValidationFailed("reference: at most 200 characters", field="reference")
         query = query.where(c.reference == reference)
-    if page.after is not None:
-        query = query.where(after(c.created_at, c.id, page.after))
-    query = query.order_by(c.created_at.desc(), c.id.desc()).limit(page.limit + 1)
-    async with ctx.engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
-    items, cursor = split_page(rows, page.limit, lambda r: (r.created_at, r.id))
+    items, cursor = await keyset_page(ctx.engine, query, page, c.created_at, c.id)
     return responses.json(QueueItemPage(items=[QueueItem(**_row_fields(r)) for r in items], next_cursor=cursor))
 
 

@@ -22,6 +22,7 @@ from shared.clock import iso, new_id, now_ms
 from shared.commit import Applied, Refused
 from shared.errors import Conflict, NotFound
 from shared.events import QueueSnapshot
+from shared.optimistic import MOVED, Moved, optimistically
 from shared.queues import (
     NAME_TAKEN_GUARD,
     QUEUE_CHANGED_GUARD,
@@ -34,8 +35,6 @@ from shared.queues import (
 from shared.schema import queue_items, work_queues
 from shared.state import TenantState
 
-# A PUT or DELETE decided on a revision another change overtook is decided again, a bounded number of times.
-ATTEMPTS = 3
 # Open items in the last fifth of their SLA (or that close to their deadline) are "at risk".
 RISK_FRACTION = 0.2
 AT_RISK_SHOWN = 20
@@ -113,7 +112,8 @@ async def update_queue(request: Request) -> Response:
     await owned_queue(ctx, tenant, queue_id)  # an unknown queue is a 404, whatever the body
     body = await read_json(request, QueueUpdateIn)
     changes = {f: v for f in QueueUpdateIn.__struct_fields__ if (v := getattr(body, f)) is not msgspec.UNSET}
-    for _ in range(ATTEMPTS):
+
+    async def attempt() -> Response | Moved:
         queue = await owned_queue(ctx, tenant, queue_id)
         if all(getattr(queue.snapshot, f) == v for f, v in changes.items()):
             return responses.json(queue_view(queue_id, queue.snapshot))  # nothing changes: nothing appended
@@ -125,24 +125,29 @@ async def update_queue(request: Request) -> Response:
             case Refused(label=label) if label == NAME_TAKEN_GUARD:
                 raise _name_taken(snapshot.name)
             case Refused(label=label) if label == QUEUE_CHANGED_GUARD:
-                continue
+                return MOVED
             case _:
                 raise NotFound(f"queue {queue_id} not found")
-    raise Conflict("the queue is being changed concurrently, try again")
+
+    return await optimistically(attempt, exhausted=Conflict("the queue is being changed concurrently, try again"))
 
 
 async def delete_queue(request: Request) -> Response:
     tenant = await require_tenant(request)
     ctx = context(request)
     queue_id = request.path_params["id"]
-    for _ in range(ATTEMPTS):
+    gone = NotFound(f"queue {queue_id} not found")  # deleted meanwhile, or changing faster than we read
+
+    async def attempt() -> Response | Moved:
         queue = await owned_queue(ctx, tenant, queue_id)
         outcome = await ctx.committer.commit(delete_unit(p=tenant.partition, queue=queue, now_ms=now_ms()))
         if isinstance(outcome, Applied):
             return responses.no_content()
         if isinstance(outcome, Refused) and outcome.label != QUEUE_CHANGED_GUARD:
-            break
-    raise NotFound(f"queue {queue_id} not found")
+            raise gone
+        return MOVED
+
+    return await optimistically(attempt, exhausted=gone)
 
 
 async def get_queue(request: Request) -> Response:

@@ -13,17 +13,10 @@ from starlette.routing import Route
 from services.api import responses
 from services.api.auth import require_tenant
 from services.api.context import context
-from services.api.metrics import (
-    WINDOW_MINUTES,
-    Exposition,
-    Figures,
-    FiguresCache,
-    execution_figures,
-    exposition,
-    machinery,
-)
+from services.api.metrics import WINDOW_MINUTES, ApiMetrics, Figures, execution_figures
 from services.api.schemas import MinuteThroughput, Stats, StatusCounts
 from shared.clock import iso, now_ms
+from shared.metrics import CONTENT_TYPE
 
 
 def stats_body(figures: Figures) -> Stats:
@@ -52,14 +45,13 @@ async def stats(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     ctx = context(request)
-    cache: FiguresCache | None = getattr(request.app.state, "figures_cache", None)
-    if cache is None:
-        cache = request.app.state.figures_cache = FiguresCache()
-    figures = await cache.get(ctx.engine, now_ms())
-    state = await machinery(ctx.redis, ctx.settings.partitions)
+    exporter: ApiMetrics | None = getattr(request.app.state, "metrics", None)
+    if exporter is None:  # one per app (its registry holds the process collectors), made at the first scrape
+        exporter = request.app.state.metrics = ApiMetrics()
     hub = ctx.feed
     feed = {"subscribers": hub.subscribers, "delivered": hub.stats.delivered, "dropped": hub.stats.dropped}
-    return Response(exposition(figures, state, feed), media_type=Exposition.CONTENT_TYPE)
+    body = await exporter.scrape(ctx.engine, ctx.redis, ctx.settings.partitions, feed, now_ms())
+    return Response(body, media_type=CONTENT_TYPE)
 
 
 routes = [

@@ -20,6 +20,7 @@ from services.api import responses
 from services.api.auth import require_tenant
 from services.api.bodies import check_json_value, read_json
 from services.api.context import ApiContext, context
+from services.api.listing import one_of
 from services.api.ownership import MAX_ID_LENGTH, owned
 from services.api.pagination import live_page, page_request
 from services.api.priority import check_priority
@@ -29,6 +30,7 @@ from shared import cron, keys
 from shared.clock import iso, new_id, now_ms
 from shared.commit import Applied, Refused
 from shared.errors import Conflict, NotFound, ValidationFailed
+from shared.optimistic import MOVED, Moved, optimistically
 from shared.redis import text
 from shared.schema import workflow_triggers
 from shared.settings import Settings
@@ -59,7 +61,6 @@ from shared.triggers import (
     save_unit,
 )
 
-SAVE_ATTEMPTS = 3
 WEBHOOK_PATH = "/api/triggers/webhook/{token}"
 
 
@@ -217,14 +218,17 @@ async def create_trigger(request: Request) -> Response:
     ctx = context(request)
     body = await read_json(request, TriggerIn)
     trigger_id = new_id()
-    for _ in range(SAVE_ATTEMPTS):
+
+    async def attempt() -> Response | Moved:
         draft, chains_rev = await _draft(ctx, tenant, body, trigger_id, None)
         outcome = await ctx.committer.commit(save_unit(tenant.partition, trigger_id, draft, None, now_ms(), chains_rev))
         if isinstance(outcome, Applied):
             return await _reply(request, ctx, tenant, trigger_id, 201)
         if not (isinstance(outcome, Refused) and outcome.label == CHAINS_GUARD):
             raise Conflict("trigger id collision, try again")
-    raise Conflict("triggers are being changed concurrently, try again")
+        return MOVED
+
+    return await optimistically(attempt, exhausted=Conflict("triggers are being changed concurrently, try again"))
 
 
 async def update_trigger(request: Request) -> Response:
@@ -233,7 +237,8 @@ async def update_trigger(request: Request) -> Response:
     trigger_id = request.path_params["id"]
     await owned_trigger(ctx, tenant, trigger_id)
     body = await read_json(request, TriggerIn)
-    for _ in range(SAVE_ATTEMPTS):
+
+    async def attempt() -> Response | Moved:
         previous = await owned_trigger(ctx, tenant, trigger_id)
         draft, chains_rev = await _draft(ctx, tenant, body, trigger_id, previous)
         unit = save_unit(tenant.partition, trigger_id, draft, previous, now_ms(), chains_rev)
@@ -242,18 +247,27 @@ async def update_trigger(request: Request) -> Response:
             return await _reply(request, ctx, tenant, trigger_id, 200)
         if isinstance(outcome, Refused) and outcome.label not in (REV_GUARD, CHAINS_GUARD):
             raise NotFound(f"trigger {trigger_id} not found")
-    raise Conflict("the trigger is being changed or fired concurrently, try again")
+        return MOVED
+
+    return await optimistically(attempt, exhausted=_busy())
 
 
 async def delete_trigger(request: Request) -> Response:
     tenant = await require_tenant(request)
     ctx = context(request)
     trigger_id = request.path_params["id"]
-    for _ in range(SAVE_ATTEMPTS):
+
+    async def attempt() -> Response | Moved:
         previous = await owned_trigger(ctx, tenant, trigger_id)
         if isinstance(await ctx.committer.commit(delete_unit(tenant.partition, previous, now_ms())), Applied):
             return responses.no_content()
-    raise Conflict("the trigger is being changed or fired concurrently, try again")
+        return MOVED
+
+    return await optimistically(attempt, exhausted=_busy())
+
+
+def _busy() -> Conflict:
+    return Conflict("the trigger is being changed or fired concurrently, try again")
 
 
 async def _reply(request: Request, ctx: ApiContext, tenant: TenantState, trigger_id: str, status: int) -> Response:
@@ -291,9 +305,7 @@ async def list_triggers(request: Request) -> Response:
         conditions.append(c.workflow_id == workflow_id)
     kind = request.query_params.get("trigger_type")
     if kind:
-        if kind not in TRIGGER_TYPES:
-            raise ValidationFailed(f"trigger_type: one of {', '.join(TRIGGER_TYPES)}", field="trigger_type")
-        conditions.append(c.trigger_type == kind)
+        conditions.append(c.trigger_type == one_of("trigger_type", kind, TRIGGER_TYPES))
     items, cursor = await live_page(ctx.engine, workflow_triggers, tenant.id, page, *conditions)
     base = public_base(request, ctx.settings)
     return responses.json(TriggerPage(items=[trigger_view(r.id, _row_fields(r), base, ctx.settings) for r in items],

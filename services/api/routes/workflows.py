@@ -22,13 +22,11 @@ from shared.commit import Applied, Refused, Unit
 from shared.control import workflow_delete_unit
 from shared.errors import Conflict, NotFound
 from shared.events import WorkflowSaved
+from shared.optimistic import MOVED, Moved, optimistically
 from shared.redis import text
 from shared.schema import workflows
 from shared.state import TenantState, WorkflowState, encode_definition, read_workflow, workflow_from_hash
 from shared.workflows import WorkflowDef
-
-# A PUT replaces the whole definition, so losing a race to another save is retried (last writer wins).
-SAVE_ATTEMPTS = 3
 
 
 async def owned_workflow(ctx: ApiContext, tenant: TenantState, workflow_id: str) -> WorkflowState:
@@ -101,7 +99,9 @@ async def update_workflow(request: Request) -> Response:
                                   allow_private=ctx.settings.allow_private_networks)
     await subworkflows.check_calls(ctx.redis, ctx.definitions, p=tenant.partition, tenant_id=tenant.id,
                                    workflow_id=workflow_id, definition=definition)
-    for _ in range(SAVE_ATTEMPTS):
+
+    # A PUT replaces the whole definition, so losing a race to another save is decided again (last writer wins).
+    async def attempt() -> Response | Moved:
         previous = await owned_workflow(ctx, tenant, workflow_id)
         ts = now_ms()
         outcome = await ctx.committer.commit(_save_unit(tenant, workflow_id, definition, previous, ts))
@@ -111,7 +111,9 @@ async def update_workflow(request: Request) -> Response:
             return responses.json(views.workflow(workflow_id, previous.version + 1, definition, created_at, ts))
         if isinstance(outcome, Refused) and outcome.label == WORKFLOW_GONE_GUARD:
             raise NotFound(f"workflow {workflow_id} not found")
-    raise Conflict("workflow is being changed concurrently, try again")
+        return MOVED
+
+    return await optimistically(attempt, exhausted=Conflict("workflow is being changed concurrently, try again"))
 
 
 async def delete_workflow(request: Request) -> Response:
