@@ -7,7 +7,7 @@ scheduled run, once per ``ORQ_MAINTENANCE_INTERVAL_S`` across instances).
    (``ORQ_LOG_MIN_RETENTION_S``). The group bounds are computed and the trim done in one Lua call, so a
    group cannot fall behind between the two. Nothing is trimmed before the first checkpoint.
 2. **Cap the DLQ** per partition (``ORQ_DLQ_MAX_ENTRIES``, ``ORQ_DLQ_MAX_AGE_S``): the oldest entries past
-   the policy are purged through :func:`shared.control.dlq_purge_unit` (an ``execution.dlq_purged`` event
+   the policy are purged through :func:`shared.execution_commands.dlq_purge_unit` (an ``execution.dlq_purged`` event
    each, so the projections agree).
 3. **Idempotency keys**: they are written with a TTL; any found without one (an older version, a manual
    ``SET``) gets ``settings.idempotency_ttl_s``.
@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared import keys, schema
 from shared.clock import stream_id_parts
 from shared.commit import Applied, Committer, load_lua
-from shared.control import dlq_purge_unit
+from shared.execution_commands import dlq_purge_unit
 from shared.redis import Entries, text
 from shared.settings import Settings
 

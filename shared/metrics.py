@@ -10,6 +10,13 @@ counters end in ``_total``; stream families carry the same labels everywhere (``
 ``group`` where they apply; ``prometheus_client`` writes label names sorted).
 Families are described as small :class:`Metric` values read when scraped (a service's counters live on its
 own objects), and turned into ``prometheus_client`` families here only.
+
+What *happens* (an execution ends, a step ends, a retry is scheduled, a trigger fires, a webhook call is refused)
+is counted where it is committed, in this process, by the counters and histograms of :data:`HAPPENINGS` (every
+exporter of the process includes them): ``observe(unit)`` after a unit is applied, ``trigger_fired`` and
+``webhook_refused`` at their call sites. Labels are bounded: outcomes, trigger types and refusal reasons,
+never a tenant or execution id. Prometheus' ``rate()``/``increase()`` and ``histogram_quantile()`` aggregate
+them across instances and windows, which the API's windowed gauges cannot.
 """
 
 from __future__ import annotations
@@ -18,12 +25,32 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client import Metric as Family
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from redis.asyncio import Redis
 
+from shared.commit import Unit
+from shared.events import (
+    EventBase,
+    ExecutionCancelled,
+    ExecutionCompleted,
+    ExecutionDeadLettered,
+    ExecutionFailed,
+    ExecutionRetrying,
+    StepCompleted,
+    StepFailed,
+    decode,
+)
 from shared.inspection import PartitionStatus, partition_status
 
 Labels = tuple[tuple[str, str], ...]
@@ -89,6 +116,7 @@ class Exporter:
             PlatformCollector(registry=self.registry)
             GCCollector(registry=self.registry)
         self._scraped: list[Metric] = []
+        self.registry.register(_Happenings())
         self.registry.register(_Families(lambda: [*self._scraped, *(m for c in collects for m in c())]))
 
     def render(self, scraped: Iterable[Metric] = ()) -> bytes:
@@ -149,3 +177,84 @@ class StreamMetrics:
         if self._cached is None or time.monotonic() - self._cached[0] > self._ttl_s:
             self._cached = (time.monotonic(), stream_metrics(await partition_status(self.redis, self.partitions)))
         return self._cached[1]
+
+
+# --- What happens: counters and histograms, one set per process ---------------------------------------------
+
+# ``*_created`` series double every counter and histogram and no dashboard or alert here reads them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+HAPPENINGS = CollectorRegistry()
+# Seconds: a step of a few ms up to an execution of hours.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600)
+EXECUTIONS = Counter("orq_executions_total", "Executions ended, by outcome (completed, failed, cancelled, "
+                     "dead_lettered; a dead-lettered execution counts once, as dead_lettered).", ["outcome"],
+                     registry=HAPPENINGS)
+STEPS = Counter("orq_steps_total", "Steps ended, by outcome (completed, failed, continued: failed and let pass).",
+                ["outcome"], registry=HAPPENINGS)
+RETRIES = Counter("orq_retries_total", "Retries scheduled (an attempt failed and another one will follow).",
+                  registry=HAPPENINGS)
+DEAD_LETTERS = Counter("orq_dead_letters_total", "Executions put in the dead-letter queue, by reason.",
+                       ["reason"], registry=HAPPENINGS)
+TRIGGERS_FIRED = Counter("orq_triggers_fired_total", "Triggers fired (an execution queued), by trigger type.",
+                         ["type"], registry=HAPPENINGS)
+WEBHOOK_REFUSED = Counter("orq_webhook_refused_total", "Webhook calls refused, by reason (unauthorized: bad, "
+                          "stale or replayed signature; rate_limited).", ["reason"], registry=HAPPENINGS)
+EXECUTION_DURATION = Histogram("orq_execution_duration_seconds", "Duration of completed executions (first start "
+                               "to completion, retries included).", buckets=DURATION_BUCKETS, registry=HAPPENINGS)
+STEP_DURATION = Histogram("orq_step_duration_seconds", "Duration of steps run by an executor, by outcome.",
+                          ["outcome"], buckets=DURATION_BUCKETS, registry=HAPPENINGS)
+QUEUE_WAIT = Histogram("orq_execution_queue_wait_seconds", "From queued to the first start on an executor.",
+                       buckets=DURATION_BUCKETS, registry=HAPPENINGS)
+# Which event ends an execution how (ExecutionFailed with dead_lettered is counted by its ExecutionDeadLettered).
+_EVENT_TYPES = {"execution.completed", "execution.failed", "execution.dead_lettered", "execution.cancelled",
+                "execution.retrying", "step.completed", "step.failed"}
+
+
+class _Happenings:
+    """The process's counters and histograms, collected into each exporter's registry."""
+
+    def collect(self) -> Iterator[Family]:
+        return iter(HAPPENINGS.collect())
+
+
+def observe(unit: Unit) -> None:
+    """Count what the (applied) ``unit`` ended: call it once the commit returned ``Applied``."""
+    for op in unit.ops:
+        if op[0] == "log" and op[2] in _EVENT_TYPES:
+            observe_event(decode(unit.blobs[op[3][0] - 1]))
+
+
+def observe_event(event: EventBase) -> None:
+    match event:
+        case ExecutionCompleted(duration_ms=duration_ms):
+            EXECUTIONS.labels("completed").inc()
+            EXECUTION_DURATION.observe(duration_ms / 1000)
+        case ExecutionFailed(dead_lettered=False):
+            EXECUTIONS.labels("failed").inc()
+        case ExecutionDeadLettered(reason=reason):
+            EXECUTIONS.labels("dead_lettered").inc()
+            DEAD_LETTERS.labels(reason).inc()
+        case ExecutionCancelled():
+            EXECUTIONS.labels("cancelled").inc()
+        case ExecutionRetrying():
+            RETRIES.inc()
+        case StepCompleted(duration_ms=duration_ms):
+            STEPS.labels("completed").inc()
+            STEP_DURATION.labels("completed").observe(duration_ms / 1000)
+        case StepFailed(duration_ms=duration_ms, continued=continued):
+            outcome = "continued" if continued else "failed"
+            STEPS.labels(outcome).inc()
+            STEP_DURATION.labels(outcome).observe(duration_ms / 1000)
+
+
+def queue_wait(queued_ms: int, started_ms: int) -> None:
+    """An execution's first start, ``started_ms - queued_ms`` after it was queued."""
+    QUEUE_WAIT.observe(max(0, started_ms - queued_ms) / 1000)
+
+
+def trigger_fired(trigger_type: str) -> None:
+    TRIGGERS_FIRED.labels(trigger_type).inc()
+
+
+def webhook_refused(reason: str) -> None:
+    WEBHOOK_REFUSED.labels(reason).inc()

@@ -111,7 +111,7 @@ def claim_item(
 
 def link_run(unit: Unit, *, trigger_id: str, item_id: str, execution_id: str) -> Unit:
     """Record execution → item in ``trigger_runs`` and count the run in its trigger's ``inflight``: when the run
-    ends, the trigger service settles the item and frees the slot (``services/trigger/feeder.py``)."""
+    ends, the trigger service settles the item and frees the slot (``services/trigger/queue_items.py``)."""
     p = unit.p
     unit.hincrby(keys.trigger(p, trigger_id), "inflight", 1)
     return unit.hset(keys.trigger_runs(p), {execution_id: f"{trigger_id} {item_id}"})

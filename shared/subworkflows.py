@@ -6,7 +6,7 @@ atomic unit that parks the parent, so a parent never waits for a child that was 
 child are of one tenant, so of one partition. The child's hash records ``parent``, ``parent_step`` and its
 ``depth``; the parent's records ``waits_for`` (its child) and ``parked`` = ``child``.
 
-The child's end reaches the parent through the log: the trigger service's reactor sees the child's
+The child's end reaches the parent through the log: the trigger service's log reactions see the child's
 ``execution.completed`` / ``failed`` / ``cancelled`` and commits the parent's step outcome
 (:func:`parent_outcome_unit`), guarded by the parent still waiting for that child, so a redelivered event
 changes nothing. A cancelled parent's child is cancelled the same way (:func:`child_to_cancel`).

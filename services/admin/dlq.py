@@ -1,7 +1,7 @@
 """``orq dlq list|retry|purge``: the dead-letter queues of every partition, in bulk, by filter.
 
 The DLQ streams (``orq:{p}:dlq``) are read directly: they are what the executor wrote, including entries
-not projected yet. Retry and purge are the same units as the API's (``shared.control.requeue_unit`` and
+not projected yet. Retry and purge are the same units as the API's (``shared.execution_commands.requeue_unit`` and
 ``dlq_purge_unit``), each guarded on the state it observed, so an entry that moved meanwhile is skipped.
 """
 
@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from shared import keys
 from shared.clock import iso, now_ms, stream_id_parts
 from shared.commit import Applied, Committer
-from shared.control import dlq_purge_unit, requeue_unit
+from shared.execution_commands import dlq_purge_unit, requeue_unit
 from shared.redis import Entries, connect, text
 from shared.settings import Settings
 from shared.state import Status, read_execution

@@ -24,7 +24,6 @@ from services.api.feed import FeedHub
 from services.api.limits import BodySizeLimit
 from services.api.offers import OfferWaiters
 from services.api.routes import (
-    control,
     dlq,
     execute,
     executions,
@@ -32,6 +31,7 @@ from services.api.routes import (
     history,
     home,
     notifications,
+    pausing,
     queue_items,
     queues,
     robot_tasks,
@@ -78,7 +78,7 @@ def all_routes() -> list[BaseRoute]:
     return [
         Route("/api", api_index, methods=["GET"]),
         *tenants.routes,
-        *control.routes,
+        *pausing.routes,
         *workflows.routes,
         *execute.routes,
         *history.routes,

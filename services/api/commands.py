@@ -20,12 +20,12 @@ from services.api.context import ApiContext
 from services.api.ownership import MAX_ID_LENGTH
 from services.api.priority import check_priority
 from services.api.schemas import CommandAccepted
-from shared import keys
+from shared import keys, metrics
 from shared.clock import now_ms
 from shared.commit import Applied, Unit
-from shared.control import cancel_unit, dlq_purge_unit, priority_unit, requeue_unit, restored_state
 from shared.errors import Conflict, NotFound
 from shared.events import ExecutionDlqPurged
+from shared.execution_commands import cancel_unit, dlq_purge_unit, priority_unit, requeue_unit, restored_state
 from shared.optimistic import MOVED, Moved, optimistically
 from shared.queues import read_queue
 from shared.queues_claims import rerun_item, rerunnable
@@ -116,6 +116,7 @@ async def cancel(ctx: ApiContext, tenant: TenantState, execution_id: str) -> Com
             p=tenant.partition, tenant_id=tenant.id, execution_id=execution_id, observed=status, now_ms=now_ms()
         )
         if isinstance(await ctx.committer.commit(unit), Applied):
+            metrics.observe(unit)
             return CommandAccepted(execution_id=execution_id, status=Status.CANCELLED.value, priority=_priority(state))
         return MOVED
 

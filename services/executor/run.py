@@ -19,10 +19,10 @@ from redis.asyncio import Redis
 
 from services.executor.actions import Actions
 from services.executor.job import Job
-from shared import keys, outcomes, robot_tasks, subworkflows
+from shared import keys, metrics, outcomes, robot_tasks, subworkflows
 from shared.actions import WorkflowParams
 from shared.clock import now_ms
-from shared.commit import Committer, Refused, Unit
+from shared.commit import Applied, Committer, Refused, Unit
 from shared.errors import StepFailed
 from shared.events import (
     ExecutionLog,
@@ -125,6 +125,8 @@ class ExecutionRun:
         outcome = await self.env.committer.commit(unit)
         if isinstance(outcome, Refused):
             raise RunStopped(f"{outcome.label} is {outcome.actual!r}")
+        if isinstance(outcome, Applied):  # counted once committed: a refused unit ended nothing
+            metrics.observe(unit)
 
     # --- lifecycle ------------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -172,7 +174,8 @@ class ExecutionRun:
         definition = job.definition
         from_step = job.int_field(b"step")
         unit.hset(key, {"status": Status.RUNNING.value})
-        if not self.started_ms:
+        first_start = not self.started_ms
+        if first_start:
             unit.hsetnx(key, "started_at", ts)
             self.started_ms = ts
         if b"retry_at" in job.state:
@@ -184,6 +187,8 @@ class ExecutionRun:
         if from_step < len(definition.steps) and _runs_here(definition.steps[from_step]):
             unit.event(self._step_started(definition, from_step, ts))  # starts with the execution: one commit less
         await self._commit(unit)
+        if first_start and job.int_field(b"queued_at"):
+            metrics.queue_wait(job.int_field(b"queued_at"), ts)
         return True
 
     async def _steps(self, definition: WorkflowDef) -> None:

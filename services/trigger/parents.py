@@ -12,10 +12,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from shared import keys, subworkflows
+from shared import keys, metrics, subworkflows
 from shared.clock import now_ms
 from shared.commit import Applied, Committer
-from shared.control import cancel_unit
+from shared.execution_commands import cancel_unit
 from shared.optimistic import MOVED, Moved, optimistically
 from shared.pinned import PinnedDefinitions
 from shared.redis import text
@@ -39,7 +39,10 @@ class Parents:
             unit = await subworkflows.parent_outcome_unit(self.redis, self.definitions, p=p, child_id=child_id,
                                                           status=status, result=result, error=error,
                                                           now_ms=now_ms())
-            if unit is None or isinstance(await self.committer.commit(unit), Applied):
+            if unit is None:
+                return None
+            if isinstance(await self.committer.commit(unit), Applied):
+                metrics.observe(unit)  # the parent may complete, retry or dead-letter here
                 return None
             return MOVED
 
@@ -54,6 +57,7 @@ class Parents:
             tenant_id = text(await self.redis.hget(keys.execution(p, child_id), "tenant"))
             unit = cancel_unit(p=p, tenant_id=tenant_id, execution_id=child_id, observed=observed, now_ms=now_ms())
             if isinstance(await self.committer.commit(unit), Applied):
+                metrics.observe(unit)
                 log.info("cancelled child %s of cancelled execution %s", child_id, parent_id,
                          extra={"execution_id": child_id})
                 return None

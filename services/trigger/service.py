@@ -2,10 +2,10 @@
 
 Parts, all on one Redis client and one group committer:
 
-- the log consumer (group ``trigger``, :mod:`services.trigger.reactor`): workflow chaining and queue items;
-- the scheduler (:mod:`services.trigger.scheduler`): cron ticks;
-- the file watcher (:mod:`services.trigger.watcher`);
-- the SMTP listener (:mod:`services.trigger.mailbox`);
+- the log consumer (group ``trigger``, :mod:`services.trigger.log_reactions`): workflow chaining and queue items;
+- the scheduler (:mod:`services.trigger.schedule`): cron ticks;
+- the file watcher (:mod:`services.trigger.file_watcher`);
+- the SMTP listener (:mod:`services.trigger.email`);
 - a periodic feed of ``queue_item`` triggers (deferred items coming due, slots freed while events were missed).
 
 Each part is restarted after a pause if it fails; ``stop`` drains them all (the consumer finishes the batch in
@@ -23,11 +23,11 @@ from collections.abc import Awaitable, Callable
 from contextlib import suppress
 
 from services.trigger.abandon import sweep_abandoned
-from services.trigger.feeder import Feeder
-from services.trigger.mailbox import serve_smtp
-from services.trigger.reactor import Reactor
-from services.trigger.scheduler import Scheduler
-from services.trigger.watcher import FileWatcher
+from services.trigger.email import serve_smtp
+from services.trigger.file_watcher import FileWatcher
+from services.trigger.log_reactions import LogReactions
+from services.trigger.queue_items import QueueItemTriggers
+from services.trigger.schedule import Scheduler
 from shared import keys
 from shared.bootstrap import Service
 from shared.consumer import StreamConsumer
@@ -70,21 +70,21 @@ async def serve(settings: Settings, stop: asyncio.Event, consumer: str | None = 
             redis, committer = service.redis, service.committer
             await service.serve_metrics()
             firer = Firer(redis, committer, settings)
-            feeder = Feeder(redis, firer, settings)
-            reactor = Reactor(redis, firer, feeder, settings)
+            queue_items = QueueItemTriggers(redis, firer, settings)
+            reactions = LogReactions(redis, firer, queue_items, settings)
             log_consumer = StreamConsumer(
                 redis,
                 group=keys.GROUP_TRIGGER,
                 consumer=consumer or consumer_name(),
                 streams=[keys.log(p) for p in range(settings.partitions)],
-                handler=reactor.handle,
+                handler=reactions.handle,
             )
             parts: dict[str, Callable[[], Awaitable[None]]] = {
                 "consumer": lambda: log_consumer.run(stop),
                 "scheduler": lambda: Scheduler(redis, firer, settings).run(stop),
                 "files": lambda: FileWatcher(redis, firer, settings).run(stop),
                 "smtp": lambda: serve_smtp(redis, firer, settings, stop),
-                "queue feed": lambda: _every(FEED_EVERY_S, feeder.feed_all, stop),
+                "queue feed": lambda: _every(FEED_EVERY_S, queue_items.feed_all, stop),
                 "queue abandon": lambda: sweep_abandoned(redis, committer, settings, stop),
             }
             await asyncio.gather(*(_supervised(name, part, stop) for name, part in parts.items()))

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from shared import keys
 from shared.clock import now_ms
 from shared.commit import Applied, Committer
-from shared.control import cancel_unit
+from shared.execution_commands import cancel_unit
 from shared.redis import connect
 from shared.state import Status
 from shared.workflows import StepDef, WorkflowDef

@@ -16,12 +16,18 @@ from redis.asyncio import Redis
 from services.executor.actions import Actions
 from services.executor.run import StepContext
 from services.executor.worker import Executor
-from services.trigger.reactor import outcome_of
+from services.trigger.log_reactions import outcome_of
 from shared import keys
 from shared.clock import now_ms
 from shared.commit import Applied, Committer
-from shared.control import cancel_unit, priority_unit, requeue_unit, workflow_delete_unit, workflow_pause_unit
 from shared.events import ExecutionDeadLettered, ExecutionFailed
+from shared.execution_commands import (
+    cancel_unit,
+    priority_unit,
+    requeue_unit,
+    workflow_delete_unit,
+    workflow_pause_unit,
+)
 from shared.settings import Settings
 from shared.state import Status, WorkflowState
 from shared.workflows import Backoff, RetryPolicy, StepDef, WorkflowDef

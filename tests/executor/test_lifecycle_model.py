@@ -26,8 +26,8 @@ from shared import keys, robot_tasks
 from shared.admission import Run, admission_unit
 from shared.clock import new_id, now_ms
 from shared.commit import Applied, Committer
-from shared.control import workflow_delete_unit, workflow_pause_unit
 from shared.errors import Conflict, NotFound
+from shared.execution_commands import workflow_delete_unit, workflow_pause_unit
 from shared.pinned import PinnedDefinitions
 from shared.redis import connect
 from shared.settings import Settings

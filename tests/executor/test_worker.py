@@ -6,8 +6,8 @@ from redis.asyncio import Redis
 
 from shared import keys
 from shared.commit import Applied, Committer
-from shared.control import cancel_unit
 from shared.events import ExecutionRetrying, ExecutionStarted, StepCompleted, StepStarted
+from shared.execution_commands import cancel_unit
 from shared.state import Status
 from shared.workflows import Backoff, RetryPolicy, StepDef, WorkflowDef
 from tests.executor.seed import PARTITIONS, events_of, queue, seed_workflow, status

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from shared import keys
 from shared.commit import Applied, Committer
-from shared.control import cancel_unit
+from shared.execution_commands import cancel_unit
 from shared.settings import Settings
 from shared.state import Status
 from tests.api.support import (

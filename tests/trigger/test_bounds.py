@@ -1,5 +1,5 @@
 """The trigger service's in-process memory has a bound: files settling in the watcher, paused queue triggers
-in the feeder. Pushed past their bounds through the real components (real files, real Redis)."""
+in the queue-item triggers. Pushed past their bounds through the real components (real files, real Redis)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 from redis.asyncio import Redis
 
-from services.trigger.feeder import QUOTA_PAUSE_MS, Feeder
+from services.trigger.file_watcher import FileWatcher
+from services.trigger.queue_items import QUOTA_PAUSE_MS, QueueItemTriggers
 from services.trigger.registry import live_triggers
-from services.trigger.watcher import FileWatcher
 from shared import keys
 from shared.clock import month_of, now_ms
 from shared.events import TriggerFired
@@ -98,13 +98,13 @@ async def test_paused_queue_triggers_stay_within_the_bound_and_are_forgotten_onc
     now = now_ms()
     await redis.set(keys.usage(tenant.partition, tenant.id, month_of(now)), 100)  # the trial's quota, used up
     clock = [now]
-    feeder = Feeder(redis, firer, settings, clock=lambda: clock[0], max_paused=BOUND)
-    assert await feeder.feed_all() == 0
-    assert feeder.paused == BOUND, "every trigger was refused and paused; only the most recent are remembered"
-    assert await feeder.feed_all() == 0
-    assert feeder.paused == BOUND
+    queue_items = QueueItemTriggers(redis, firer, settings, clock=lambda: clock[0], max_paused=BOUND)
+    assert await queue_items.feed_all() == 0
+    assert queue_items.paused == BOUND, "every trigger was refused and paused; only the most recent are remembered"
+    assert await queue_items.feed_all() == 0
+    assert queue_items.paused == BOUND
     # The month's quota frees up (a plan change) and the pauses run out: nothing is remembered for them.
     await redis.delete(keys.usage(tenant.partition, tenant.id, month_of(now)))
     clock[0] = now + QUOTA_PAUSE_MS + 1
-    assert await feeder.feed_all() == 1, "one item, one run"
-    assert feeder.paused == 0
+    assert await queue_items.feed_all() == 1, "one item, one run"
+    assert queue_items.paused == 0

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import httpx
 from redis.asyncio import Redis
 
-from services.trigger.scheduler import Scheduler
+from services.trigger.schedule import Scheduler
 from shared import cron, keys
 from shared.events import ExecutionQueued, TriggerFired
 from shared.settings import Settings

@@ -30,7 +30,7 @@ from services.api.schemas import (
     TaskLogsIn,
     TaskNextIn,
 )
-from shared import keys, robot_tasks
+from shared import keys, metrics, robot_tasks
 from shared.clock import now_ms
 from shared.commit import Refused, Unit
 from shared.errors import Conflict, NotFound
@@ -93,6 +93,7 @@ async def _commit(ctx: ApiContext, unit: Unit, task_id: str) -> None:
     outcome = await ctx.committer.commit(unit)
     if isinstance(outcome, Refused):
         raise TaskGone(outcome.label, task_id)
+    metrics.observe(unit)  # a robot's step, and the execution it may have ended
 
 
 async def _definition(ctx: ApiContext, view: robot_tasks.TaskView) -> WorkflowDef:

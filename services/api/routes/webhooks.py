@@ -34,7 +34,7 @@ from services.api.bodies import check_json_value
 from services.api.context import ApiContext, context
 from services.api.errors import QuotaRefused
 from services.api.schemas import WebhookAccepted
-from shared import keys
+from shared import keys, metrics
 from shared.clock import iso, month_end_ms, now_ms
 from shared.errors import BadRequest, Conflict, NotFound, OrqError, PayloadTooLarge, Unauthorized, ValidationFailed
 from shared.triggers import TriggerState, find_by_token
@@ -99,6 +99,7 @@ async def _spend(ctx: ApiContext, key: str, limit: int, now: int, what: str) -> 
         used, _ = await pipe.execute()
     if int(used) > limit:
         retry = max(1, math.ceil(((now // 60_000 + 1) * 60_000 - now) / 1000))
+        metrics.webhook_refused("rate_limited")
         raise TooManyRequests(f"more than {limit} {what} a minute to this webhook", retry_after_s=retry, limit=limit)
 
 
@@ -123,7 +124,8 @@ async def _signature_claim(ctx: ApiContext, trigger: TriggerState, secret: str, 
         if await ctx.redis.exists(claim):  # a replay is refused before it can spend the sender's budget
             raise Unauthorized("this signature was already used", reason="replayed")
     except Unauthorized:
-        await _within_refused_rate(ctx, trigger, now)
+        await _within_refused_rate(ctx, trigger, now)  # past it, counted as rate_limited instead
+        metrics.webhook_refused("unauthorized")
         raise
     # Kept past the tolerance window: a replay within it finds the claim, one after it is stale anyway.
     return Once(claim, 2 * TOLERANCE_S)
@@ -171,6 +173,7 @@ async def receive(request: Request) -> Response:
     fire = FireRequest(params=params, source={"webhook": True}, claims=claims, consume_on_skip=False)
     match await firer.fire(trigger.partition, trigger.id, fire, now):
         case Fired(execution_id=execution_id):
+            metrics.trigger_fired(trigger.type)
             return responses.json(WebhookAccepted(execution_id=execution_id), 202)
         case Skipped(reason="quota", used=used, limit=limit):
             resets = month_end_ms(now)
@@ -182,6 +185,7 @@ async def receive(request: Request) -> Response:
         case Skipped(reason=reason):
             raise Conflict(f"the webhook could not start its workflow: {reason}", reason=reason)
         case NotFired(reason="claimed"):
+            metrics.webhook_refused("unauthorized")
             raise Unauthorized("this signature was already used", reason="replayed")
         case NotFired(reason="gone"):
             raise NotFound(_NOT_FOUND)

@@ -19,9 +19,9 @@ from shared import keys, subworkflows
 from shared.admission import WORKFLOW_CHANGED_GUARD, WORKFLOW_GONE_GUARD
 from shared.clock import new_id, now_ms
 from shared.commit import Applied, Refused, Unit
-from shared.control import workflow_delete_unit
 from shared.errors import Conflict, NotFound
 from shared.events import WorkflowSaved
+from shared.execution_commands import workflow_delete_unit
 from shared.optimistic import MOVED, Moved, optimistically
 from shared.redis import text
 from shared.schema import workflows

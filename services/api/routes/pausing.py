@@ -21,9 +21,9 @@ from services.api.schemas import TenantAdmin, TenantUpdate, WorkflowPause
 from shared import keys
 from shared.clock import now_ms
 from shared.commit import Applied, Unit
-from shared.control import workflow_pause_unit
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.events import TenantPaused, TenantPlanChanged, TenantResumed
+from shared.execution_commands import workflow_pause_unit
 from shared.state import read_tenant
 
 

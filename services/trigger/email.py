@@ -22,7 +22,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from redis.asyncio import Redis
 
-from shared import keys
+from shared import keys, metrics
 from shared.clock import now_ms
 from shared.settings import Settings
 from shared.triggers import TriggerState, find_by_token
@@ -107,7 +107,9 @@ class MailHandler:
             source = {"from": params["from"][:200], "subject": params["subject"][:200],
                       "message_id": params["message_id"][:200]}
             request = Request(params=params, source=source, claims=claims, consume_on_skip=False)
-            results.append(await self.firer.fire(trigger.partition, trigger.id, request, now_ms()))
+            results.append(outcome := await self.firer.fire(trigger.partition, trigger.id, request, now_ms()))
+            if isinstance(outcome, Fired):
+                metrics.trigger_fired(outcome.trigger.type)
         if any(isinstance(r, Fired) or (isinstance(r, NotFired) and r.reason == "claimed") for r in results):
             return "250 OK"
         if any(isinstance(r, Skipped) and r.reason == "quota" for r in results):

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 from redis.asyncio import Redis
 
-from services.trigger.watcher import FileWatcher
+from services.trigger.file_watcher import FileWatcher
 from shared.clock import now_ms
 from shared.events import ExecutionQueued, TriggerFired
 from shared.settings import Settings

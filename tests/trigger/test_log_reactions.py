@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 from redis.asyncio import Redis
 
-from services.trigger.feeder import Feeder
-from services.trigger.reactor import Reactor
+from services.trigger.log_reactions import LogReactions
+from services.trigger.queue_items import QueueItemTriggers
 from shared import keys
 from shared.clock import now_ms
 from shared.commit import Applied, Committer, Unit
@@ -23,15 +23,15 @@ from tests.helpers import assert_eventually
 from tests.trigger.conftest import events_of, make_trigger
 
 
-def reactor_of(redis: Redis, firer: Firer, settings: Settings) -> Reactor:
-    return Reactor(redis, firer, Feeder(redis, firer, settings), settings)
+def reactions_of(redis: Redis, firer: Firer, settings: Settings) -> LogReactions:
+    return LogReactions(redis, firer, QueueItemTriggers(redis, firer, settings), settings)
 
 
-async def feed_log(reactor: Reactor, redis: Redis, p: int, after: str = "-") -> str:
-    """Hand the reactor every entry of the log after ``after`` (as the consumer would); the last id."""
+async def feed_log(reactions: LogReactions, redis: Redis, p: int, after: str = "-") -> str:
+    """Hand the log reactions every entry of the log after ``after`` (as the consumer would); the last id."""
     entries = await redis.xrange(keys.log(p), min=after if after == "-" else f"({after}")
     records = records_of(entries)
-    await reactor.handle(keys.log(p), records)
+    await reactions.handle(keys.log(p), records)
     return records[-1].id if records else after
 
 
@@ -61,21 +61,21 @@ async def test_chaining_with_a_status_filter(
     await make_trigger(client, tenant, "workflow_completed", workflow=wf_ko, workflow_id=wf_a["id"],
                        statuses=["failed", "cancelled"])
     committer: Committer = app.state.api.committer
-    reactor = reactor_of(redis, firer, settings)
+    reactions = reactions_of(redis, firer, settings)
     good = await execute(client, tenant, wf_a["id"])
     await complete(committer, tenant, good, {"invoice": 42, "total": 99.5})
-    last = await feed_log(reactor, redis, tenant.partition)
+    last = await feed_log(reactions, redis, tenant.partition)
     queued = [e for e in await events_of(redis, tenant.partition, "execution.queued")
               if isinstance(e, ExecutionQueued) and e.workflow_id != wf_a["id"]]
     assert [(e.workflow_id, e.params, e.parent_execution_id, e.trigger_type) for e in queued] == [
         (wf_ok["id"], {"invoice": 42, "total": 99.5}, good, "workflow_completed")]
     # The consumer crashed before acking: the same events come again. Nothing fires twice.
-    await feed_log(reactor, redis, tenant.partition)
+    await feed_log(reactions, redis, tenant.partition)
     assert len(await events_of(redis, tenant.partition, "trigger.fired")) == 1
     bad = await execute(client, tenant, wf_a["id"])
     await mark_running(committer, tenant, bad)
     await mark_failed(committer, tenant, bad, dead_letter=True)
-    await feed_log(reactor, redis, tenant.partition, last)
+    await feed_log(reactions, redis, tenant.partition, last)
     fired = [e for e in await events_of(redis, tenant.partition, "trigger.fired") if isinstance(e, TriggerFired)]
     assert [(e.trigger.workflow_id, e.source["status"]) for e in fired] == [(wf_ok["id"], "completed"),
                                                                            (wf_ko["id"], "failed")]
@@ -94,18 +94,18 @@ async def test_queue_items_one_run_each_sequential_and_the_item_follows(
     r = await client.post(f"/api/queues/{queue_id}/items/bulk", headers=tenant.headers,
                           json={"items": [{"data": {"n": 1}}, {"data": {"n": 2}}, {"data": {"n": 3}}]})
     assert r.status_code == 201, r.text
-    reactor = reactor_of(redis, firer, settings)
+    reactions = reactions_of(redis, firer, settings)
     committer: Committer = app.state.api.committer
-    last = await feed_log(reactor, redis, tenant.partition)
+    last = await feed_log(reactions, redis, tenant.partition)
     runs = [e for e in await events_of(redis, tenant.partition, "execution.queued") if isinstance(e, ExecutionQueued)]
     assert [(e.params, e.trigger_type) for e in runs] == [({"n": 1}, "queue_item")], "one at a time"
     await complete(committer, tenant, runs[0].aggregate_id, {"paid": True})
-    last = await feed_log(reactor, redis, tenant.partition, last)
+    last = await feed_log(reactions, redis, tenant.partition, last)
     runs = [e for e in await events_of(redis, tenant.partition, "execution.queued") if isinstance(e, ExecutionQueued)]
     assert [e.params["n"] for e in runs] == [1, 2], "the next item starts when the first ends"
     await mark_running(committer, tenant, runs[1].aggregate_id)
     await mark_failed(committer, tenant, runs[1].aggregate_id, dead_letter=True)
-    await feed_log(reactor, redis, tenant.partition, last)
+    await feed_log(reactions, redis, tenant.partition, last)
     async with projector(settings):
         items = {i["data"]["n"]: i for i in await _items(client, tenant, queue_id)}
     assert items[1]["status"] == "completed" and items[2]["status"] == "failed"

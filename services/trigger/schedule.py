@@ -18,7 +18,7 @@ from contextlib import suppress
 from redis.asyncio import Redis
 
 from services.trigger.registry import config_of, live_triggers
-from shared import cron, keys
+from shared import cron, keys, metrics
 from shared.clock import now_ms
 from shared.settings import Settings
 from shared.triggers import ScheduleConfig, TriggerState
@@ -88,6 +88,7 @@ class Scheduler:
             if isinstance(outcome, NotFired):  # another instance handled it, or the trigger changed: next pass
                 break
             if isinstance(outcome, Fired):
+                metrics.trigger_fired(outcome.trigger.type)
                 fired += 1
                 log.info("schedule trigger %s fired for tick %d: execution %s", trigger.id, tick,
                          outcome.execution_id, extra={"trigger_id": trigger.id})

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 from redis.asyncio import Redis
 
-from services.trigger.scheduler import Scheduler
+from services.trigger.schedule import Scheduler
 from shared import keys
 from shared.clock import month_of, now_ms
 from shared.commit import Committer

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from services.trigger.mailbox import serve_smtp
+from services.trigger.email import serve_smtp
 from shared.events import ExecutionQueued, TriggerFired
 from shared.settings import Settings
 from shared.triggers_firing import Firer

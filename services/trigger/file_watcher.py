@@ -27,7 +27,7 @@ import watchfiles
 from redis.asyncio import Redis
 
 from services.trigger.registry import config_of, live_triggers
-from shared import keys
+from shared import keys, metrics
 from shared.clock import iso, now_ms
 from shared.redis import text
 from shared.settings import Settings
@@ -218,6 +218,7 @@ class FileWatcher:
                           claims=[Swap(files_key, candidate.name, fired_as, candidate.identity)])
         outcome = await self.firer.fire(trigger.partition, trigger.id, request, now)
         if isinstance(outcome, Fired):
+            metrics.trigger_fired(outcome.trigger.type)
             log.info("file trigger %s fired for %s: execution %s", trigger.id, candidate.path, outcome.execution_id,
                      extra={"trigger_id": trigger.id, "execution_id": outcome.execution_id})
             if config.move_to_processed:

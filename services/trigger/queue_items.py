@@ -6,7 +6,7 @@ execution's id: :func:`shared.queues_claims.claim_item`), counts the slot in the
 (guarded by ``max_concurrent``) and records execution → item in ``orq:{p}:trigger_runs``: item, slot and
 execution go together or not at all.
 
-When the execution ends, the item follows its outcome (:meth:`Feeder.finish`): completed → ``completed``
+When the execution ends, the item follows its outcome (:meth:`QueueItemTriggers.finish`): completed → ``completed``
 with the run's result; failed → ``failed`` as an application error (retried while the queue allows);
 cancelled → ``failed`` as a business error (a person stopped it: not retried). The slot is freed in the
 same unit, and the trigger is fed again.
@@ -22,7 +22,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from services.trigger.registry import config_of, live_triggers
-from shared import keys
+from shared import keys, metrics
 from shared.clock import new_id, now_ms
 from shared.commit import Applied, Refused, Unit
 from shared.events import ExecutionDlqPurged
@@ -76,7 +76,7 @@ class ItemClaim:
         link_run(unit, trigger_id=self.trigger.id, item_id=self.item.id, execution_id=self.execution_id)
 
 
-class Feeder:
+class QueueItemTriggers:
     """Starts executions for queue items and settles items when their executions end."""
 
     def __init__(self, redis: Redis, firer: Firer, settings: Settings, clock: Callable[[], int] = now_ms,
@@ -133,6 +133,7 @@ class Feeder:
                               max_attempts=QUEUE_RUN_ATTEMPTS)
             outcome = await self.firer.fire(p, trigger.id, request, now)
             if isinstance(outcome, Fired):
+                metrics.trigger_fired(outcome.trigger.type)
                 started += 1
             elif isinstance(outcome, Skipped):
                 # Over quota or backlog: the item stays new; look again in a while rather than every poll.

@@ -5,7 +5,7 @@
   watching its workflow, whose ``statuses`` include the outcome, starts its own workflow with the run's
   result as params and ``parent_execution_id`` set. The firing claims ``event:<stream id>``, so a redelivered
   event (a crash before the ack, a takeover) never fires twice.
-- An execution of a queue item ended: the item follows (see :mod:`services.trigger.feeder`).
+- An execution of a queue item ended: the item follows (see :mod:`services.trigger.queue_items`).
 - A child execution ended: the parent waiting for it goes on; a cancelled parent's child is cancelled (see
   :mod:`services.trigger.parents`).
 - ``queue_item.added``: the queue's triggers are fed.
@@ -22,9 +22,9 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
-from services.trigger.feeder import Feeder
 from services.trigger.parents import Parents
-from shared import keys
+from services.trigger.queue_items import QueueItemTriggers
+from shared import keys, metrics
 from shared.clock import now_ms
 from shared.consumer import Record
 from shared.events import (
@@ -68,14 +68,14 @@ def chained_params(status: str, result: Any, error: str) -> dict[str, Any]:
     return {} if result is None else {"result": result}
 
 
-class Reactor:
+class LogReactions:
     """The handler of the trigger service's log consumer."""
 
-    def __init__(self, redis: Redis, firer: Firer, feeder: Feeder, settings: Settings,
+    def __init__(self, redis: Redis, firer: Firer, queue_items: QueueItemTriggers, settings: Settings,
                  clock: Callable[[], int] = now_ms) -> None:
         self.redis = redis
         self.firer = firer
-        self.feeder = feeder
+        self.queue_items = queue_items
         self.parents = Parents(redis, firer.committer)
         self.clock = clock
         self._partition_of = {keys.log(p): p for p in range(settings.partitions)}
@@ -91,12 +91,12 @@ class Reactor:
                 log.error("undecodable %s entry %s on %s: %s", record.type, record.id, stream, exc)
                 continue
             if isinstance(event, QueueItemAdded):
-                await self.feeder.feed_queue(p, event.item.queue_id)
+                await self.queue_items.feed_queue(p, event.item.queue_id)
                 continue
             ended = outcome_of(event)
             if ended is not None:
                 await self.parents.execution_ended(p, event.aggregate_id, *ended)
-                await self.feeder.finish(p, event.aggregate_id, *ended)
+                await self.queue_items.finish(p, event.aggregate_id, *ended)
                 await self.chain(p, record.id, event.aggregate_id, *ended)
 
     async def chain(self, p: int, event_id: str, execution_id: str, status: str, result: Any, error: str) -> int:
@@ -121,6 +121,7 @@ class Reactor:
             )
             outcome = await self.firer.fire(p, trigger_id, request, self.clock())
             if isinstance(outcome, Fired):
+                metrics.trigger_fired(outcome.trigger.type)
                 fired += 1
                 log.info("chain trigger %s started %s after %s %s", trigger_id, outcome.execution_id, execution_id,
                          status, extra={"trigger_id": trigger_id, "execution_id": outcome.execution_id})
