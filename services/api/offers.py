@@ -29,9 +29,12 @@ class OfferWaiters:
         self._events: dict[tuple[str, str], asyncio.Event] = {}
         self._waiting: dict[tuple[str, str], int] = {}
         self._listener: asyncio.Task[None] | None = None
+        self.closing = False
 
     async def wait(self, tenant_id: str, pool: str, timeout: float) -> None:
         """Return when a task may have been offered to the pool, or after ``min(timeout, RECHECK_S)``."""
+        if self.closing:
+            return
         if self._listener is None or self._listener.done():
             self._listener = asyncio.create_task(self._listen(), name="robot offers")
         pool_key = (tenant_id, pool)
@@ -73,6 +76,13 @@ class OfferWaiters:
                 await asyncio.sleep(RETRY_S)
             finally:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def shut(self) -> None:
+        """The API is stopping: wake every waiter now, so open long polls answer 204 (and their robots poll
+        another instance) instead of being cut off when the server's grace period ends."""
+        self.closing = True
+        for event in self._events.values():
+            event.set()
 
     async def close(self) -> None:
         if self._listener is not None:

@@ -50,6 +50,7 @@ async def serve(settings: Settings, stop: asyncio.Event, host: str, port: int) -
             serving = asyncio.create_task(server.serve(), name="uvicorn")
             stopping = asyncio.create_task(stop.wait(), name="api-stop")
             await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            app.state.api.offers.shut()  # open robot long polls answer 204 now rather than being cut off
             server.should_exit = True
             stopping.cancel()
             await serving

@@ -202,6 +202,17 @@ async def test_long_poll_answers_at_once_when_a_task_is_offered(client: httpx.As
     assert answer.status_code == 200 and answer.json()["execution_id"] == execution_id
 
 
+async def test_long_polls_answer_204_when_the_api_stops(client: httpx.AsyncClient, tenant: TenantHandle,
+                                                         redis: Redis, running: None) -> None:
+    robot = await register(client, tenant, "r")
+    poll = asyncio.create_task(robot.next(wait_s=25))
+    await asyncio.sleep(0.3)
+    client_settings_app(client).state.api.offers.shut()  # what `orq api` does on SIGTERM, before its grace
+    answer = await asyncio.wait_for(poll, 10)
+    assert answer.status_code == 204
+    assert (await robot.next(wait_s=5)).status_code == 204, "a stopping API does not hold long polls open"
+
+
 async def test_robot_keys_reach_only_their_pool_and_tenant(client: httpx.AsyncClient, tenant: TenantHandle,
                                                            other_tenant: TenantHandle, redis: Redis,
                                                            running: None) -> None:
@@ -252,8 +263,10 @@ async def test_runs_on_is_checked_when_a_workflow_is_saved(client: httpx.AsyncCl
     assert (await client.post("/api/workflows", json=plugin, headers=tenant.headers)).status_code == 201
 
 
+def client_settings_app(client: httpx.AsyncClient) -> Any:
+    return client._transport.app  # type: ignore[attr-defined]
+
+
 def client_settings(client: httpx.AsyncClient) -> Settings:
-    transport = client._transport
-    app = transport.app  # type: ignore[attr-defined]
-    settings: Settings = app.state.api.settings
+    settings: Settings = client_settings_app(client).state.api.settings
     return settings

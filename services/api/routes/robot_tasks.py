@@ -70,7 +70,8 @@ async def next_task(request: Request) -> Response:
         if left <= 0:
             return Response(status_code=204)
         await ctx.offers.wait(robot.tenant_id, robot.pool, left)
-        if await request.is_disconnected():  # claim nothing for a robot that stopped listening
+        # Claim nothing for a robot that stopped listening, nor while the API stops (the robot asks again).
+        if ctx.offers.closing or await request.is_disconnected():
             return Response(status_code=204)
         # A long poll is a sign of life: the robot shows as idle, not offline, while it waits.
         await ctx.redis.hset(keys.robot(robot.partition, robot.id), "last_seen", now_ms())
