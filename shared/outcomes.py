@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from shared import keys
 from shared.commit import Unit
 from shared.events import (
@@ -24,6 +26,8 @@ from shared.events import (
 )
 from shared.state import Status
 from shared.workflows import WorkflowDef
+
+_decode = msgspec.msgpack.Decoder().decode
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +129,17 @@ def go_on(unit: Unit, attempt: Attempt, definition: WorkflowDef, index: int, ts:
     unit.hset(attempt.state_key, {"parked": RESUME})
     unit.zadd(keys.due(attempt.p), ts, attempt.execution_id)
     unit.ring(attempt.p)  # an idle executor looks at the due index at once, not at its next poll
+
+
+def let_pass(unit: Unit, attempt: Attempt, definition: WorkflowDef, index: int, error: str, ts: int, *,
+             duration_ms: int, state: Mapping[bytes, bytes], worker_id: str | None = None) -> None:
+    """Step ``index`` of a parked execution failed with ``on_error: continue``: record it and go on; a run whose
+    last step failed this way ends with the output of the step before it."""
+    unit.event(StepFailed(**attempt.ids(), ts=ts, step_index=index, error=error, duration_ms=duration_ms,
+                          attempt=attempt.attempt, continued=True, worker_id=worker_id))
+    unit.hset(attempt.state_key, {"step": index + 1})
+    previous = state.get(f"out:{index - 1}".encode())
+    go_on(unit, attempt, definition, index, ts, _decode(previous) if previous else None, state)
 
 
 def complete(unit: Unit, attempt: Attempt, ts: int, result: Any, *, started_ms: int, ending: Ending) -> None:

@@ -54,6 +54,12 @@ def text(value: bytes | str | None) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def raw_hash(reply: Mapping[Any, Any]) -> dict[bytes, bytes]:
+    """A hash reply (``HGETALL``) with bytes keys and values, whatever the client decoded."""
+    return {(k if isinstance(k, bytes) else str(k).encode()): (v if isinstance(v, bytes) else str(v).encode())
+            for k, v in reply.items()}
+
+
 # redis-py's reply types are unions of every protocol's shapes; these wrappers state what we get with
 # decode_responses=False, so the rest of the code is typed.
 Fields = dict[bytes, bytes]

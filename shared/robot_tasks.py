@@ -17,9 +17,8 @@ execution's status, and by the robot holding it, so each applies at most once an
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from redis.asyncio import Redis
@@ -32,12 +31,11 @@ from shared.events import (
     ExecutionRecovered,
     StepClaimed,
     StepCompleted,
-    StepFailed,
     StepOffered,
     encode,
 )
-from shared.outcomes import Attempt, dead_letter, fail_step, go_on, max_attempts, parked_ending
-from shared.redis import PipelinedScript, run_pipeline
+from shared.outcomes import Attempt, dead_letter, fail_step, go_on, let_pass, max_attempts, parked_ending
+from shared.redis import PipelinedScript, raw_hash, run_pipeline, text
 from shared.state import Status
 from shared.workflows import StepDef, WorkflowDef
 
@@ -60,10 +58,6 @@ def new_task_id(execution_id: str) -> str:
 
 def execution_of(task_id: str) -> str:
     return task_id.rpartition(".")[0]
-
-
-def _s(raw: Any) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +120,7 @@ async def claim(redis: Redis, *, p: int, tenant_id: str, pool: str, robot_id: st
     if not reply:
         return None
     task_id, execution_id, index, attempt, action, label, params, until = reply
-    return Claimed(_s(task_id), _s(execution_id), int(index), int(attempt), _s(action), _s(label) or None,
+    return Claimed(text(task_id), text(execution_id), int(index), int(attempt), text(action), text(label) or None,
                    _any.decode(params), int(until))
 
 
@@ -170,12 +164,7 @@ async def read_task(redis: Redis, p: int, task_id: str) -> TaskView:
         pipe.hgetall(keys.task(p, task_id))
         pipe.hgetall(keys.execution(p, execution_of(task_id)))
         task, execution = await pipe.execute()
-    return TaskView(p, task_id, _raw(task), _raw(execution))
-
-
-def _raw(h: Mapping[Any, Any]) -> dict[bytes, bytes]:
-    return {(k if isinstance(k, bytes) else k.encode()): (v if isinstance(v, bytes) else str(v).encode())
-            for k, v in h.items()}
+    return TaskView(p, task_id, raw_hash(task), raw_hash(execution))
 
 
 def _held(view: TaskView, robot_id: str) -> Unit:
@@ -243,13 +232,8 @@ def fail_unit(view: TaskView, robot_id: str, definition: WorkflowDef, *, now_ms:
     step = definition.steps[index]
     duration = _duration(view, now_ms)
     if step.on_error == "continue":
-        unit.event(StepFailed(tenant_id=view.tenant_id, aggregate_id=view.execution_id, ts=now_ms, step_index=index,
-                              error=error, duration_ms=duration, attempt=int(view.task.get(b"attempt", b"1")),
-                              continued=True, worker_id=robot_id))
-        unit.hset(keys.execution(view.p, view.execution_id), {"step": index + 1})
-        previous = view.execution.get(f"out:{index - 1}".encode())
-        go_on(unit, _attempt(view, definition), definition, index, now_ms,
-              _any.decode(previous) if previous else None, view.execution)
+        let_pass(unit, _attempt(view, definition), definition, index, error, now_ms, duration_ms=duration,
+                 state=view.execution, worker_id=robot_id)
         return unit
     fail_step(unit, _attempt(view, definition), definition, index, error, now_ms, duration_ms=duration,
               ending=parked_ending(view.p, view.tenant_id, view.execution_id, view.execution), worker_id=robot_id)
@@ -291,4 +275,4 @@ def reoffer_unit(view: TaskView, definition: WorkflowDef, *, now_ms: int, max_cr
 async def expired_tasks(redis: Redis, p: int, now_ms: int, count: int = 100) -> list[str]:
     """Claimed tasks of partition ``p`` whose lease ran out by ``now_ms`` (oldest first)."""
     ids = await redis.zrangebyscore(keys.task_leases(p), "-inf", now_ms, start=0, num=count)
-    return [_s(i) for i in ids]
+    return [text(cast(bytes, i)) for i in ids]

@@ -10,6 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
+
+from shared.errors import StepFailed
+
+_encoder = msgspec.msgpack.Encoder()
+
 # msgpack spends at most this on a scalar, or on a container's or string's header.
 _OVERHEAD = 9
 
@@ -31,3 +37,13 @@ def fits(value: Any, budget: int) -> bool:
         if spent > budget:
             return False
     return True
+
+
+def encode_output(output: Any, limit: int) -> bytes:
+    """A step's output as stored (msgpack); one over ``ORQ_MAX_OUTPUT_BYTES`` (``limit``) fails the step where it
+    is produced, whoever produced it (an executor or a robot), rather than stalling the projection downstream."""
+    body = _encoder.encode(output) if fits(output, 2 * limit) else b""
+    if not body or len(body) > limit:
+        size = f"{len(body)} bytes" if body else f"over {2 * limit} bytes"
+        raise StepFailed(f"output_too_large: the step's output is {size}, over ORQ_MAX_OUTPUT_BYTES={limit}")
+    return body

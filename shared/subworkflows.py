@@ -28,10 +28,10 @@ from shared.clock import new_id
 from shared.commit import Unit
 from shared.errors import StepFailed, ValidationFailed
 from shared.events import StepCompleted, StepWaiting
-from shared.events import StepFailed as StepFailedEvent
-from shared.outcomes import Attempt, fail_step, go_on, max_attempts, parked_ending
+from shared.outcomes import Attempt, fail_step, go_on, let_pass, max_attempts, parked_ending
 from shared.pinned import PinnedDefinitions
 from shared.plans import Plan, plan_named
+from shared.redis import raw_hash, text
 from shared.state import FINISHED, Status, read_tenant, read_workflow
 from shared.workflows import WorkflowDef
 
@@ -88,11 +88,9 @@ async def parent_outcome_unit(redis: Redis, definitions: PinnedDefinitions, *, p
     child = await redis.hmget(keys.execution(p, child_id), ["parent", "parent_step"])
     if not child[0]:
         return None
-    parent_id = _s(child[0])
+    parent_id = text(child[0])
     index = int(child[1] or 0)
-    raw = await redis.hgetall(keys.execution(p, parent_id))
-    state = {(k if isinstance(k, bytes) else k.encode()): (v if isinstance(v, bytes) else str(v).encode())
-             for k, v in raw.items()}
+    state = raw_hash(await redis.hgetall(keys.execution(p, parent_id)))
     if (state.get(b"waits_for", b"").decode() != child_id or state.get(b"parked", b"") != PARKED_ON_CHILD.encode()
             or state.get(b"status", b"") != Status.RUNNING.value.encode()):
         return None
@@ -116,37 +114,22 @@ async def parent_outcome_unit(redis: Redis, definitions: PinnedDefinitions, *, p
     message = f"child execution {child_id} {status}" + (f": {error}" if error else "")
     step = definition.steps[index]
     if step.on_error == "continue":
-        _continue(unit, attempt, definition, index, now_ms, message, waited, state)
+        let_pass(unit, attempt, definition, index, message, now_ms, duration_ms=waited, state=state)
         return unit
     fail_step(unit, attempt, definition, index, message, now_ms, duration_ms=waited,
               ending=parked_ending(p, tenant_id, parent_id, state))
     return unit
 
 
-def _continue(unit: Unit, attempt: Attempt, definition: WorkflowDef, index: int, now_ms: int, message: str,
-              waited: int, state: Mapping[bytes, bytes]) -> None:
-    unit.event(StepFailedEvent(**attempt.ids(), ts=now_ms, step_index=index, error=message, duration_ms=waited,
-                               attempt=attempt.attempt, continued=True))
-    unit.hset(attempt.state_key, {"step": index + 1})
-    previous = state.get(f"out:{index - 1}".encode())
-    go_on(unit, attempt, definition, index, now_ms, msgspec.msgpack.decode(previous) if previous else None, state)
-
-
 async def child_to_cancel(redis: Redis, p: int, parent_id: str) -> tuple[str, Status] | None:
     """The child a cancelled parent was waiting for, with its status, if it has not ended."""
-    child_id = _s(await redis.hget(keys.execution(p, parent_id), "waits_for"))
+    child_id = text(await redis.hget(keys.execution(p, parent_id), "waits_for"))
     if not child_id:
         return None
-    status = _s(await redis.hget(keys.execution(p, child_id), "status"))
+    status = text(await redis.hget(keys.execution(p, child_id), "status"))
     if not status or Status(status) in FINISHED:
         return None
     return child_id, Status(status)
-
-
-def _s(raw: Any) -> str:
-    if raw is None:
-        return ""
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 # --- at save time ---------------------------------------------------------------------------------------------

@@ -37,14 +37,13 @@ from shared.events import (
 )
 from shared.pinned import PinnedDefinitions
 from shared.plans import Plan
-from shared.sizes import fits
+from shared.sizes import encode_output, fits
 from shared.state import FENCE, Status
 from shared.templates import render
 from shared.tracing import span
 from shared.workflows import StepDef, WorkflowDef
 
 log = logging.getLogger(__name__)
-_encoder = msgspec.msgpack.Encoder()
 
 
 class RunStopped(Exception):
@@ -235,14 +234,7 @@ class ExecutionRun:
             await self._commit(unit)
 
     def _encode_output(self, output: Any) -> bytes:
-        """The output as stored; one over ORQ_MAX_OUTPUT_BYTES fails the step here, where it is produced,
-        rather than stalling the projection of everyone else's events downstream."""
-        limit = self.env.max_output_bytes
-        body = _encoder.encode(output) if fits(output, 2 * limit) else b""
-        if not body or len(body) > limit:
-            size = f"{len(body)} bytes" if body else f"over {2 * limit} bytes"
-            raise StepFailed(f"output_too_large: the step's output is {size}, over ORQ_MAX_OUTPUT_BYTES={limit}")
-        return body
+        return encode_output(output, self.env.max_output_bytes)
 
     def _step_started(self, definition: WorkflowDef, index: int, ts: int) -> StepStarted:
         step = definition.steps[index]

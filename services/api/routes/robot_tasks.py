@@ -9,9 +9,7 @@ unit guarded by the execution still being parked on that task and the robot hold
 from __future__ import annotations
 
 import time
-from typing import Any
 
-import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -33,12 +31,10 @@ from services.api.schemas import (
 from shared import keys, metrics, robot_tasks
 from shared.clock import now_ms
 from shared.commit import Refused, Unit
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict, NotFound, StepFailed
 from shared.robots import RobotState
-from shared.sizes import fits
+from shared.sizes import encode_output
 from shared.workflows import WorkflowDef
-
-_encoder = msgspec.msgpack.Encoder()
 
 
 class TaskGone(Conflict):
@@ -121,10 +117,11 @@ async def complete(request: Request) -> Response:
     body = await read_json(request, TaskCompleteIn, empty=TaskCompleteIn())
     view = await _held_task(request, robot)
     definition = await _definition(ctx, view)
-    encoded = _within_limit(body.output, ctx.settings.max_output_bytes)
     ts = now_ms()
-    if isinstance(encoded, str):  # too large: the step fails, as it would in an executor
-        unit = robot_tasks.fail_unit(view, robot.id, definition, now_ms=ts, error=encoded)
+    try:
+        encoded = encode_output(body.output, ctx.settings.max_output_bytes)
+    except StepFailed as too_large:  # the step fails, as it would in an executor
+        unit = robot_tasks.fail_unit(view, robot.id, definition, now_ms=ts, error=too_large.message)
         step_status = "failed"
     else:
         unit = robot_tasks.complete_unit(view, robot.id, definition, now_ms=ts, output=body.output, body=encoded)
@@ -154,15 +151,6 @@ async def logs(request: Request) -> Response:
                                  lines=[(line.level, line.message) for line in body.lines])
     await _commit(ctx, unit, view.task_id)
     return Response(status_code=204)
-
-
-def _within_limit(output: Any, limit: int) -> bytes | str:
-    """The output's msgpack, or the error that fails the step when it is over ``ORQ_MAX_OUTPUT_BYTES``."""
-    body = _encoder.encode(output) if fits(output, 2 * limit) else b""
-    if body and len(body) <= limit:
-        return body
-    size = f"{len(body)} bytes" if body else f"over {2 * limit} bytes"
-    return f"output_too_large: the step's output is {size}, over ORQ_MAX_OUTPUT_BYTES={limit}"
 
 
 async def _done(ctx: ApiContext, view: robot_tasks.TaskView, step_status: str) -> Response:
