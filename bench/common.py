@@ -116,8 +116,9 @@ async def fresh_redis() -> Redis:
     return redis
 
 
-async def seed_workflow(committer: Committer, tenant_id: str, definition: WorkflowDef = NOOP) -> WorkflowState:
-    p = keys.partition_of(tenant_id, PARTITIONS)
+async def seed_workflow(committer: Committer, tenant_id: str, definition: WorkflowDef = NOOP,
+                        partitions: int = PARTITIONS) -> WorkflowState:
+    p = keys.partition_of(tenant_id, partitions)
     workflow = WorkflowState(new_id(), tenant_id, definition.name, 1, False)
     unit = Unit(p).hset(keys.tenant(p, tenant_id), {"name": tenant_id, "plan": "bench", "key_hash": "-",
                                                     "paused": "0"})
@@ -129,8 +130,8 @@ async def seed_workflow(committer: Committer, tenant_id: str, definition: Workfl
 
 
 def queue_units(workflow: WorkflowState, count: int, batch: int = 500, priority: int = 5,
-                definition: WorkflowDef = NOOP) -> list[Unit]:
-    p = keys.partition_of(workflow.tenant_id, PARTITIONS)
+                definition: WorkflowDef = NOOP, partitions: int = PARTITIONS) -> list[Unit]:
+    p = keys.partition_of(workflow.tenant_id, partitions)
     plan = BENCH_PLAN
     units = []
     for start in range(0, count, batch):
@@ -146,23 +147,24 @@ async def work_left(redis: Redis) -> int:
     return sum(int(v) for counts in queued for v in counts) + entries
 
 
-async def drained(redis: Redis) -> bool:
+async def drained(redis: Redis, partitions: int = PARTITIONS) -> bool:
     """No backlog level left and no work entry left, in O(partitions) commands: unlike ``work_left`` this
     costs the same at 10,000 tenants as at one, so polling it does not load the Redis being measured."""
-    levels, entries = await _waiting_and_entries(redis, lambda pipe, p: pipe.zcard(keys.levels(p)))
+    levels, entries = await _waiting_and_entries(redis, lambda pipe, p: pipe.zcard(keys.levels(p)), partitions)
     return sum(levels) == 0 and entries == 0
 
 
-async def dispatched(redis: Redis) -> bool:
+async def dispatched(redis: Redis, partitions: int = PARTITIONS) -> bool:
     """Some work entry exists: an executor has started taking work."""
-    _, entries = await _waiting_and_entries(redis, lambda pipe, p: pipe.zcard(keys.levels(p)))
+    _, entries = await _waiting_and_entries(redis, lambda pipe, p: pipe.zcard(keys.levels(p)), partitions)
     return entries > 0
 
 
-async def _waiting_and_entries(redis: Redis, waiting: Callable[[Pipeline, int], object]) -> tuple[list[Any], int]:
+async def _waiting_and_entries(redis: Redis, waiting: Callable[[Pipeline, int], object],
+                               partitions: int = PARTITIONS) -> tuple[list[Any], int]:
     """One round trip: ``waiting(pipe, p)``'s reply for every partition, and the work entries of all."""
     async with redis.pipeline(transaction=False) as pipe:
-        for p in range(PARTITIONS):
+        for p in range(partitions):
             waiting(pipe, p)
             for stream in keys.work_streams(p):
                 pipe.xlen(stream)

@@ -27,7 +27,7 @@ from shared.db import create_engine, create_schema
 from shared.durability import ensure_durable
 from shared.metrics import Collect
 from shared.metrics_server import start_metrics_server
-from shared.redis import connect
+from shared.redis import client_for
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -96,13 +96,13 @@ class Service:
 
     async def _open(self) -> None:
         if self._redis_connections is None:
-            self._redis = connect(self.settings.redis_url)
+            self._redis = client_for(self.settings)
         else:
-            self._redis = connect(self.settings.redis_url, max_connections=self._redis_connections)
+            self._redis = client_for(self.settings, max_connections=self._redis_connections)
         if self._want_sql:
             self._engine = create_engine(self.settings.database_url, timeout_s=self._sql_timeout_s)
         if self._want_committer:
-            self._committer = Committer(self._redis)
+            self._committer = Committer(self._redis, wait_replicas=self.settings.redis_wait_replicas)
         await ensure_durable(self._redis, self.settings)
         if self._want_sql:
             await self._create_schema()

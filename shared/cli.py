@@ -26,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     api = sub.add_parser("api", help="HTTP API and WebSocket feed")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--workers", type=_api_workers, default=os.environ.get("ORQ_API_WORKERS", "1"),
+                     help="API processes on the one port, each a whole API (default: ORQ_API_WORKERS, else 1)")
+    api.add_argument("--as-worker", action="store_true", help=argparse.SUPPRESS)  # started by --workers N
     sub.add_parser("executor", help="run workflow executions")
     sub.add_parser("projector", help="project events into SQL tables")
     sub.add_parser("trigger", help="fire triggers")
@@ -39,6 +42,14 @@ def _parser() -> argparse.ArgumentParser:
     add_admin_commands(sub)
     add_robot_command(sub)
     return parser
+
+
+def _api_workers(value: str) -> int:
+    from services.api.server import MAX_WORKERS
+
+    if not value.isdigit() or not 1 <= int(value) <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"a number of processes from 1 to {MAX_WORKERS}, not {value!r}")
+    return int(value)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -114,10 +125,16 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> None:
 
         sys.exit(run_admin(args, settings))
     match args.command:
+        case "api" if args.workers > 1 and not args.as_worker:
+            from services.api.server import serve_workers, worker_command
+
+            command = worker_command(args.host, args.port, args.log_level, args.log_format)
+            run_until_signalled(lambda stop: serve_workers(stop, args.workers, command, args.host, args.port))
         case "api":
             from services.api.server import serve as serve_api
 
-            run_until_signalled(lambda stop: serve_api(settings, stop, host=args.host, port=args.port))
+            run_until_signalled(lambda stop: serve_api(settings, stop, host=args.host, port=args.port,
+                                                       worker=args.as_worker))
         case "executor":
             from services.executor.worker import serve as serve_executor
 

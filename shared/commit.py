@@ -18,10 +18,18 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
 
 from shared import keys
 from shared.events import EventBase, encode, type_of
-from shared.redis import PipelinedScript, run_pipeline
+from shared.redis import (
+    REPLICA_WAIT_MS,
+    PipelinedScript,
+    node_of,
+    queue_replica_wait,
+    replicas_after_probe,
+    run_pipeline,
+)
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +293,26 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+class NotReplicated(RedisError):
+    """Fewer replicas than ``ORQ_REDIS_WAIT_REPLICAS`` confirmed a commit within ``REPLICA_WAIT_MS``: it is on
+    its master (``outcome`` says how it went there) but may not survive a failover, so it is not answered as
+    done. The API answers 503 (an ``Idempotency-Key`` makes the client's retry safe); the executor waits for
+    the replicas (``Committer.confirm_replicated``) rather than sending the commit again."""
+
+    def __init__(self, p: int, outcome: Outcome | None, confirmed: int, wanted: int) -> None:
+        super().__init__(f"only {confirmed} of {wanted} replicas confirmed the write within {REPLICA_WAIT_MS} ms "
+                         "(ORQ_REDIS_WAIT_REPLICAS)")
+        self.p = p
+        self.outcome = outcome
+
+
+def queue_order(redis: Redis, written: list[str], replicas: int) -> list[str]:
+    """The masters ``queue_replica_wait`` queued WAITs for, in its order (without queueing anything)."""
+    if not replicas:
+        return []
+    return list(dict.fromkeys(node_of(redis, key) for key in written))
+
+
 class Committer:
     """Group commit: units submitted while a batch is in flight go together in the next one.
 
@@ -292,8 +320,9 @@ class Committer:
     the size of one call so a huge burst does not block Redis for long.
     """
 
-    def __init__(self, redis: Redis, max_batch: int = 512) -> None:
+    def __init__(self, redis: Redis, max_batch: int = 512, *, wait_replicas: int = 0) -> None:
         self._redis = redis
+        self._wait_replicas = wait_replicas
         self._script = PipelinedScript(load_lua("commit.lua"))
         self._max_batch = max_batch
         self._pending: list[tuple[Unit, asyncio.Future[Outcome]]] = []
@@ -361,17 +390,33 @@ class Committer:
             def build(pipe: Pipeline) -> None:
                 for log_key, args in calls:
                     self._script.queue(pipe, [log_key], args)
+                queue_replica_wait(pipe, self._redis, [log_key for log_key, _ in calls], self._wait_replicas)
 
             replies = await run_pipeline(self._redis, build, [self._script])
+            replies, waits = replies[: len(calls)], replies[len(calls) :]
+            masters = queue_order(self._redis, [log_key for log_key, _ in calls], self._wait_replicas)
+            short = {node: int(n) for node, n in zip(masters, waits, strict=True) if int(n) < self._wait_replicas}
         except Exception as exc:  # the whole batch failed to reach Redis: every waiter learns why
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
-        for items, reply in zip(by_partition.values(), replies, strict=True):
+        for (p, items), reply in zip(by_partition.items(), replies, strict=True):
+            replicated = short.get(node_of(self._redis, keys.log(p))) if short else None
             for (_, future), raw in zip(items, reply, strict=True):
-                if not future.done():
+                if future.done():
+                    continue
+                if replicated is None:
                     future.set_result(_outcome(raw))
+                else:
+                    future.set_exception(NotReplicated(p, _outcome(raw), replicated, self._wait_replicas))
+
+    async def confirm_replicated(self, p: int) -> None:
+        """Raise :class:`NotReplicated` unless the replicas now have everything partition ``p``'s master wrote
+        (a probe write and its WAIT: see ``replicas_after_probe``)."""
+        confirmed = await replicas_after_probe(self._redis, keys.replication_probe(p), self._wait_replicas)
+        if confirmed < self._wait_replicas:
+            raise NotReplicated(p, None, confirmed, self._wait_replicas)
 
 
 def _consume_exception(future: asyncio.Future[Outcome]) -> None:

@@ -14,11 +14,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisClusterException, RedisError
 
 from shared.events import Event, decode
 from shared.redis import BLOCK_MS, Entries, auto_claim, ensure_groups, read_group
+from shared.stream_reads import StreamReads
 
 log = logging.getLogger(__name__)
+
+PAUSE_AFTER_ERROR_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,21 +73,29 @@ class StreamConsumer:
         self.block_ms = block_ms
         self.reclaim_idle_ms = reclaim_idle_ms
         self._next_reclaim = 0.0
+        self._reads = StreamReads(redis, group=group, consumer=consumer)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; the batch in hand is finished and acked before returning."""
         await ensure_groups(self.redis, self.streams, self.group)
         await self._drain_own_pending()
-        while not stop.is_set():
-            if time.monotonic() >= self._next_reclaim:
-                await self._reclaim_from_dead_consumers()
-            await self.read_once(block_ms=self.block_ms)
+        try:
+            while not stop.is_set():
+                try:
+                    if time.monotonic() >= self._next_reclaim:
+                        await self._reclaim_from_dead_consumers()
+                    await self.read_once(block_ms=self.block_ms)
+                except (RedisError, RedisClusterException) as exc:
+                    # Redis away for a moment (a restart, a failover): what was not acked is read again.
+                    log.warning("%s on %s: %s; reading again in %ss", self.group, self.consumer, exc,
+                                PAUSE_AFTER_ERROR_S)
+                    await asyncio.sleep(PAUSE_AFTER_ERROR_S)
+        finally:
+            await self._reads.close()
 
     async def read_once(self, block_ms: int | None = None) -> int:
         """Read and handle one batch of new entries; returns how many were handled."""
-        reply = await read_group(
-            self.redis, self.group, self.consumer, {s: ">" for s in self.streams}, count=self.count, block_ms=block_ms
-        )
+        reply = await self._reads.read({s: ">" for s in self.streams}, count=self.count, block_ms=block_ms)
         handled = 0
         for stream, entries in reply:
             handled += await self._handle(stream, records_of(entries), entries)

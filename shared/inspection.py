@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from shared import keys
-from shared.redis import text
+from shared.redis import node_of, text
 
 # Past this many undelivered entries lag is reported as this number (counting further costs too much).
 LAG_COUNT_CAP = 10_000
@@ -46,6 +46,7 @@ class PartitionStatus:
     groups: list[GroupStatus] = field(default_factory=list)
     running: int = 0  # executions holding an executor slot (the ``running`` hash)
     backlog: int = 0  # executions waiting in the fair-share backlogs (the ``queued`` hash)
+    node: str = ""  # host:port of the Redis serving the partition (its slot's master on a cluster)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +162,7 @@ async def partition_status(redis: Redis, partitions: int) -> list[PartitionStatu
                 groups=[*_merge("log", mine), *_merge("work", mine), *_merge("notify", mine)],
                 running=_hash_total(replies[at + 2]),
                 backlog=_hash_total(replies[at + 3]),
+                node=node_of(redis, keys.log(p)),
             )
         )
     return out

@@ -6,6 +6,7 @@ Lua script over one partition stays atomic.
 
 from __future__ import annotations
 
+import binascii
 import zlib
 from functools import cache
 
@@ -30,9 +31,71 @@ def partition_of(tenant_id: str, partitions: int) -> int:
     return zlib.crc32(tenant_id.encode()) % partitions
 
 
+# Redis Cluster has 16384 hash slots; a key's slot is CRC16 (XMODEM) of its hash tag modulo this.
+CLUSTER_SLOTS = 16384
+# In cluster mode, partition p of S takes the first hash tag of the form ``p``, ``p.1``, ``p.2``, ... whose slot
+# falls in the p-th of S equal slot ranges; 0 means single-node mode, where the tag is plain ``p``.
+_spread_over = 0
+
+
+def configure(*, partitions: int, cluster: bool) -> None:
+    """Choose the partitions' hash tags for a deployment (every process of it must agree: ``shared.redis``'s
+    ``client_for`` calls this from the settings).
+
+    A plain ``{p}`` lands wherever CRC16 puts it: with 3 masters, partitions 0-3 would sit 1, 2 and 1 on them
+    (slots 13907, 9842, 5649 and 1584). ``redis-cli --cluster create`` gives each master an equal run of
+    slots, so a tag chosen inside the p-th of S equal runs spreads S partitions as evenly as the master
+    count allows (exactly evenly when S is a multiple of it). The mapping is in docs/scaling.md."""
+    global _spread_over
+    spread = partitions if cluster else 0
+    if spread != _spread_over:
+        _spread_over = spread
+        for name in _CACHED:
+            globals()[name].cache_clear()
+
+
+def slot_of(hash_tag: str) -> int:
+    """The Redis Cluster slot of a key whose hash tag is ``hash_tag``."""
+    return binascii.crc_hqx(hash_tag.encode(), 0) % CLUSTER_SLOTS
+
+
+def spread_tag(p: int, partitions: int) -> str:
+    """The first of ``p``, ``p.1``, ``p.2``, ... whose slot is in the middle half of the p-th of ``partitions``
+    equal slot runs (away from its edges: a master's run may start or end a slot off from S's)."""
+    low, high = p * CLUSTER_SLOTS // partitions, (p + 1) * CLUSTER_SLOTS // partitions
+    margin = (high - low) // 4
+    low, high = low + margin, high - margin
+    candidate, n = str(p), 0
+    while not low <= slot_of(candidate) < high:
+        n += 1
+        candidate = f"{p}.{n}"
+    return candidate
+
+
+def hash_tag(p: int) -> str:
+    """The text between the braces of partition ``p``'s keys."""
+    return spread_tag(p, _spread_over) if _spread_over else str(p)
+
+
+def slot_guard_of(key: str) -> str:
+    """The never-written key that every script over ``key``'s partition declares last among its keys.
+
+    A script reaches keys it does not declare (names it builds from the partition's prefix, tenants it pops
+    from a ready set). While a Redis Cluster migrates the partition's slot, such a key may already be on the
+    other master, and the script would fail half-way with its first writes kept. Declaring a key that never
+    exists makes Redis refuse the whole call up front with TRYAGAIN (a call whose keys are partly missing in
+    a migrating or importing slot), which the client retries: no script runs while its slot moves."""
+    return f"{key[: key.index('}') + 1]}:slot-guard"
+
+
+def partition_of_key(key: str) -> int:
+    """The partition whose hash tag ``key`` carries."""
+    return int(key[key.index("{") + 1 : key.index("}")].split(".", 1)[0])
+
+
 @cache
 def tag(p: int) -> str:
-    return f"{PREFIX}:{{{p}}}"
+    return f"{PREFIX}:{{{hash_tag(p)}}}"
 
 
 @cache
@@ -175,6 +238,12 @@ def cancel_channel(p: int) -> str:
     return f"{tag(p)}:cancel"
 
 
+def replication_probe(p: int) -> str:
+    """Written (with a short TTL) to ask the replicas whether they have everything of the partition's master
+    so far (``ORQ_REDIS_WAIT_REPLICAS``: see shared/commit.py ``confirm_replicated``)."""
+    return f"{tag(p)}:replication-probe"
+
+
 def projector_lock(p: int) -> str:
     """Held by the one projector that applies this partition's log (projection needs order)."""
     return f"{tag(p)}:lock:projector"
@@ -314,3 +383,7 @@ def robot(p: int, robot_id: str) -> str:
 def robot_names(p: int, tenant_id: str) -> str:
     """Hash casefolded robot name → robot id of a tenant's robots (names are unique per tenant)."""
     return f"{tag(p)}:robotnames:{tenant_id}"
+
+
+# Every cached key builder: their values depend on the tags ``configure`` chose.
+_CACHED = [name for name, value in list(globals().items()) if hasattr(value, "cache_clear")]

@@ -168,7 +168,7 @@ async def run_maintenance(
     report = Report(dry_run=dry_run, at_ms=now_ms)
     marks = await checkpoints(engine)
     retention_bound = f"{max(0, now_ms - settings.log_min_retention_s * 1000)}-0"
-    committer = None if dry_run else Committer(redis)
+    committer = None if dry_run else Committer(redis, wait_replicas=settings.redis_wait_replicas)
     try:
         for p in range(settings.partitions):
             report.logs.append(await trim_log(redis, p, marks.get(p), retention_bound=retention_bound,

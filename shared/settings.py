@@ -31,6 +31,10 @@ class Settings:
     """Everything a service needs to know about its deployment."""
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Redis Cluster (DESIGN §13, docs/scaling.md): ``redis_url`` is then one seed node of the cluster.
+    redis_cluster: bool = False
+    # Writes are answered (202, acks) only once this many replicas have them (``WAIT``); 0: not waited for.
+    redis_wait_replicas: int = 0
     database_url: str = f"sqlite+aiosqlite:///{DEV_DATA_DIR}/orq.db"
     admin_token: str = ""
     partitions: int = 4
@@ -132,6 +136,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     private_networks = _flag(env, "ORQ_ALLOW_PRIVATE_NETWORKS") or _flag(env, "ORQ_ALLOW_PRIVATE_WEBHOOKS")
     return Settings(
         redis_url=env.get("ORQ_REDIS_URL") or defaults.redis_url,
+        redis_cluster=_flag(env, "ORQ_REDIS_CLUSTER"),
+        redis_wait_replicas=_int(env, "ORQ_REDIS_WAIT_REPLICAS", defaults.redis_wait_replicas, minimum=0),
         database_url=env.get("ORQ_DATABASE_URL") or defaults.database_url,
         admin_token=env.get("ORQ_ADMIN_TOKEN") or secrets.token_urlsafe(24),
         partitions=_int(env, "ORQ_PARTITIONS", defaults.partitions),

@@ -5,7 +5,9 @@ Execution hash ``orq:{p}:exec:<id>`` fields (all strings):
 ``attempt`` (the attempt now running or next to run, from 1 in each attempt series), ``retry_count``,
 ``crash_count``, ``step`` (index to resume from), ``fence`` (the fencing token: moves on at every hand-out
 to an executor and at every command that revokes one; every commit of a run checks it), ``owner`` (the
-executor consumer it is handed out to; set exactly while it counts in the tenant's ``running``),
+executor consumer it is handed out to; set exactly while it counts in the tenant's ``running``), ``seq`` (how
+many lifecycle commits its runs have made: each requires the last value and moves it on, so a commit sent
+again after its reply was lost applies once),
 ``queued_at``, ``started_at``, ``params`` (msgpack), ``out:<i>`` (msgpack output of step i),
 ``work_stream``/``work_id`` (its work entry, while it has one: dispatch writes them), ``retry_at`` (ms: when
 the retry after a failed attempt is due, the time the ``due`` sorted set holds too; written with status
@@ -44,6 +46,7 @@ class Status(StrEnum):
 
 
 FENCE = "fence"
+SEQ = "seq"
 
 FINISHED = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
 

@@ -20,7 +20,7 @@ from shared import keys
 from shared.clock import iso, now_ms, stream_id_parts
 from shared.commit import Applied, Committer
 from shared.execution_commands import dlq_purge_unit, requeue_unit
-from shared.redis import Entries, connect, text
+from shared.redis import Entries, client_for, text
 from shared.settings import Settings
 from shared.state import Status, read_execution
 
@@ -138,8 +138,8 @@ async def dlq_command(settings: Settings, args: argparse.Namespace) -> int:
     if args.action != "list" and f.empty and not args.all:
         print("orq: refusing to act on the whole DLQ without a filter; add --all to mean it", file=sys.stderr)
         return 2
-    redis = connect(settings.redis_url)
-    committer = Committer(redis)
+    redis = client_for(settings)
+    committer = Committer(redis, wait_replicas=settings.redis_wait_replicas)
     try:
         items = await matching(redis, settings.partitions, f, args.limit)
         if args.action == "list" or args.dry_run:

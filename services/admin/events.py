@@ -10,8 +10,9 @@ import msgspec
 
 from shared import keys
 from shared.events import decode, to_json
-from shared.redis import BLOCK_MS, Entries, connect, text
+from shared.redis import BLOCK_MS, Entries, client_for, text
 from shared.settings import Settings
+from shared.stream_reads import StreamReads
 
 
 def _wanted(event: Any, args: argparse.Namespace) -> bool:
@@ -36,10 +37,11 @@ def _emit(stream_p: int, entry_id: str, fields: dict[bytes, bytes], args: argpar
 
 async def tail(settings: Settings, args: argparse.Namespace) -> int:
     partitions = args.partition or list(range(settings.partitions))
-    redis = connect(settings.redis_url)
+    redis = client_for(settings)
+    reads = StreamReads(redis)
     shown = 0
     try:
-        positions: dict[Any, Any] = {}
+        positions: dict[str, str] = {}
         for p in partitions:
             stream = keys.log(p)
             since = args.since
@@ -54,13 +56,12 @@ async def tail(settings: Settings, args: argparse.Namespace) -> int:
             positions[stream] = since
         partition_of = {keys.log(p): p for p in partitions}
         while not (args.max and shown >= args.max):
-            reply = await redis.xread(positions, count=500, block=None if args.no_follow else BLOCK_MS)
+            reply = await reads.read(positions, count=500, block_ms=None if args.no_follow else BLOCK_MS)
             if not reply:
                 if args.no_follow:
                     break
                 continue
-            for raw_stream, entries in cast(list[tuple[bytes, Entries]], reply):
-                name = text(raw_stream)
+            for name, entries in reply:
                 for raw_id, fields in entries:
                     positions[name] = text(raw_id)
                     shown += _emit(partition_of[name], text(raw_id), fields, args)
@@ -69,5 +70,6 @@ async def tail(settings: Settings, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # pragma: no cover - interactive use
         pass
     finally:
+        await reads.close()
         await redis.aclose()
     return 0

@@ -24,7 +24,7 @@ from services.projector.quarantine import Quarantined
 from services.projector.retry import retry_unheld
 from shared.clock import iso, now_ms
 from shared.db import create_engine, create_schema
-from shared.redis import connect
+from shared.redis import client_for
 from shared.settings import Settings
 
 POLL_S = 0.5
@@ -61,7 +61,7 @@ async def _retry(settings: Settings, engine: AsyncEngine, entries: list[Quaranti
         return 0
     async with engine.begin() as conn:
         await quarantine.request_retry(conn, entries, now_ms())
-    redis = connect(settings.redis_url)
+    redis = client_for(settings)
     try:
         here = await retry_unheld(redis, engine, sorted({e.partition for e in entries}))
     finally:

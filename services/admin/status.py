@@ -15,7 +15,7 @@ from shared.clock import iso, now_ms
 from shared.db import create_engine, create_schema
 from shared.inspection import PartitionStatus, partition_status
 from shared.maintenance import checkpoints, run_maintenance
-from shared.redis import connect
+from shared.redis import client_for
 from shared.settings import Settings
 
 
@@ -37,7 +37,7 @@ def _table(statuses: list[PartitionStatus], marks: dict[int, str], aside: dict[i
            last: dict[str, Any] | None) -> list[str]:
     lines = []
     for s in statuses:
-        lines.append(f"partition {s.partition}: log {s.log_length} entries ({s.log_first_id or '-'} .. "
+        lines.append(f"partition {s.partition} on {s.node}: log {s.log_length} entries ({s.log_first_id or '-'} .. "
                      f"{s.log_last_id}), checkpoint {marks.get(s.partition, '-')}, "
                      f"quarantined {aside.get(s.partition, 0)}, DLQ {s.dlq}, "
                      f"work {s.work_length}, notify {s.notify_length}")
@@ -55,7 +55,7 @@ def _table(statuses: list[PartitionStatus], marks: dict[int, str], aside: dict[i
 
 
 async def status(settings: Settings, *, as_json: bool) -> int:
-    redis = connect(settings.redis_url)
+    redis = client_for(settings)
     engine = create_engine(settings.database_url)
     try:
         statuses = await partition_status(redis, settings.partitions)
@@ -79,7 +79,7 @@ async def status(settings: Settings, *, as_json: bool) -> int:
 
 
 async def maintenance(settings: Settings, *, dry_run: bool, as_json: bool) -> int:
-    redis = connect(settings.redis_url)
+    redis = client_for(settings)
     engine = create_engine(settings.database_url)
     try:
         await create_schema(engine)

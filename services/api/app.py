@@ -108,7 +108,7 @@ def create_app(
         settings=settings,
         redis=redis,
         engine=engine,
-        committer=committer or Committer(redis),
+        committer=committer or Committer(redis, wait_replicas=settings.redis_wait_replicas),
         action_types=param_types(load_plugins()),
         feed=FeedHub(redis, settings.partitions),
         offers=OfferWaiters(redis, settings.partitions),

@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from redis.exceptions import ClusterError, RedisClusterException, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -23,6 +24,7 @@ from starlette.responses import Response
 from starlette.types import ExceptionHandler
 
 from services.api import responses
+from shared.commit import NotReplicated
 from shared.db import SqlTimeout
 from shared.errors import OrqError, QuotaExceeded
 
@@ -106,6 +108,11 @@ def exception_handlers() -> dict[Any, ExceptionHandler]:
         HTTPException: _http_error,
         RedisConnectionError: _unavailable,
         RedisTimeoutError: _unavailable,
+        # A Redis Cluster between masters (failover, slot migration) or a write short of its replicas.
+        ClusterError: _unavailable,
+        TryAgainError: _unavailable,
+        RedisClusterException: _unavailable,
+        NotReplicated: _unavailable,
         OperationalError: _unavailable,
         InterfaceError: _unavailable,
         PoolTimeoutError: _unavailable,

@@ -32,6 +32,7 @@ from shared.consumer import records_of
 from shared.errors import OrqError
 from shared.events import EVENT_TYPES, EventBase, decode, to_json
 from shared.redis import BLOCK_MS, Entries, text
+from shared.stream_reads import StreamReads
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +208,7 @@ class FeedHub:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._reads = StreamReads(redis)
         self.stats = FeedStats()
 
     @property
@@ -228,6 +230,7 @@ class FeedHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await self._reads.close()
 
     def subscription(
         self, tenant_id: str, *, execution_id: str | None = None, types: TypeFilter | None = None
@@ -276,6 +279,7 @@ class FeedHub:
         while not self._stopping:
             if not self._count:
                 self._active = False
+                await self._reads.close()  # the next subscriber starts from new positions
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -289,13 +293,13 @@ class FeedHub:
                 await asyncio.sleep(RETRY_AFTER_ERROR_S)
 
     async def read_once(self) -> int:
-        """One ``XREAD BLOCK`` over every partition's log; dispatch what came. Returns the entries read."""
+        """A blocking read of every partition's log (one ``XREAD``, or one per partition on a cluster);
+        dispatch what came. Returns the entries read."""
         streams = {keys.log(p): pos for p, pos in self._positions.items()}
-        reply = await self._redis.xread(streams, count=self.read_count, block=self._block_ms)  # type: ignore[arg-type]
+        reply = await self._reads.read(streams, count=self.read_count, block_ms=self._block_ms)
         read = 0
-        for stream, entries in cast(list[Any], reply or []):
-            p = _partition_of_log(text(stream))
-            entries = cast(Entries, entries)
+        for stream, entries in reply:
+            p = keys.partition_of_key(stream)
             if entries:
                 self._positions[p] = text(entries[-1][0])
             read += len(entries)
@@ -325,11 +329,6 @@ class FeedHub:
                 else:
                     self.stats.dropped += 1
                     self.unsubscribe(sub)
-
-
-def _partition_of_log(stream: str) -> int:
-    # keys.log(p) is "orq:{p}:log"
-    return int(stream[stream.index("{") + 1 : stream.index("}")])
 
 
 async def replay(

@@ -16,13 +16,14 @@ from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
+from redis.exceptions import RedisClusterException, RedisError
 
 from services.executor.actions import Actions
 from services.executor.job import Job
 from shared import keys, metrics, outcomes, robot_tasks, subworkflows
 from shared.actions import WorkflowParams
 from shared.clock import now_ms
-from shared.commit import Applied, Committer, Refused, Unit
+from shared.commit import Applied, Committer, NotReplicated, Outcome, Refused, Unit
 from shared.errors import StepFailed
 from shared.events import (
     ExecutionLog,
@@ -38,7 +39,7 @@ from shared.events import (
 from shared.pinned import PinnedDefinitions
 from shared.plans import Plan
 from shared.sizes import encode_output, fits
-from shared.state import FENCE, Status
+from shared.state import FENCE, SEQ, Status
 from shared.templates import render
 from shared.tracing import span
 from shared.workflows import StepDef, WorkflowDef
@@ -74,6 +75,13 @@ class RunEnv:
     definitions: PinnedDefinitions = field(default_factory=PinnedDefinitions)
 
 
+# What Redis answers while it cannot take a write for a while: a connection lost, a cluster failing over or
+# moving the partition's slot (TRYAGAIN, CLUSTERDOWN, a slot not covered), a write short of its replicas.
+TRANSIENT = (RedisError, RedisClusterException)
+OUTAGE_RETRY_S = 0.1  # the first wait before sending a commit again; doubles up to OUTAGE_RETRY_MAX_S
+OUTAGE_RETRY_MAX_S = 2.0
+
+
 class StepContext:
     """Handed to actions: identity of the step and a way to report logs and progress."""
 
@@ -106,6 +114,7 @@ class ExecutionRun:
         self.handed_over = False
         self.finishing = False  # its last commit (which acks the entry) is on its way
         self.started_ms = job.int_field(b"started_at")
+        self._seq = job.int_field(b"seq")  # lifecycle commits so far (see _guarded)
 
     # --- units ----------------------------------------------------------------------------------------------
     def fenced(self) -> Unit:
@@ -113,19 +122,70 @@ class ExecutionRun:
         return Unit(self.job.p).require(self.job.state_key, FENCE, [self.job.fence], FENCE)
 
     def _guarded(self) -> Unit:
-        # The fence alone suffices once started: whatever else changes the status (cancel, retry, a takeover)
-        # moves the fence on, and the run's own last commit is its last.
-        return self.fenced()
+        """A lifecycle commit: fenced (whatever else changes the status, a cancel, a retry, a takeover, moves the
+        fence on), and numbered: it requires the execution's ``seq`` to be the run's count and moves it on, so
+        the same commit sent again after its reply was lost (a failover) is refused instead of applied twice."""
+        expected = [str(self._seq), ""] if self._seq == 0 else [str(self._seq)]
+        return self.fenced().require(self.job.state_key, SEQ, expected, SEQ).hset(
+            self.job.state_key, {SEQ: self._seq + 1})
 
     def _ids(self) -> dict[str, Any]:
         return {"tenant_id": self.job.tenant_id, "aggregate_id": self.job.execution_id}
 
     async def _commit(self, unit: Unit) -> None:
-        outcome = await self.env.committer.commit(unit)
+        outcome = await self._send(unit)
         if isinstance(outcome, Refused):
             raise RunStopped(f"{outcome.label} is {outcome.actual!r}")
         if isinstance(outcome, Applied):  # counted once committed: a refused unit ended nothing
             metrics.observe(unit)
+
+    async def _send(self, unit: Unit) -> Outcome:
+        """Commit ``unit``; while Redis cannot take it, wait and send it again (no deadline: the run holds its
+        lease meanwhile, and losing it, a takeover or a cancel stops the run).
+
+        Sent again, a lifecycle commit whose first send was applied (its reply lost) is refused by its ``seq``:
+        that refusal means it is done. A commit applied but short of its replicas (``NotReplicated``) is not
+        sent again: the run waits until the replicas confirm it. Crashing instead would count against the
+        execution's crash limit and turn a long failover into dead letters."""
+        delay = OUTAGE_RETRY_S
+        sent = False
+        while True:
+            try:
+                outcome = await self.env.committer.commit(unit)
+            except NotReplicated as short:
+                if short.outcome is None:
+                    raise
+                await self._until_replicated(short)
+                outcome = short.outcome
+            except TRANSIENT as exc:
+                log.warning("execution %s: commit not taken (%s); sending it again in %.1fs",
+                            self.job.execution_id, exc, delay, extra={"execution_id": self.job.execution_id})
+                sent = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, OUTAGE_RETRY_MAX_S)
+                continue
+            # Every unit sent here is a lifecycle commit (built by ``_guarded``): numbered.
+            if isinstance(outcome, Applied):
+                self._seq += 1
+            elif sent and isinstance(outcome, Refused) and (outcome.label, outcome.actual) == (SEQ, str(self._seq + 1)):
+                self._seq += 1  # the first send was applied
+                return Applied([])
+            return outcome
+
+    async def _until_replicated(self, short: NotReplicated) -> None:
+        delay = OUTAGE_RETRY_S
+        while True:
+            log.warning("execution %s: %s; waiting for the replicas", self.job.execution_id, short,
+                        extra={"execution_id": self.job.execution_id})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, OUTAGE_RETRY_MAX_S)
+            try:
+                await self.env.committer.confirm_replicated(self.job.p)
+                return
+            except NotReplicated as again:
+                short = again
+            except TRANSIENT as exc:
+                log.warning("execution %s: %s", self.job.execution_id, exc)
 
     # --- lifecycle ------------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -152,7 +212,7 @@ class ExecutionRun:
         if not job.fence:  # dispatch hands out only executions it found (and fenced); this is not one
             raise RunStopped("handed out without a fencing token")
         observed = job.state.get(b"status", b"").decode()
-        unit = self.fenced().require(key, "status", [observed], "status")  # as handed out
+        unit = self._guarded().require(key, "status", [observed], "status")  # as handed out
         if observed == Status.QUEUED.value:
             unit.hincrby(keys.queued(job.p), job.tenant_id, -1)
         if job.definition is None:  # its pinned definition is gone: nothing can ever run it
@@ -208,7 +268,8 @@ class ExecutionRun:
                     return  # parked: a robot runs the step, an executor goes on after it
                 continue  # its params could not be rendered: the step failed and was let pass
             if index > first and _runs_here(step):
-                self.env.committer.submit(self._guarded().event(self._step_started(definition, index, now_ms())))
+                # Not numbered (no ``seq``): sent once, never waited for, while the next commit is.
+                self.env.committer.submit(self.fenced().event(self._step_started(definition, index, now_ms())))
             try:
                 if step.action == "workflow":
                     child = await self._start_child(definition, index, params, outputs)
@@ -315,7 +376,7 @@ class ExecutionRun:
             subworkflows.wait_for(unit, p=self.job.p, tenant_id=self.job.tenant_id, parent_id=self.job.execution_id,
                                   step_index=index, child_id=child.execution_id, now_ms=ts)
             self._park(unit)
-        outcome = await self.env.committer.commit(unit)
+        outcome = await self._send(unit)
         if isinstance(outcome, Refused):
             if outcome.label == FENCE:
                 raise RunStopped(f"{outcome.label} is {outcome.actual!r}")

@@ -17,7 +17,6 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
 
 import httpx
 import msgspec
@@ -37,9 +36,10 @@ from shared.clock import now_ms
 from shared.commit import Committer, load_lua
 from shared.metrics import gauge
 from shared.pinned import PinnedDefinitions
-from shared.redis import BLOCK_MS, PipelinedScript, ensure_groups, run_pipeline, text
+from shared.redis import BLOCK_MS, PipelinedScript, ensure_groups, guarded, run_pipeline, text
 from shared.settings import Settings
 from shared.state import Status
+from shared.stream_reads import StreamReads
 
 log = logging.getLogger(__name__)
 BACKOFF_POLL_S = 0.2
@@ -91,6 +91,7 @@ class Executor:
         self._global = GlobalRate(redis, settings.global_rate, self._rate_window_ms)
         self._bells: dict[str, str] = {keys.bell(p): "0-0" for p in self.partitions}
         self._bell_partition = {keys.bell(p): p for p in self.partitions}
+        self._bell_reads = StreamReads(redis)
         self._may_have_work: set[int] = set(self.partitions)
         self._next_expired_look = 0.0
 
@@ -130,6 +131,7 @@ class Executor:
         for task in loops:
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
+        await self._bell_reads.close()
         self.env.draining.set()
         unfinished = [run.job for _, run in self._running.values()] + [job for _, _, job in self._held]
         running = [task for task, _ in self._running.values()]
@@ -147,8 +149,8 @@ class Executor:
         for job in jobs:
             by_partition.setdefault(job.p, []).extend([job.stream, job.entry_id])
         for p, pairs in by_partition.items():
-            moved = await self._handover(keys=[keys.bell(p)], args=[keys.GROUP_EXECUTOR, self.name, self.lease_ms,
-                                                                   *pairs])
+            moved = await self._handover(keys=guarded([keys.bell(p)]),
+                                         args=[keys.GROUP_EXECUTOR, self.name, self.lease_ms, *pairs])
             if moved:
                 log.info("handed %s executions of partition %d over to the other executors", moved, p)
 
@@ -260,16 +262,15 @@ class Executor:
 
     async def _wait_for_bell(self) -> None:
         """Nothing to take: block until a bell rings (work queued, or a limited tenant got room) or BLOCK_MS."""
-        reply = cast(list[Any], await self.redis.xread(self._bells, count=1, block=BLOCK_MS))  # type: ignore[arg-type]
+        reply = await self._bell_reads.read(self._bells, count=1, block_ms=BLOCK_MS)
         if not reply:  # quiet for a while: look everywhere again (a rate-limit minute may have turned)
             self._may_have_work.update(self.partitions)
         for stream, entries in reply:
-            name = text(stream)
-            self._bells[name] = text(entries[-1][0])
-            self._may_have_work.add(self._bell_partition[name])
+            self._bells[stream] = text(entries[-1][0])
+            self._may_have_work.add(self._bell_partition[stream])
         if reply and self.free > 0:
             # A parked execution may be ready to go on (its robot or child finished): look in the rung partitions.
-            await self._take_due([self._bell_partition[text(stream)] for stream, _ in reply])
+            await self._take_due([self._bell_partition[stream] for stream, _ in reply])
         if reply and time.monotonic() >= self._next_expired_look:
             # A shutting-down executor may have handed work over: look now (at most once a second).
             self._next_expired_look = time.monotonic() + 1.0

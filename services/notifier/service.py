@@ -39,9 +39,10 @@ from shared.maintenance import run_maintenance
 from shared.metrics import Metric
 from shared.notifications import TRIGGERS, backoff_ms, outcome_unit, queue_units
 from shared.pinned import PINNED_CACHE_SIZE, PinnedDefinitions
-from shared.redis import Entries, ensure_groups, read_group, text
+from shared.redis import Entries, ensure_groups, text
 from shared.settings import Settings
 from shared.state import read_execution
+from shared.stream_reads import StreamReads
 from shared.workflows import WorkflowDef
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,15 @@ class Notifier:
     # --- 2. deliveries --------------------------------------------------------------------------------------
     async def _deliveries(self, stop: asyncio.Event) -> None:
         streams = {keys.notify(p): ">" for p in self.partitions}
+        # On a cluster each partition's read asks for ``free``: a burst may start up to one batch per partition
+        # beyond DELIVERY_SLOTS, a bound all the same.
+        reads = StreamReads(self.redis, group=keys.GROUP_NOTIFIER, consumer=self.name)
+        try:
+            await self._deliver_until(stop, streams, reads)
+        finally:
+            await reads.close()
+
+    async def _deliver_until(self, stop: asyncio.Event, streams: dict[str, str], reads: StreamReads) -> None:
         while not stop.is_set():
             free = DELIVERY_SLOTS - len(self._inflight)
             if free <= 0:
@@ -138,8 +148,7 @@ class Notifier:
                     await asyncio.wait_for(self._slot_freed.wait(), 1.0)
                 continue
             try:
-                reply = await read_group(self.redis, keys.GROUP_NOTIFIER, self.name, streams, count=free,
-                                         block_ms=READ_BLOCK_MS)
+                reply = await reads.read(streams, count=free, block_ms=READ_BLOCK_MS)
             except Exception:
                 log.exception("reading notification deliveries failed")
                 await asyncio.sleep(1)

@@ -51,7 +51,7 @@ from shared.durability import check_rewind
 from shared.events import ExecutionCancelled, ExecutionCompleted, ExecutionDeadLettered, ExecutionFailed
 from shared.metrics import Metric, counter
 from shared.projection import Projection, needs_of
-from shared.redis import ensure_groups
+from shared.redis import ensure_groups, read_streams
 from shared.settings import PROJECTOR_BATCH, STATE_RETENTION_S, Settings
 from shared.state import FINISHED
 
@@ -278,7 +278,7 @@ class Projector:
 
     async def _idle(self, held: HeldPartition) -> None:
         # Wake as soon as an entry after the last one seen arrives (or after a short block, to notice stop).
-        await self.redis.xread({keys.log(held.p): held.last_id}, count=1, block=self.idle_block_ms)
+        await read_streams(self.redis, {keys.log(held.p): held.last_id}, count=1, block_ms=self.idle_block_ms)
 
     async def apply(self, held: HeldPartition, batch: ReadResult) -> None:
         """Apply entries not yet covered by the checkpoint in one transaction (or, when their data fails it,

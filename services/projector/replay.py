@@ -47,7 +47,7 @@ from shared.db import create_engine, create_schema
 from shared.errors import Conflict
 from shared.events import Event, decode
 from shared.projection import Projection, needs_of
-from shared.redis import connect
+from shared.redis import client_for
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -336,7 +336,7 @@ def _decode(record: Record) -> Event | None:
 async def replay(settings: Settings, show_progress: bool) -> int:
     """``orq replay``: rebuild every projection; returns how many events were replayed."""
     engine = create_engine(settings.database_url)
-    redis = connect(settings.redis_url)
+    redis = client_for(settings)
     try:
         await create_schema(engine)
         return await Replayer(redis, engine, partitions=settings.partitions, batch=REPLAY_BATCH).run(show_progress)

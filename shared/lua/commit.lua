@@ -1,6 +1,6 @@
 -- Apply a batch of atomic units to one partition.
--- KEYS[1]: the partition's log stream (routes the call to the partition's slot; every key touched carries
--- the same hash tag). ARGV[1]: msgpack list of units; a unit is {guards, ops}.
+-- KEYS[1] (then, last, the partition's slot guard: never written, see shared/keys.py): the partition's log
+-- stream (routes the call to the partition's slot; every key touched carries the same hash tag). ARGV[1]: msgpack list of units; a unit is {guards, ops}.
 -- Each unit either applies all its ops or none (a failed guard skips it); one unit's failure never
 -- affects another. Result per unit: {1, log ids...} | {0, label, actual} | {2, stored idempotent reply}.
 

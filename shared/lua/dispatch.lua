@@ -1,5 +1,6 @@
 -- Hand executions of one partition to an executor and load what it needs to run them, in one call.
--- KEYS[1..10]: the partition's work streams, priority 1 (highest) first.
+-- KEYS[1..10]: the partition's work streams, priority 1 (highest) first; KEYS[11]: the partition's slot guard
+-- (never written: shared/keys.py slot_guard_of).
 -- ARGV: mode, group, consumer, count, partition key prefix ('orq:{p}:'), min idle ms (mode 'expired'),
 --       now ms, plans (msgpack map: plan name -> {max concurrent, rate per window, weight}; 0 = no limit),
 --       rate window ms (60000: rates are per minute).
@@ -28,6 +29,7 @@
 -- Result: list of {key index, entry id, execution id, flat execution hash, pinned definition ('' when an
 -- earlier item of the reply carries it), previous owner}.
 
+local LEVELS = #KEYS - 1  -- the work streams: every key but the slot guard
 local mode, group, consumer = ARGV[1], ARGV[2], ARGV[3]
 local want = tonumber(ARGV[4])
 local prefix = ARGV[5]
@@ -75,7 +77,7 @@ local function field(fields, name)
 end
 
 local function key_index(stream)
-  for k = 1, #KEYS do
+  for k = 1, LEVELS do
     if KEYS[k] == stream then return k end
   end
   return nil
@@ -160,7 +162,7 @@ local function unblock_due()
   local due = redis.call('ZRANGEBYSCORE', blocked_key, '-inf', now, 'LIMIT', 0, 64)
   for _, tenant in ipairs(due) do
     redis.call('ZREM', blocked_key, tenant)
-    for k = 1, #KEYS do
+    for k = 1, LEVELS do
       if redis.call('EXISTS', prefix .. 'backlog:' .. k .. ':' .. tenant) == 1 then
         local vt = tonumber(redis.call('GET', prefix .. 'vt:' .. k) or '0')
         redis.call('ZADD', prefix .. 'ready:' .. k, 'NX', vt, tenant)
@@ -185,7 +187,7 @@ end
 
 if mode == 'next' then
   unblock_due()
-  for k = 1, #KEYS do
+  for k = 1, LEVELS do
     if want <= 0 then break end
     local ready = prefix .. 'ready:' .. k
     local taken = {}
@@ -269,7 +271,7 @@ elseif mode == 'due' then
   end
   flush_counts()
 elseif mode == 'expired' then
-  for k = 1, #KEYS do
+  for k = 1, LEVELS do
     if want <= 0 then break end
     -- Per consumer, so parked retries (the 'backoff' consumer's entries are idle by design) never fill the
     -- page that expired entries are looked for in.

@@ -1,7 +1,7 @@
 -- Hand entries an executor holds over to the others at once (graceful shutdown): each is moved to the
 -- pseudo-consumer 'released' with an idle time of a whole lease, so the next executor looking for expired
 -- entries takes it now rather than after the lease. Entries no longer pending to the caller are skipped.
--- KEYS[1]: the partition's bell (rung so idle executors look). ARGV: group, consumer, lease ms, then pairs
+-- KEYS[1]: the partition's bell (rung so idle executors look), KEYS[2]: its slot guard (never written). ARGV: group, consumer, lease ms, then pairs
 -- (stream, entry id).
 local group, consumer, lease = ARGV[1], ARGV[2], ARGV[3]
 local moved = 0

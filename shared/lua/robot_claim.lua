@@ -1,5 +1,6 @@
 -- A robot takes the first task offered to its pool (shared/robot_tasks.py).
--- KEYS[1]: the partition's log. ARGV: partition key prefix ('orq:{p}:'), tenant, pool, robot id, now ms,
+-- KEYS[1]: the partition's log, KEYS[2]: its slot guard (never written, see shared/keys.py).
+-- ARGV: partition key prefix ('orq:{p}:'), tenant, pool, robot id, now ms,
 -- lease ms, template 'step.claimed' event (msgpack; aggregate_id, step_index, task_id and attempt are set here).
 -- The offers sorted set is scored by priority, then offer time: its first member is the task to take. A task
 -- is offered only while its execution is parked on it ('task' on the execution); anything else met on the way

@@ -163,10 +163,11 @@ class Rig:
     gate: Gate = field(default_factory=Gate)
     nodes: list[Node] = field(default_factory=list)
 
-    async def start_node(self, slots: int = 3, lease_s: float = LEASE_S, max_crashes: int = 3) -> Node:
+    async def start_node(self, slots: int = 3, lease_s: float = LEASE_S, max_crashes: int = 3,
+                         committer: Committer | None = None) -> Node:
         settings = replace(Settings(redis_url=REDIS_URL, partitions=self.partitions), plans=PLANS,
                            executor_concurrency=slots, lease_s=lease_s, max_crashes=max_crashes)
-        committer = Committer(self.redis)
+        committer = committer or Committer(self.redis)
         actions = Actions(self.client, plugins={"gate": self.gate})
         node = Node(Executor(settings, self.redis, committer, actions, name=f"node-{len(self.nodes)}"), committer)
         await node.executor._ensure_groups()

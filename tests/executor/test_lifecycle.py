@@ -6,12 +6,13 @@ Executors are real and run on the real Redis; most are driven step by step (:mod
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
 import httpx
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from services.executor.actions import Actions
 from services.executor.run import StepContext
@@ -19,7 +20,7 @@ from services.executor.worker import Executor
 from services.trigger.log_reactions import outcome_of
 from shared import keys
 from shared.clock import now_ms
-from shared.commit import Applied, Committer
+from shared.commit import Applied, Committer, Outcome, Unit
 from shared.events import ExecutionDeadLettered, ExecutionFailed
 from shared.execution_commands import (
     cancel_unit,
@@ -337,3 +338,41 @@ async def test_a_stale_executor_cannot_log(rig: Rig, redis: Redis, committer: Co
     await stale.committer.close()
     types = await _types(redis, execution_id)
     assert "execution.log" not in types and "execution.progress" not in types
+
+
+class LosingReplies(Committer):
+    """Redis applies the commit, then the connection drops before its reply (a master killed mid-call): the
+    caller sees a connection error for a commit that took effect. Once, for the first unit ``lose`` picks."""
+
+    def __init__(self, redis: Redis, lose: Callable[[Unit], bool]) -> None:
+        super().__init__(redis)
+        self._lose: Callable[[Unit], bool] | None = lose
+
+    async def commit(self, unit: Unit) -> Outcome:
+        outcome = await super().commit(unit)
+        if self._lose is not None and self._lose(unit):
+            self._lose = None
+            raise RedisConnectionError("connection closed before the reply")
+        return outcome
+
+
+def _completes(unit: Unit) -> bool:
+    return any(op[0] == "log" and op[2] == "execution.completed" for op in unit.ops)
+
+
+async def test_a_commit_sent_again_after_its_reply_was_lost_applies_once(
+        rig: Rig, redis: Redis, committer: Committer) -> None:
+    """A run sends a commit again when Redis did not answer; if the first send was applied, the ``seq`` guard
+    refuses the second, and the run takes that as done: one completion, no crash, nothing taken over."""
+    workflow = await seed_workflow(committer, TENANT, GATED)
+    node = await rig.start_node(committer=LosingReplies(redis, _completes))
+    [execution_id] = await _queue(committer, workflow, GATED)
+    await node.dispatch()
+    await rig.settle()
+    rig.gate.open(execution_id, ok=True)
+    await rig.settle()
+    state = await status(redis, TENANT, execution_id)
+    assert state["status"] == "completed" and state.get("crash_count", "0") == "0"
+    assert (await _types(redis, execution_id)).count("execution.completed") == 1
+    assert not node.executor._running
+    await check_invariants(redis, P)
