@@ -6,6 +6,8 @@ import asyncio
 import sys
 
 from bench.api import end_to_end
+from bench.api_workers import api_workers
+from bench.cluster import cluster_rows
 from bench.common import Result, print_table
 from bench.executor import dispatch_by_tenants, executor_throughput
 from bench.feed import fanout_latency
@@ -25,7 +27,8 @@ async def main(selected: set[str]) -> None:
     suites = {"reference": bare_consumer, "e2e": end_to_end, "executor": executor_throughput, "bullmq": bullmq_peer,
               "latency": latency_rows, "fairness": dispatch_by_tenants, "queues": queue_throughput,
               "projector": projector_throughput, "feed": fanout_latency,
-              "memory": state_retention, "robots": robot_round_trip}
+              "memory": state_retention, "robots": robot_round_trip, "workers": api_workers,
+              "cluster": cluster_rows}
     for name, suite in suites.items():
         if not selected or name in selected:
             print(f"running {name} ...", file=sys.stderr, flush=True)
