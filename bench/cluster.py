@@ -47,8 +47,10 @@ def _cpu_s(ports: Sequence[tuple[str, int]]) -> float:
     return total
 
 
-async def _drain(url: str, cluster: bool, servers: Sequence[tuple[str, int]], count: int) -> tuple[float, float]:
-    """(executions/s, Redis CPU µs per execution) draining ``count`` pre-queued noop runs with 2 executors."""
+async def _drain(url: str, cluster: bool, servers: Sequence[tuple[str, int]], count: int
+                 ) -> tuple[float, float, float]:
+    """(executions/s, Redis CPU µs per execution, log bytes per execution) draining ``count`` pre-queued noop
+    runs with 2 executors."""
     keys.configure(partitions=CLUSTER_PARTITIONS, cluster=cluster)
     redis = connect(url, cluster=cluster)
     try:
@@ -68,7 +70,9 @@ async def _drain(url: str, cluster: bool, servers: Sequence[tuple[str, int]], co
             await wait_until(lambda: dispatched(redis, CLUSTER_PARTITIONS), timeout=60, interval=0.005)
             seconds = await wait_until(lambda: drained(redis, CLUSTER_PARTITIONS), timeout=600)
             cpu = _cpu_s(servers) - cpu_before
-        return (count // 12 * 12) / seconds, cpu / (count // 12 * 12) * 1e6
+        done = count // 12 * 12
+        log_bytes = sum([int(await redis.memory_usage(keys.log(p), samples=0) or 0) for p in range(CLUSTER_PARTITIONS)])
+        return done / seconds, cpu / done * 1e6, log_bytes / done
     finally:
         await redis.aclose()
         keys.configure(partitions=PARTITIONS, cluster=False)
@@ -100,10 +104,10 @@ def _p99(values: list[float]) -> float:
 async def cluster_rows(count: int = 12_000) -> list[Result]:
     single_server = SyncRedis.from_url(BENCH_REDIS_URL).connection_pool.connection_kwargs
     one = [(str(single_server.get("host", "127.0.0.1")), int(single_server.get("port", 6379)))]
-    single_rate, single_cpu = await _drain(BENCH_REDIS_URL, False, one, count)
+    single_rate, single_cpu, log_bytes = await _drain(BENCH_REDIS_URL, False, one, count)
     with LocalCluster() as cluster:
         masters = [("127.0.0.1", port) for port in cluster.masters()]
-        rate, cpu = await _drain(cluster.seed_url, True, masters, count)
+        rate, cpu, _ = await _drain(cluster.seed_url, True, masters, count)
         plain = await _commit_ms(cluster.seed_url, 0)
         waited = await _commit_ms(cluster.seed_url, 1)
     note = "2 executor procs x 200"
@@ -112,6 +116,8 @@ async def cluster_rows(count: int = 12_000) -> list[Result]:
         Result("executor: 3-master cluster, 6 partitions", rate, "exec/s", "report", note, peer=SINGLE_ROW),
         Result("redis CPU per execution: one Redis", single_cpu, "us", "report", "used_cpu_user+sys"),
         Result("redis CPU per execution: cluster masters", cpu, "us", "report", "sum over the 3 masters"),
+        Result("redis memory per execution: its log entries", log_bytes, "bytes", "report",
+               "MEMORY USAGE of the logs / executions (state: see the memory rows)"),
         Result(COMMIT_ROW, statistics.median(plain), "ms", "report", f"{COMMITS} single admissions"),
         Result("commit p50, cluster, WAIT 1 replica", statistics.median(waited), "ms", "report",
                "ORQ_REDIS_WAIT_REPLICAS=1", peer=COMMIT_ROW),

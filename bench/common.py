@@ -95,7 +95,7 @@ def env(**overrides: str) -> dict[str, str]:
 
 @contextmanager
 def processes(*commands: tuple[list[str], dict[str, str]]) -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs = [subprocess.Popen([sys.executable, "-m", "shared.cli", *args], env=e, cwd=ROOT) for args, e in commands]
+    procs = [subprocess.Popen([sys.executable, "-m", "orquesta", *args], env=e, cwd=ROOT) for args, e in commands]
     try:
         yield procs
     finally:

@@ -30,7 +30,7 @@ class OrqProcess:
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", *args], env=dict(env), cwd=ROOT,
+            [sys.executable, "-m", "orquesta", *args], env=dict(env), cwd=ROOT,
             stdout=self._log, stderr=subprocess.STDOUT,
         )
 

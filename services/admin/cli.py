@@ -1,5 +1,5 @@
-"""The operator's ``orq`` subcommands: ``status``, ``dlq list|retry|purge``, ``maintenance``, ``events tail``,
-``quarantine list|retry``.
+"""The operator's ``orq`` subcommands: ``status``, ``dlq list|retry|purge``, ``maintenance``, ``events tail``
+(``quarantine list|retry`` is the projector's own: services/projector/quarantine_command.py).
 
 Argument definitions only; each command's work lives in its own module and is imported when it runs.
 """
@@ -42,19 +42,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     events.add_argument("--no-follow", action="store_true", help="stop at the end of the log instead of waiting")
     events.add_argument("--max", type=int, default=0, help="stop after this many events (0: never)")
 
-    quarantine = sub.add_parser("quarantine", help="events the projector could not project: list, retry after a fix")
-    quarantine.add_argument("action", choices=["list", "retry"])
-    quarantine.add_argument("stream_ids", nargs="*", metavar="STREAM_ID", help="only these events (stream ids)")
-    quarantine.add_argument("--partition", type=int, help="only this partition's")
-    quarantine.add_argument("--tenant", help="only this tenant's")
-    quarantine.add_argument("--all", action="store_true", help="retry every quarantined event")
-    quarantine.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
-    quarantine.add_argument("--wait", type=float, default=30.0,
-                            help="retry: seconds to wait for the projectors to apply them (default 30)")
-    quarantine.add_argument("--json", action="store_true", help="JSON lines")
 
-
-ADMIN_COMMANDS = frozenset({"status", "dlq", "maintenance", "events", "quarantine"})
+ADMIN_COMMANDS = frozenset({"status", "dlq", "maintenance", "events"})
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -76,8 +65,4 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             from services.admin.events import tail
 
             return asyncio.run(tail(settings, args))
-        case "quarantine":
-            from services.admin.quarantine import quarantine_command
-
-            return asyncio.run(quarantine_command(settings, args))
     raise ValueError(args.command)

@@ -127,7 +127,7 @@ async def _stop_when_orphaned(stop: asyncio.Event) -> None:
 
 def worker_command(host: str, port: int, log_level: str, log_format: str) -> list[str]:
     """The command line of one worker of ``orq api --workers N`` (the environment is the parent's)."""
-    return [sys.executable, "-m", "shared.cli", "--log-level", log_level, "--log-format", log_format,
+    return [sys.executable, "-m", "orquesta", "--log-level", log_level, "--log-format", log_format,
             "api", "--host", host, "--port", str(port), "--as-worker"]
 
 

@@ -18,9 +18,9 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisClusterException, RedisError
 
-from services.executor.actions import Actions
 from services.executor.job import Job
 from shared import keys, metrics, outcomes, robot_tasks, subworkflows
+from shared.action_runtime import Actions
 from shared.actions import WorkflowParams
 from shared.clock import now_ms
 from shared.commit import Applied, Committer, NotReplicated, Outcome, Refused, Unit

@@ -25,12 +25,12 @@ from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
-from services.executor.actions import Actions
 from services.executor.global_rate import GlobalRate
 from services.executor.job import Job, jobs_from_reply
 from services.executor.robot_leases import RobotLeases
 from services.executor.run import ExecutionRun, RunEnv
 from shared import keys
+from shared.action_runtime import Actions
 from shared.bootstrap import Service
 from shared.clock import now_ms
 from shared.commit import Committer, load_lua

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from services.executor.actions import Actions
 from services.robot.client import Identity, RequestRefused, RobotClient, Task
 from services.robot.reconnect import Backoff, Reconnect, Stopped
 from services.robot.task import TaskRun
+from shared.action_runtime import Actions
 from shared.errors import ConfigError
 
 log = logging.getLogger(__name__)

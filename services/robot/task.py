@@ -17,9 +17,9 @@ from typing import Any
 
 import msgspec
 
-from services.executor.actions import Actions
 from services.robot.client import FailureKind, RequestRefused, RobotClient, Task, TaskStopped
 from services.robot.reconnect import GaveUp, Reconnect
+from shared.action_runtime import Actions
 from shared.errors import StepFailed
 
 log = logging.getLogger(__name__)

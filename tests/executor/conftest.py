@@ -10,8 +10,8 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from services.executor.actions import Actions
 from services.executor.worker import Executor
+from shared.action_runtime import Actions
 from shared.commit import Committer
 from shared.settings import Settings
 from tests.executor.seed import PARTITIONS

@@ -19,9 +19,9 @@ import httpx
 import msgspec
 from redis.asyncio import Redis
 
-from services.executor.actions import Actions
 from services.executor.worker import Executor
 from shared import keys
+from shared.action_runtime import Actions
 from shared.actions import ActionContext
 from shared.commit import Committer
 from shared.consumer import records_of

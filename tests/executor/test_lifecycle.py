@@ -14,11 +14,11 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from services.executor.actions import Actions
 from services.executor.run import StepContext
 from services.executor.worker import Executor
 from services.trigger.log_reactions import outcome_of
 from shared import keys
+from shared.action_runtime import Actions
 from shared.clock import now_ms
 from shared.commit import Applied, Committer, Outcome, Unit
 from shared.events import ExecutionDeadLettered, ExecutionFailed

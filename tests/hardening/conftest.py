@@ -14,8 +14,8 @@ import pytest
 from redis.asyncio import Redis
 
 from services.api.app import create_app
-from services.executor.actions import Actions
 from services.executor.worker import Executor
+from shared.action_runtime import Actions
 from shared.commit import Committer
 from shared.db import create_engine, create_schema
 from shared.redis import connect

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from services.executor.actions import Actions
+from shared.action_runtime import Actions
 from shared.actions import MAX_DELAY_MS
 from shared.errors import StepFailed as StepFailedError
 from shared.events import StepCompleted, StepFailed

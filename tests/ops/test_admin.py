@@ -22,7 +22,7 @@ SECRET = "e2e-signing-secret"
 
 
 def orq(deployment: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], env=deployment.env, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "orquesta", *args], env=deployment.env, cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
 
 

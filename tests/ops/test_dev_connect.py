@@ -24,7 +24,7 @@ class Dev:
         self.log_path = folder / "dev.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.env = env or _user_env(ORQ_SMTP_PORT=str(smtp_port))
-        self.process = subprocess.Popen([sys.executable, "-m", "shared.cli", "dev", "--port", str(port)],
+        self.process = subprocess.Popen([sys.executable, "-m", "orquesta", "dev", "--port", str(port)],
                                         cwd=folder, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
@@ -53,7 +53,7 @@ def _user_env(**overrides: str) -> dict[str, str]:
 
 
 def _orq(folder: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=folder, env=env or _user_env(),
+    return subprocess.run([sys.executable, "-m", "orquesta", *args], cwd=folder, env=env or _user_env(),
                           capture_output=True, text=True, timeout=120)
 
 
@@ -128,7 +128,7 @@ def test_a_busy_port_is_one_clear_line_and_a_failed_exit(tmp_path: Path) -> None
     for which in ("API", "SMTP"):
         port, smtp_port = free_port(), free_port()
         with _listening(port if which == "API" else smtp_port):
-            ran = subprocess.run([sys.executable, "-m", "shared.cli", "dev", "--port", str(port)], cwd=tmp_path,
+            ran = subprocess.run([sys.executable, "-m", "orquesta", "dev", "--port", str(port)], cwd=tmp_path,
                                  env=_user_env(ORQ_SMTP_PORT=str(smtp_port)), capture_output=True, text=True,
                                  timeout=60)
         busy = port if which == "API" else smtp_port

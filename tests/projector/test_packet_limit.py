@@ -131,7 +131,7 @@ async def test_an_oversized_row_is_quarantined_then_retried_once_the_limit_is_ra
 
 async def orq_retry(database_url: str, *args: str) -> tuple[int, str, str]:
     env = orq_env(ORQ_REDIS_URL=REDIS_URL, ORQ_DATABASE_URL=database_url, ORQ_PARTITIONS=str(PARTITIONS))
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "shared.cli", "quarantine", "retry", *args,
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "orquesta", "quarantine", "retry", *args,
                                                 env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), timeout=90)

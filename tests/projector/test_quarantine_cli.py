@@ -41,7 +41,7 @@ from tests.projector.poison import (
 
 async def orq(database_url: str, *args: str) -> tuple[int, str, str]:
     env = orq_env(ORQ_REDIS_URL=REDIS_URL, ORQ_DATABASE_URL=database_url, ORQ_PARTITIONS=str(PARTITIONS))
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "shared.cli", *args, env=env, cwd=ROOT,
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "orquesta", *args, env=env, cwd=ROOT,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), timeout=90)
     assert proc.returncode is not None

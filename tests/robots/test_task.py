@@ -10,10 +10,10 @@ import httpx
 import msgspec
 import pytest
 
-from services.executor.actions import Actions
 from services.robot.client import RobotClient, Task
 from services.robot.reconnect import Reconnect
 from services.robot.task import TaskRun, heartbeat_interval_s
+from shared.action_runtime import Actions
 from shared.actions import ActionContext
 from tests.helpers import assert_eventually
 from tests.robots.fake_api import FakeApi, serving, task

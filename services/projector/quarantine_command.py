@@ -30,6 +30,20 @@ from shared.settings import Settings
 POLL_S = 0.5
 
 
+def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``orq quarantine``'s arguments (orquesta/cli.py adds it beside the operator's other commands)."""
+    quarantine = sub.add_parser("quarantine", help="events the projector could not project: list, retry after a fix")
+    quarantine.add_argument("action", choices=["list", "retry"])
+    quarantine.add_argument("stream_ids", nargs="*", metavar="STREAM_ID", help="only these events (stream ids)")
+    quarantine.add_argument("--partition", type=int, help="only this partition's")
+    quarantine.add_argument("--tenant", help="only this tenant's")
+    quarantine.add_argument("--all", action="store_true", help="retry every quarantined event")
+    quarantine.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
+    quarantine.add_argument("--wait", type=float, default=30.0,
+                            help="retry: seconds to wait for the projectors to apply them (default 30)")
+    quarantine.add_argument("--json", action="store_true", help="JSON lines")
+
+
 async def quarantine_command(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "retry" and not (args.stream_ids or args.tenant or args.partition is not None or args.all):
         print("orq: say which events to retry (STREAM_ID…, --tenant, --partition) or --all", file=sys.stderr)

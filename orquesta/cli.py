@@ -11,6 +11,7 @@ from pathlib import Path
 
 from services.admin.cli import ADMIN_COMMANDS
 from services.admin.cli import add_commands as add_admin_commands
+from services.projector.quarantine_command import add_command as add_quarantine_command
 from services.robot.cli import add_command as add_robot_command
 from shared.errors import ConfigError, OrqError
 from shared.runtime import configure_logging, run_until_signalled
@@ -40,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     replay = sub.add_parser("replay", help="rebuild every projection from the event archive and the streams")
     replay.add_argument("--no-progress", action="store_true")
     add_admin_commands(sub)
+    add_quarantine_command(sub)
     add_robot_command(sub)
     return parser
 
@@ -71,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 # Commands that reach a deployment rather than serve one: run from the folder of an ``orq dev``, they use its
 # settings file (``.orq/dev.json``, or ``$ORQ_DEV_DIR/dev.json``) for whatever the environment does not set.
-_CLIENT_COMMANDS = ADMIN_COMMANDS | {"replay"}
+_CLIENT_COMMANDS = ADMIN_COMMANDS | {"quarantine", "replay"}
 
 
 def _dev_folder() -> Path:
@@ -87,7 +89,7 @@ def _environment(command: str) -> dict[str, str]:
     path = _dev_folder() / DEV_SETTINGS_FILE
     env, taken = with_dev_settings(env, path)
     if taken:
-        from shared.dev import running_dev
+        from orquesta.dev import running_dev
 
         if running_dev(path.parent) is None:
             raise ConfigError(f"{path} is left by an orq dev that is no longer running; start `orq dev` again "
@@ -107,8 +109,8 @@ def _environment(command: str) -> dict[str, str]:
 async def _replay(settings: Settings, *, show_progress: bool) -> int:
     """``orq replay``; against a running ``orq dev`` (whose settings it uses), with that instance's projector
     paused meanwhile (a live projector holds the partition locks replay needs)."""
+    from orquesta.dev import projector_paused, running_dev
     from services.projector.replay import replay
-    from shared.dev import projector_paused, running_dev
 
     folder = _dev_folder()
     dev = running_dev(folder)
@@ -125,6 +127,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> None:
 
         sys.exit(run_admin(args, settings))
     match args.command:
+        case "quarantine":
+            from services.projector.quarantine_command import quarantine_command
+
+            sys.exit(asyncio.run(quarantine_command(settings, args)))
         case "api" if args.workers > 1 and not args.as_worker:
             from services.api.server import serve_workers, worker_command
 
@@ -152,7 +158,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> None:
 
             run_until_signalled(lambda stop: serve_notifier(settings, stop))
         case "dev":
-            from shared.dev import serve_dev
+            from orquesta.dev import serve_dev
 
             run_until_signalled(lambda stop: serve_dev(settings, stop, host=args.host, port=args.port,
                                                        data_dir=args.data_dir))

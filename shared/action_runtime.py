@@ -1,4 +1,5 @@
-"""The executor's side of step actions: the built-ins' behaviour and the registry of plug-ins.
+"""The running side of step actions, shared by the executor and ``orq robot``: the built-ins' behaviour and the
+registry of plug-ins.
 
 ``http_request`` goes through the SSRF guard of ``shared/ssrf.py`` (the one notifications use): the URL's
 host is resolved and every address checked when the step runs, the request is pinned to a checked address,

@@ -1,0 +1,5 @@
+"""``python -m orquesta``: the ``orq`` command."""
+
+from orquesta.cli import main
+
+main()
