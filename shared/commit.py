@@ -306,13 +306,6 @@ class NotReplicated(RedisError):
         self.outcome = outcome
 
 
-def queue_order(redis: Redis, written: list[str], replicas: int) -> list[str]:
-    """The masters ``queue_replica_wait`` queued WAITs for, in its order (without queueing anything)."""
-    if not replicas:
-        return []
-    return list(dict.fromkeys(node_of(redis, key) for key in written))
-
-
 class Committer:
     """Group commit: units submitted while a batch is in flight go together in the next one.
 
@@ -387,14 +380,16 @@ class Committer:
         try:
             calls = [(keys.log(p), _script_args([u for u, _ in items])) for p, items in by_partition.items()]
 
+            masters: list[str] = []  # the masters a WAIT was queued for, in the order of their replies
+
             def build(pipe: Pipeline) -> None:
                 for log_key, args in calls:
                     self._script.queue(pipe, [log_key], args)
-                queue_replica_wait(pipe, self._redis, [log_key for log_key, _ in calls], self._wait_replicas)
+                masters[:] = queue_replica_wait(pipe, self._redis, [log_key for log_key, _ in calls],
+                                                self._wait_replicas)
 
             replies = await run_pipeline(self._redis, build, [self._script])
             replies, waits = replies[: len(calls)], replies[len(calls) :]
-            masters = queue_order(self._redis, [log_key for log_key, _ in calls], self._wait_replicas)
             short = {node: int(n) for node, n in zip(masters, waits, strict=True) if int(n) < self._wait_replicas}
         except Exception as exc:  # the whole batch failed to reach Redis: every waiter learns why
             for _, future in batch:

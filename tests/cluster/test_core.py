@@ -30,6 +30,7 @@ from tests.cluster.conftest import cluster_client
 from tests.cluster.harness import LocalCluster
 from tests.drills.fleet import ADMIN_TOKEN, Fleet, drill_env, fleet
 from tests.drills.ledger import histories
+from tests.e2e.test_pipeline import create_workflow, execute, wait_for
 from tests.executor.seed import PARTITIONS
 from tests.helpers import assert_eventually, free_port
 from tests.projector.factories import snapshot
@@ -100,36 +101,10 @@ async def core(cluster: LocalCluster, cluster_keys: None, tmp_path_factory: pyte
 # --- HTTP helpers --------------------------------------------------------------------------------------------
 
 
-async def create_workflow(client: httpx.AsyncClient, body: dict[str, Any]) -> str:
-    response = await client.post("/api/workflows", json=body)
-    assert response.status_code == 201, response.text
-    return str(response.json()["id"])
-
-
-async def execute(client: httpx.AsyncClient, workflow_id: str, **body: Any) -> str:
-    response = await client.post(f"/api/workflows/{workflow_id}/execute", json=body)
-    assert response.status_code == 202, response.text
-    return str(response.json()["execution_id"])
-
-
 async def execute_bulk(client: httpx.AsyncClient, workflow_id: str, runs: Sequence[dict[str, Any]]) -> list[str]:
     response = await client.post(f"/api/workflows/{workflow_id}/execute/bulk", json={"runs": list(runs)})
     assert response.status_code == 202, response.text
     return [str(i) for i in response.json()["execution_ids"]]
-
-
-async def wait_for(client: httpx.AsyncClient, execution_id: str, status: str, timeout: float = 30,
-                   **expected: Any) -> dict[str, Any]:
-    async def check() -> dict[str, Any]:
-        response = await client.get(f"/api/executions/{execution_id}")
-        assert response.status_code == 200, response.text
-        body: dict[str, Any] = response.json()
-        assert body["status"] == status, body["status"]
-        for key, value in expected.items():
-            assert body[key] == value, (key, body[key])
-        return body
-
-    return await assert_eventually(check, timeout=timeout, interval=0.1, message=f"{execution_id} {status}")
 
 
 async def wait_all(client: httpx.AsyncClient, ids: Sequence[str], status: str, timeout: float = 30) -> None:
