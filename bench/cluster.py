@@ -26,8 +26,8 @@ from bench.common import (
     seed_workflow,
     wait_until,
 )
-from shared import keys
-from shared.commit import Applied, Committer
+from shared import commit_script, keys
+from shared.commit import Applied
 from shared.redis import connect
 from tests.cluster.harness import LocalCluster
 
@@ -56,7 +56,7 @@ async def _drain(url: str, cluster: bool, servers: Sequence[tuple[str, int]], co
     try:
         if not cluster:
             await redis.flushdb()
-        committer = Committer(redis)
+        committer = commit_script.committer(redis)
         units = []
         for t in range(12):
             workflow = await seed_workflow(committer, f"bench-tenant-{t}", partitions=CLUSTER_PARTITIONS)
@@ -83,7 +83,7 @@ async def _commit_ms(url: str, wait_replicas: int) -> list[float]:
     keys.configure(partitions=CLUSTER_PARTITIONS, cluster=True)
     redis = connect(url, cluster=True)
     try:
-        committer = Committer(redis, wait_replicas=wait_replicas)
+        committer = commit_script.committer(redis, wait_replicas=wait_replicas)
         workflow = await seed_workflow(committer, f"bench-wait-{wait_replicas}", partitions=CLUSTER_PARTITIONS)
         took = []
         for unit in queue_units(workflow, COMMITS, batch=1, partitions=CLUSTER_PARTITIONS):

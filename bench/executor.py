@@ -20,13 +20,13 @@ from bench.common import (
     work_left,
 )
 from bench.peers import bullmq
-from shared.commit import Committer
+from shared import commit_script
 
 
 async def _drain(count: int, tenants: int, executors: int, concurrency: int) -> tuple[float, float]:
     """(executions/s, Redis commands per execution) for ``count`` runs spread over ``tenants``."""
     redis = await fresh_redis()
-    committer = Committer(redis)
+    committer = commit_script.committer(redis)
     units = []
     per_tenant = max(1, count // tenants)
     for t in range(tenants):

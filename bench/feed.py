@@ -19,7 +19,7 @@ import msgspec
 
 from bench.common import PARTITIONS, Result, env, fresh_redis, processes
 from bench.http import call, free_port, session, wait_ready
-from shared import keys
+from shared import commit_script, keys
 from shared.commit import Committer, Unit
 from shared.events import ExecutionLog
 
@@ -73,7 +73,7 @@ async def fanout(
 ) -> list[Result]:
     """``sockets`` subscribers spread over ``tenants``; ``rate`` events a second spread over the tenants."""
     redis = await fresh_redis()
-    committer = Committer(redis)
+    committer = commit_script.committer(redis)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:

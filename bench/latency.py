@@ -21,8 +21,7 @@ from bench.common import (
     work_left,
 )
 from bench.peers import bullmq
-from shared import keys
-from shared.commit import Committer
+from shared import commit_script, keys
 from shared.consumer import records_of
 
 
@@ -39,7 +38,7 @@ async def latency_rows() -> list[Result]:
 
 async def enqueue_to_start(rate: int = 500, seconds: float = 10.0, p99_target: str = "<= 10 ms") -> list[Result]:
     redis = await fresh_redis()
-    committer = Committer(redis)
+    committer = commit_script.committer(redis)
     workflows = [await seed_workflow(committer, f"lat-tenant-{t}") for t in range(8)]
     e = env(ORQ_EXECUTOR_CONCURRENCY="50")
     with processes((["executor"], e), (["executor"], e)):

@@ -25,8 +25,7 @@ from bench.common import (
     seed_workflow,
     wait_until,
 )
-from shared import keys
-from shared.commit import Committer
+from shared import commit_script, keys
 
 SETTLE_S = 2.0
 
@@ -44,7 +43,7 @@ async def _exec_hashes(redis: Redis) -> int:
 
 async def state_retention(count: int = 10_000) -> list[Result]:
     redis = await fresh_redis()
-    committer = Committer(redis)
+    committer = commit_script.committer(redis)
     workflow = await seed_workflow(committer, "bench-memory")
     base = await _state_bytes(redis, 0)
     await committer.commit_all(queue_units(workflow, count))

@@ -18,8 +18,9 @@ from redis.asyncio import Redis
 
 from bench.common import Result, env, fresh_redis, processes
 from bench.http import call, free_port, session, wait_ready
+from shared import commit_script
 from shared.clock import new_id, now_ms
-from shared.commit import Applied, Committer
+from shared.commit import Applied
 from shared.events import QueueSnapshot
 from shared.queues import QueueState, create_unit, read_queue
 from shared.queues_claims import claim_unit, claimed_id, complete_unit
@@ -83,7 +84,7 @@ async def _over_http(redis: Redis) -> tuple[float, float]:
 
 async def _robots_units(redis: Redis, cycles: int) -> float:
     """Cycles/s of ``ROBOTS`` coroutines claiming and completing through units (no HTTP, no JSON)."""
-    committer = Committer(redis)
+    committer = commit_script.committer(redis)
     now = now_ms()
     queue_id = new_id()
     snap = QueueSnapshot(name="units", created_at=now, updated_at=now)

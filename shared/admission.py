@@ -11,14 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
-
-from shared import keys
+from shared import execution_ops, keys
 from shared.clock import month_of
 from shared.commit import Unit
 from shared.events import ExecutionQueued, outline
+from shared.execution_state import new_execution, record
 from shared.plans import Plan
-from shared.state import Status, WorkflowState
+from shared.state import WorkflowState
 from shared.workflows import WorkflowDef
 
 USAGE_TTL_S = 40 * 24 * 3600
@@ -26,9 +25,6 @@ QUOTA_GUARD = "quota"
 BACKLOG_GUARD = "backlog_full"
 WORKFLOW_GONE_GUARD = "workflow_deleted"
 WORKFLOW_CHANGED_GUARD = "workflow_changed"
-
-_encoder = msgspec.msgpack.Encoder()
-
 
 @dataclass(frozen=True, slots=True)
 class Run:
@@ -52,13 +48,15 @@ def admission_unit(
     parent_execution_id: str | None = None,
     idempotency: tuple[str, bytes] | None = None,
     max_attempts: int | None = None,
+    parent_step: int | None = None,
+    depth: int = 0,
 ) -> Unit:
     """Queue ``runs`` of ``workflow`` (pinned at ``workflow.version``) if the monthly quota allows all of them.
 
     ``idempotency=(redis key, reply)``: a second request with the same key gets the first reply back
     (``Duplicate``) and changes nothing. ``max_attempts`` overrides the definition's ``retry.attempts`` for
     these runs (the executor reads the state's ``max_attempts``): a queue item's run gets 1, since its queue
-    owns the retries of the item.
+    owns the retries of the item. A child execution names its parent, the parent's step and its depth.
     """
     unit = Unit(p)
     if idempotency is not None:
@@ -71,44 +69,24 @@ def admission_unit(
     unit.within_hash_limit(keys.queued(p), tenant_id, len(runs), plan.max_backlog, BACKLOG_GUARD)
     unit.incrby(usage_key, len(runs), USAGE_TTL_S)
     unit.hincrby(keys.queued(p), tenant_id, len(runs))
-    def_key = keys.workflow_version(p, workflow.id, workflow.version)
     steps = outline(definition)
     for run in runs:
-        state_key = keys.execution(p, run.execution_id)
-        unit.event(
-            ExecutionQueued(
-                tenant_id=tenant_id,
-                aggregate_id=run.execution_id,
-                ts=now_ms,
-                workflow_id=workflow.id,
-                workflow_version=workflow.version,
-                steps=steps,
-                params=run.params,
-                priority=run.priority,
-                trigger_type=trigger_type,
-                parent_execution_id=parent_execution_id,
-            )
-        )
-        unit.hset(
-            state_key,
-            {
-                "tenant": tenant_id,
-                "workflow_id": workflow.id,
-                "def_key": def_key,
-                "priority": run.priority,
-                "status": Status.QUEUED.value,
-                "attempt": 1,
-                "retry_count": 0,
-                "crash_count": 0,
-                "step": 0,
-                "queued_at": now_ms,
-                "params": _encoder.encode(run.params),
-                "trigger_type": trigger_type,
-                "dead_lettered": "0",
-                **({"max_attempts": max_attempts} if max_attempts is not None else {}),
-            },
-        )
-        unit.to_backlog(p, run.priority, tenant_id, run.execution_id)
+        record(unit, new_execution(p, run.execution_id), ExecutionQueued(
+            tenant_id=tenant_id,
+            aggregate_id=run.execution_id,
+            ts=now_ms,
+            workflow_id=workflow.id,
+            workflow_version=workflow.version,
+            steps=steps,
+            params=run.params,
+            priority=run.priority,
+            trigger_type=trigger_type,
+            parent_execution_id=parent_execution_id,
+            parent_step=parent_step,
+            depth=depth,
+            max_attempts=max_attempts,
+        ))
+        execution_ops.to_backlog(unit, p, run.priority, tenant_id, run.execution_id)
     if idempotency is not None:
         unit.set(idempotency[0], idempotency[1], 24 * 3600)
     return unit

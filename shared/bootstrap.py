@@ -22,10 +22,11 @@ from types import TracebackType
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared import commit_script
 from shared.commit import Committer
 from shared.db import create_engine, create_schema
 from shared.durability import ensure_durable
-from shared.metrics import Collect
+from shared.metrics import Collect, configure_happenings
 from shared.metrics_server import start_metrics_server
 from shared.redis import client_for
 from shared.settings import Settings
@@ -95,6 +96,7 @@ class Service:
         await self.close()
 
     async def _open(self) -> None:
+        configure_happenings(self.settings.metrics_tenant_label)  # before anything is counted
         if self._redis_connections is None:
             self._redis = client_for(self.settings)
         else:
@@ -102,7 +104,7 @@ class Service:
         if self._want_sql:
             self._engine = create_engine(self.settings.database_url, timeout_s=self._sql_timeout_s)
         if self._want_committer:
-            self._committer = Committer(self._redis, wait_replicas=self.settings.redis_wait_replicas)
+            self._committer = commit_script.committer(self._redis, wait_replicas=self.settings.redis_wait_replicas)
         await ensure_durable(self._redis, self.settings)
         if self._want_sql:
             await self._create_schema()

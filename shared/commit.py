@@ -37,8 +37,20 @@ _packer = msgspec.msgpack.Encoder()
 Value = str | int | float | bytes
 
 
-def load_lua(name: str) -> str:
-    return resources.files("shared").joinpath("lua", name).read_text()
+def load_lua(package: str, name: str) -> str:
+    """The Lua script ``name`` from ``package``'s ``lua`` directory: each script lives with the package that owns it."""
+    return (resources.files(package) / "lua" / name).read_text()
+
+
+# The line of commit.lua that the op libraries replace (after its ``local OPS = {}``).
+_LIBRARIES_MARK = "--@libraries\n"
+
+
+def _compose(libraries: Sequence[str] = ()) -> str:
+    """commit.lua with the op ``libraries`` (Lua sources registering ``OPS[kind]``) in place, each in its own block."""
+    core = load_lua("shared", "commit.lua")
+    assert core.count(_LIBRARIES_MARK) == 1, "commit.lua has one library marker"
+    return core.replace(_LIBRARIES_MARK, "".join(f"do\n{library}\nend\n" for library in libraries))
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +138,12 @@ class Unit:
         return self
 
     # --- operations -----------------------------------------------------------------------------------------
+    def op(self, kind: str, *args: Value) -> Unit:
+        """Append an op of ``kind``: a generic one of commit.lua or one an op library defines (a Committer
+        without that library refuses the whole batch). Binary arguments go to the script as blobs."""
+        self.ops.append([kind, *(self._arg(arg) for arg in args)])
+        return self
+
     def event(self, event: EventBase) -> Unit:
         self.ops.append(["log", keys.log(self.p), type_of(event), self._arg(encode(event))])
         return self
@@ -150,49 +168,9 @@ class Unit:
         self.ops.append(["hdel", key, *fields])
         return self
 
-    def to_backlog(self, p: int, priority: int, tenant_id: str, execution_id: str) -> Unit:
-        """Queue an execution at ``priority`` behind the tenant's other queued ones (dispatch is fair-share)."""
-        self.ops.append(["backlog", keys.prefix(p), tenant_id, execution_id, priority])
-        return self
-
-    def unqueue(self, p: int, execution_id: str) -> Unit:
-        """Take a queued, not yet dispatched execution out of its backlog (or its workflow's parked list)."""
-        self.ops.append(["unqueue", keys.prefix(p), execution_id])
-        return self
-
-    def reprioritize(self, p: int, tenant_id: str, execution_id: str, previous: int, priority: int) -> Unit:
-        """Move a queued execution's backlog entry from level ``previous`` to the back of ``priority``."""
-        self.ops.append(["reprioritize", keys.prefix(p), tenant_id, execution_id, previous, priority])
-        return self
-
-    def unpark(self, p: int, workflow_id: str) -> Unit:
-        """Put a workflow's set-aside executions back in front of their backlogs (resumed or deleted)."""
-        self.ops.append(["unpark", keys.parked(p, workflow_id), keys.prefix(p)])
-        return self
-
     def ring(self, p: int) -> Unit:
         """Wake idle executors: work may have become available."""
         self.ops.append(["ring", keys.bell(p)])
-        return self
-
-    def wake(self, p: int, tenant_id: str) -> Unit:
-        """The tenant's limits changed (resumed, new plan): dispatch looks at it again now."""
-        self.ops.append(["wake", keys.prefix(p), tenant_id])
-        return self
-
-    def release(self, p: int, tenant_id: str, execution_id: str) -> Unit:
-        """End the execution's hand-out: free the tenant's concurrency slot if it held one (at most once)."""
-        self.ops.append(["release", keys.prefix(p), execution_id, tenant_id])
-        return self
-
-    def unwork(self, p: int, execution_id: str, group: str = keys.GROUP_EXECUTOR) -> Unit:
-        """Take back (ack and delete) the execution's work entry, if it has one, and drop a pending retry."""
-        self.ops.append(["unwork", keys.prefix(p), execution_id, group])
-        return self
-
-    def untask(self, p: int, execution_id: str) -> Unit:
-        """End the execution's robot task, if it has one (offered or claimed), and unpark it."""
-        self.ops.append(["untask", keys.prefix(p), execution_id])
         return self
 
     def xadd(self, stream: str, entry: Mapping[str, Value], ref: tuple[str, str] | None = None) -> Unit:
@@ -246,29 +224,6 @@ class Unit:
         self.ops.append(["zrem", key, *members])
         return self
 
-    def queue_add(
-        self, *, event_type: str, ready: str, deferred: str, refs: str, item_prefix: str, tenant_id: str,
-        queue_id: str, now_ms: int, items: Sequence[tuple[str, bytes, bytes, bytes, str, int, str]],
-    ) -> Unit:
-        """Add work-queue items in one op: per item (id, event body, snapshot, data JSON, rank, defer_until or
-        0, reference or ""); see ``shared/queues_items.py``. Each item's event is logged in order."""
-        flat: list[Any] = ["qadd", keys.log(self.p), event_type, ready, deferred, refs, item_prefix, tenant_id,
-                           queue_id, now_ms]
-        for item_id, event, snapshot, data, rank, defer_until, reference in items:
-            flat += (item_id, self._arg(event), self._arg(snapshot), self._arg(data), rank, defer_until, reference)
-        self.ops.append(flat)
-        return self
-
-    def queue_claim(
-        self, *, ready: str, deferred: str, item_prefix: str, due: str, now_ms: int, abandon_after_ms: int,
-        event_type: str, template: bytes, claimer: str,
-    ) -> Unit:
-        """Claim the first ready item of a work queue (see ``shared/queues_claims.py``); when one was, the
-        outcome's ids are the ``queue_item.started`` log id, then the item id."""
-        self.ops.append(["qclaim", ready, deferred, now_ms, item_prefix, due, abandon_after_ms, keys.log(self.p),
-                         event_type, self._arg(template), claimer])
-        return self
-
 
 def _script_args(units: list[Unit]) -> list[bytes]:
     structure: list[list[Any]] = []
@@ -310,13 +265,16 @@ class Committer:
     """Group commit: units submitted while a batch is in flight go together in the next one.
 
     One script call per partition per batch, all partitions' calls in one pipeline. ``max_batch`` bounds
-    the size of one call so a huge burst does not block Redis for long.
+    the size of one call so a huge burst does not block Redis for long. ``libraries`` are Lua sources that
+    register domain op kinds (``OPS[kind]``) in commit.lua; without them only the generic ops exist.
     """
 
-    def __init__(self, redis: Redis, max_batch: int = 512, *, wait_replicas: int = 0) -> None:
+    def __init__(
+        self, redis: Redis, max_batch: int = 512, *, wait_replicas: int = 0, libraries: Sequence[str] = ()
+    ) -> None:
         self._redis = redis
         self._wait_replicas = wait_replicas
-        self._script = PipelinedScript(load_lua("commit.lua"))
+        self._script = PipelinedScript(_compose(libraries))
         self._max_batch = max_batch
         self._pending: list[tuple[Unit, asyncio.Future[Outcome]]] = []
         self._wakeup = asyncio.Event()

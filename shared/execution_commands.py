@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from shared import keys
+from shared import execution_ops, keys
 from shared.admission import WORKFLOW_GONE_GUARD
 from shared.commit import Unit, Value
 from shared.events import (
@@ -24,8 +24,9 @@ from shared.events import (
     WorkflowPaused,
     WorkflowResumed,
 )
+from shared.execution_state import ExecutionState, record, revoke, to_hash
 from shared.queues_claims import QUEUE_RUN_ATTEMPTS
-from shared.state import FENCE, Status
+from shared.state import Status
 
 STATUS_GUARD = "status"
 DISPATCHED_GUARD = "dispatched"
@@ -41,15 +42,16 @@ def cancel_unit(*, p: int, tenant_id: str, execution_id: str, observed: Status, 
     the concurrency slot, and removes a queued execution from its backlog. A running step is interrupted
     (told over pub/sub; an executor that misses it loses its lease at its next renewal).
     """
-    state_key = keys.execution(p, execution_id)
-    unit = Unit(p).require(state_key, "status", [observed.value], STATUS_GUARD)
-    unit.event(ExecutionCancelled(tenant_id=tenant_id, aggregate_id=execution_id, ts=now_ms))
-    unit.hset(state_key, {"status": Status.CANCELLED.value})
-    unit.hincrby(state_key, FENCE, 1)
+    seen = _seen(p, tenant_id, execution_id, status=observed)
+    unit = Unit(p).require(seen.key, "status", [observed.value], STATUS_GUARD)
+    record(unit, seen, ExecutionCancelled(tenant_id=tenant_id, aggregate_id=execution_id, ts=now_ms))
+    revoke(unit, seen.key)
     if observed is Status.QUEUED:
         unit.hincrby(keys.queued(p), tenant_id, -1)
-        unit.unqueue(p, execution_id)
-    unit.unwork(p, execution_id).untask(p, execution_id).release(p, tenant_id, execution_id)
+        execution_ops.unqueue(unit, p, execution_id)
+    execution_ops.unwork(unit, p, execution_id)
+    execution_ops.untask(unit, p, execution_id)
+    execution_ops.release(unit, p, tenant_id, execution_id)
     if observed in (Status.QUEUED, Status.RUNNING):  # queued: it may be dispatched already, about to start
         unit.publish(keys.cancel_channel(p), execution_id)
     return unit
@@ -57,17 +59,13 @@ def cancel_unit(*, p: int, tenant_id: str, execution_id: str, observed: Status, 
 
 def priority_unit(*, p: int, tenant_id: str, execution_id: str, previous: int, priority: int, now_ms: int) -> Unit:
     """Move a queued execution that no executor has taken yet to the back of another priority level."""
-    state_key = keys.execution(p, execution_id)
-    unit = Unit(p).require(state_key, "status", [Status.QUEUED.value], STATUS_GUARD)
-    unit.require(state_key, "priority", [str(previous)], "priority")
-    unit.require(state_key, "work_id", [""], DISPATCHED_GUARD)
-    unit.event(
-        ExecutionPriorityChanged(
-            tenant_id=tenant_id, aggregate_id=execution_id, ts=now_ms, priority=priority, previous=previous
-        )
-    )
-    unit.hset(state_key, {"priority": priority})
-    unit.reprioritize(p, tenant_id, execution_id, previous, priority)
+    seen = _seen(p, tenant_id, execution_id, status=Status.QUEUED, priority=previous)
+    unit = Unit(p).require(seen.key, "status", [Status.QUEUED.value], STATUS_GUARD)
+    unit.require(seen.key, "priority", [str(previous)], "priority")
+    unit.require(seen.key, "work_id", [""], DISPATCHED_GUARD)
+    record(unit, seen, ExecutionPriorityChanged(tenant_id=tenant_id, aggregate_id=execution_id, ts=now_ms,
+                                                priority=priority, previous=previous))
+    execution_ops.reprioritize(unit, p, tenant_id, execution_id, previous, priority)
     return unit
 
 
@@ -83,7 +81,8 @@ def requeue_unit(
     rebuilt from SQL (:func:`restored_state`) of one whose hash retention already dropped: it is written only
     if the hash is still absent, so two racing retries revive it once.
     """
-    state_key = keys.execution(p, execution_id)
+    seen = _seen(p, tenant_id, execution_id, status=observed)
+    state_key = seen.key
     unit = Unit(p)
     if restore is None:
         unit.require(state_key, "status", [observed.value], STATUS_GUARD)
@@ -93,24 +92,16 @@ def requeue_unit(
         unit.require_absent(state_key, STATUS_GUARD).hset(state_key, restore)
     if from_dlq:
         unit.xdel_recorded(keys.dlq(p), state_key, "dlq_id")
-    unit.event(
-        ExecutionRequeued(
-            tenant_id=tenant_id,
-            aggregate_id=execution_id,
-            ts=now_ms,
-            reason="dlq_retry" if from_dlq else "retry",
-            priority=priority,
-        )
-    )
+    record(unit, seen, ExecutionRequeued(tenant_id=tenant_id, aggregate_id=execution_id, ts=now_ms,
+                                         reason="dlq_retry" if from_dlq else "retry", priority=priority))
     # No-ops unless something was left over.
-    unit.unwork(p, execution_id).untask(p, execution_id).release(p, tenant_id, execution_id)
-    unit.hset(state_key, {"status": Status.QUEUED.value, "attempt": 1, "dead_lettered": "0", "queued_at": now_ms,
-                          "priority": priority})
-    unit.hdel(state_key, "started_at")  # the new series' duration counts from its own start, not the DLQ's wait
-    unit.hincrby(state_key, FENCE, 1)
+    execution_ops.unwork(unit, p, execution_id)
+    execution_ops.untask(unit, p, execution_id)
+    execution_ops.release(unit, p, tenant_id, execution_id)
+    revoke(unit, state_key)
     unit.persist(state_key)
     unit.hincrby(keys.queued(p), tenant_id, 1)
-    unit.to_backlog(p, priority, tenant_id, execution_id)
+    execution_ops.to_backlog(unit, p, priority, tenant_id, execution_id)
     return unit
 
 
@@ -128,32 +119,18 @@ def restored_state(
     # As the executor left it: a failure of a ``retry_from: start`` workflow resumes at 0; a cancel where it was.
     from_start = retry_from_start and row["status"] == Status.FAILED.value
     resume = 0 if from_start else resume_step(row["current_step"], steps)
-    state: dict[str, Value] = {
-        "tenant": row["tenant_id"],
-        "workflow_id": row["workflow_id"],
-        "def_key": keys.workflow_version(p, row["workflow_id"], row["workflow_version"]),
-        "priority": row["priority"],
-        "status": row["status"],
-        "attempt": row["attempt"],
-        "retry_count": row["retry_count"],
-        "crash_count": row["crash_count"],
-        "step": resume,
-        "fence": fence,
-        "queued_at": row["queued_at"],
-        "params": _packer.encode(row["params"] or {}),
-        "trigger_type": row["trigger_type"],
-        "dead_lettered": "1" if row["in_dlq"] else "0",
-    }
-    if row["trigger_type"] == "queue_item":  # as admission set it: the queue owns the retries of its items
-        state["max_attempts"] = QUEUE_RUN_ATTEMPTS
-    if row["started_at"] is not None:
-        state["started_at"] = row["started_at"]
-    if dlq_id:
-        state["dlq_id"] = dlq_id
-    for step in steps:
-        if step["step_index"] < resume and step["status"] == Status.COMPLETED.value:
-            state[f"out:{step['step_index']}"] = _packer.encode(step["output_data"])
-    return state
+    state = ExecutionState(
+        p=p, id=row["id"], tenant=row["tenant_id"], workflow_id=row["workflow_id"],
+        def_key=keys.workflow_version(p, row["workflow_id"], row["workflow_version"]), priority=row["priority"],
+        status=Status(row["status"]), attempt=row["attempt"], retry_count=row["retry_count"],
+        crash_count=row["crash_count"], step=resume, fence=fence, queued_at=row["queued_at"],
+        params=_packer.encode(row["params"] or {}), trigger_type=row["trigger_type"], dead_lettered=bool(row["in_dlq"]),
+        # As admission set it: the queue owns the retries of its items.
+        max_attempts=QUEUE_RUN_ATTEMPTS if row["trigger_type"] == "queue_item" else None,
+        started_at=row["started_at"], dlq_id=dlq_id,
+        outputs={step["step_index"]: _packer.encode(step["output_data"]) for step in steps
+                 if step["step_index"] < resume and step["status"] == Status.COMPLETED.value})
+    return to_hash(state, lease=True)
 
 
 def resume_step(current_step: int | None, steps: Sequence[Mapping[str, Any]]) -> int:
@@ -175,7 +152,7 @@ def workflow_pause_unit(*, p: int, tenant_id: str, workflow_id: str, paused: boo
     event = (WorkflowPaused if paused else WorkflowResumed)(tenant_id=tenant_id, aggregate_id=workflow_id, ts=now_ms)
     unit.event(event).hset(wf_key, {"paused": "1" if paused else "0"})
     if not paused:
-        unit.unpark(p, workflow_id)
+        execution_ops.unpark(unit, p, workflow_id)
     return unit
 
 
@@ -186,15 +163,19 @@ def workflow_delete_unit(*, p: int, tenant_id: str, workflow_id: str, now_ms: in
     unit = Unit(p).require(wf_key, "deleted", ["0"], WORKFLOW_GONE_GUARD)
     unit.event(WorkflowDeleted(tenant_id=tenant_id, aggregate_id=workflow_id, ts=now_ms))
     unit.hset(wf_key, {"deleted": "1", "paused": "0", "updated_at": now_ms})
-    unit.unpark(p, workflow_id)
+    execution_ops.unpark(unit, p, workflow_id)
     return unit
 
 
 def dlq_purge_unit(*, p: int, tenant_id: str, execution_id: str, now_ms: int) -> Unit:
     """Remove a dead-lettered execution from the DLQ; it stays ``failed`` in the history."""
-    state_key = keys.execution(p, execution_id)
-    unit = Unit(p).require(state_key, "dead_lettered", ["1"], "dead_lettered")
-    unit.event(ExecutionDlqPurged(tenant_id=tenant_id, aggregate_id=execution_id, ts=now_ms))
-    unit.xdel_recorded(keys.dlq(p), state_key, "dlq_id")
-    unit.hset(state_key, {"dead_lettered": "0"})
+    seen = _seen(p, tenant_id, execution_id, dead_lettered=True)
+    unit = Unit(p).require(seen.key, "dead_lettered", ["1"], "dead_lettered")
+    record(unit, seen, ExecutionDlqPurged(tenant_id=tenant_id, aggregate_id=execution_id, ts=now_ms))
+    unit.xdel_recorded(keys.dlq(p), seen.key, "dlq_id")
     return unit
+
+
+def _seen(p: int, tenant_id: str, execution_id: str, **guarded: Any) -> ExecutionState:
+    """What a command knows of the execution: what it guards on (the events it records set their fields)."""
+    return ExecutionState(p=p, id=execution_id, tenant=tenant_id, **guarded)

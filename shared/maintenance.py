@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import keys, schema
+from shared import commit_script, keys, schema
 from shared.clock import stream_id_parts
 from shared.commit import Applied, Committer, load_lua
 from shared.execution_commands import dlq_purge_unit
@@ -113,7 +113,7 @@ async def trim_log(redis: Redis, p: int, checkpoint: str | None, *, retention_bo
     bound, by = checkpoint, "projector checkpoint"
     if stream_id_parts(retention_bound) < stream_id_parts(bound):
         bound, by = retention_bound, "minimum retention"
-    script = redis.register_script(load_lua("log_trim.lua"))
+    script = redis.register_script(load_lua("shared", "log_trim.lua"))
     reply = await script(keys=[keys.log(p)], args=[bound, by, "0" if dry_run else "1"])
     bound, by, removed = text(reply[0]), text(reply[1]), int(reply[2])
     if dry_run:
@@ -168,7 +168,7 @@ async def run_maintenance(
     report = Report(dry_run=dry_run, at_ms=now_ms)
     marks = await checkpoints(engine)
     retention_bound = f"{max(0, now_ms - settings.log_min_retention_s * 1000)}-0"
-    committer = None if dry_run else Committer(redis, wait_replicas=settings.redis_wait_replicas)
+    committer = None if dry_run else commit_script.committer(redis, wait_replicas=settings.redis_wait_replicas)
     try:
         for p in range(settings.partitions):
             report.logs.append(await trim_log(redis, p, marks.get(p), retention_bound=retention_bound,

@@ -12,15 +12,17 @@ Families are described as small :class:`Metric` values read when scraped (a serv
 own objects), and turned into ``prometheus_client`` families here only.
 
 What *happens* (an execution ends, a step ends, a retry is scheduled, a trigger fires, a webhook call is refused)
-is counted where it is committed, in this process, by the counters and histograms of :data:`HAPPENINGS` (every
+is counted where it is committed, in this process, by the counters and histograms of :class:`Happenings` (every
 exporter of the process includes them): ``observe(unit)`` after a unit is applied, ``trigger_fired`` and
-``webhook_refused`` at their call sites. Labels are bounded: outcomes, trigger types and refusal reasons,
-never a tenant or execution id. Prometheus' ``rate()``/``increase()`` and ``histogram_quantile()`` aggregate
+``webhook_refused`` at their call sites. Labels are bounded: outcomes, trigger types and refusal reasons, never
+an execution id, and a tenant id only when the operator turns it on (``ORQ_METRICS_TENANT_LABEL``, at most
+``MAX_TENANT_LABELS`` values per process). Prometheus' ``rate()``/``increase()`` and ``histogram_quantile()`` aggregate
 them across instances and windows, which the API's windowed gauges cannot.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -183,38 +185,114 @@ class StreamMetrics:
 
 # ``*_created`` series double every counter and histogram and no dashboard or alert here reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
-HAPPENINGS = CollectorRegistry()
 # Seconds: a step of a few ms up to an execution of hours.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600)
-EXECUTIONS = Counter("orq_executions_total", "Executions ended, by outcome (completed, failed, cancelled, "
-                     "dead_lettered; a dead-lettered execution counts once, as dead_lettered).", ["outcome"],
-                     registry=HAPPENINGS)
-STEPS = Counter("orq_steps_total", "Steps ended, by outcome (completed, failed, continued: failed and let pass).",
-                ["outcome"], registry=HAPPENINGS)
-RETRIES = Counter("orq_retries_total", "Retries scheduled (an attempt failed and another one will follow).",
-                  registry=HAPPENINGS)
-DEAD_LETTERS = Counter("orq_dead_letters_total", "Executions put in the dead-letter queue, by reason.",
-                       ["reason"], registry=HAPPENINGS)
-TRIGGERS_FIRED = Counter("orq_triggers_fired_total", "Triggers fired (an execution queued), by trigger type.",
-                         ["type"], registry=HAPPENINGS)
-WEBHOOK_REFUSED = Counter("orq_webhook_refused_total", "Webhook calls refused, by reason (unauthorized: bad, "
-                          "stale or replayed signature; rate_limited).", ["reason"], registry=HAPPENINGS)
-EXECUTION_DURATION = Histogram("orq_execution_duration_seconds", "Duration of completed executions (first start "
-                               "to completion, retries included).", buckets=DURATION_BUCKETS, registry=HAPPENINGS)
-STEP_DURATION = Histogram("orq_step_duration_seconds", "Duration of steps run by an executor, by outcome.",
-                          ["outcome"], buckets=DURATION_BUCKETS, registry=HAPPENINGS)
-QUEUE_WAIT = Histogram("orq_execution_queue_wait_seconds", "From queued to the first start on an executor.",
-                       buckets=DURATION_BUCKETS, registry=HAPPENINGS)
+# With ORQ_METRICS_TENANT_LABEL on, each tenant adds ~90 series to a process (4 execution and 3 step outcomes,
+# a 20-series histogram per step outcome and one for executions, retries, dead-letter reasons). Tenants are
+# created through the API, so their number is not the operator's to bound: past this many distinct values in
+# one process (~90k series, what one Prometheus still scrapes comfortably), new tenants are counted under
+# ``tenant="other"``, and those already seen keep their own series.
+MAX_TENANT_LABELS = 1000
+OTHER_TENANT = "other"
 # Which event ends an execution how (ExecutionFailed with dead_lettered is counted by its ExecutionDeadLettered).
 _EVENT_TYPES = {"execution.completed", "execution.failed", "execution.dead_lettered", "execution.cancelled",
                 "execution.retrying", "step.completed", "step.failed"}
+
+
+class TenantLabels:
+    """The ``tenant`` label values of one process: the first ``limit`` tenants by id, any later one as ``other``."""
+
+    def __init__(self, limit: int = MAX_TENANT_LABELS) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()  # as safe across threads as the prometheus_client metrics it labels
+
+    def __call__(self, tenant_id: str) -> str:
+        with self._lock:
+            if tenant_id in self._seen:
+                return tenant_id
+            if len(self._seen) < self.limit:
+                self._seen.add(tenant_id)
+                return tenant_id
+        return OTHER_TENANT
+
+
+class Happenings:
+    """The process's counters and histograms of what happens, with a ``tenant`` label or (default) without.
+
+    The label names of a family are fixed when it is made, so the choice is made once, at start-up
+    (:func:`configure_happenings`)."""
+
+    def __init__(self, tenant_label: bool = False, max_tenants: int = MAX_TENANT_LABELS) -> None:
+        self.tenant_label = tenant_label
+        self.tenants = TenantLabels(max_tenants)
+        self.registry = CollectorRegistry()
+        r, t = self.registry, ["tenant"] if tenant_label else []
+        self.executions = Counter("orq_executions_total", "Executions ended, by outcome (completed, failed, "
+                                  "cancelled, dead_lettered; a dead-lettered execution counts once, as "
+                                  "dead_lettered).", ["outcome", *t], registry=r)
+        self.steps = Counter("orq_steps_total", "Steps ended, by outcome (completed, failed, continued: failed and "
+                             "let pass).", ["outcome", *t], registry=r)
+        self.retries = Counter("orq_retries_total", "Retries scheduled (an attempt failed and another one will "
+                               "follow).", t, registry=r)
+        self.dead_letters = Counter("orq_dead_letters_total", "Executions put in the dead-letter queue, by reason.",
+                                    ["reason", *t], registry=r)
+        self.triggers_fired = Counter("orq_triggers_fired_total", "Triggers fired (an execution queued), by trigger "
+                                      "type.", ["type"], registry=r)
+        self.webhook_refused = Counter("orq_webhook_refused_total", "Webhook calls refused, by reason (unauthorized: "
+                                       "bad, stale or replayed signature; rate_limited).", ["reason"], registry=r)
+        self.execution_duration = Histogram("orq_execution_duration_seconds", "Duration of completed executions "
+                                            "(first start to completion, retries included).", t,
+                                            buckets=DURATION_BUCKETS, registry=r)
+        self.step_duration = Histogram("orq_step_duration_seconds", "Duration of steps run by an executor, by "
+                                       "outcome.", ["outcome", *t], buckets=DURATION_BUCKETS, registry=r)
+        self.queue_wait = Histogram("orq_execution_queue_wait_seconds", "From queued to the first start on an "
+                                    "executor.", buckets=DURATION_BUCKETS, registry=r)
+
+    def observe_event(self, event: EventBase) -> None:
+        """Count ``event`` if it ends an execution or a step, or schedules a retry."""
+        t = (self.tenants(event.tenant_id),) if self.tenant_label else ()
+        match event:
+            case ExecutionCompleted(duration_ms=duration_ms):
+                self.executions.labels("completed", *t).inc()
+                (self.execution_duration.labels(*t) if t else self.execution_duration).observe(duration_ms / 1000)
+            case ExecutionFailed(dead_lettered=False):
+                self.executions.labels("failed", *t).inc()
+            case ExecutionDeadLettered(reason=reason):
+                self.executions.labels("dead_lettered", *t).inc()
+                self.dead_letters.labels(reason, *t).inc()
+            case ExecutionCancelled():
+                self.executions.labels("cancelled", *t).inc()
+            case ExecutionRetrying():
+                (self.retries.labels(*t) if t else self.retries).inc()
+            case StepCompleted(duration_ms=duration_ms):
+                self.steps.labels("completed", *t).inc()
+                self.step_duration.labels("completed", *t).observe(duration_ms / 1000)
+            case StepFailed(duration_ms=duration_ms, continued=continued):
+                outcome = "continued" if continued else "failed"
+                self.steps.labels(outcome, *t).inc()
+                self.step_duration.labels(outcome, *t).observe(duration_ms / 1000)
+
+
+_happenings = Happenings()
+
+
+def configure_happenings(tenant_label: bool) -> Happenings:
+    """Give what happens a ``tenant`` label or not (``ORQ_METRICS_TENANT_LABEL``), once at start-up.
+
+    Called by every service's bootstrap and by the API app. The same choice again keeps the counts (``orq dev``
+    starts several services in one process); another one starts them afresh, with the new label set."""
+    global _happenings
+    if _happenings.tenant_label != tenant_label:
+        _happenings = Happenings(tenant_label)
+    return _happenings
 
 
 class _Happenings:
     """The process's counters and histograms, collected into each exporter's registry."""
 
     def collect(self) -> Iterator[Family]:
-        return iter(HAPPENINGS.collect())
+        return iter(_happenings.registry.collect())
 
 
 def observe(unit: Unit) -> None:
@@ -225,36 +303,17 @@ def observe(unit: Unit) -> None:
 
 
 def observe_event(event: EventBase) -> None:
-    match event:
-        case ExecutionCompleted(duration_ms=duration_ms):
-            EXECUTIONS.labels("completed").inc()
-            EXECUTION_DURATION.observe(duration_ms / 1000)
-        case ExecutionFailed(dead_lettered=False):
-            EXECUTIONS.labels("failed").inc()
-        case ExecutionDeadLettered(reason=reason):
-            EXECUTIONS.labels("dead_lettered").inc()
-            DEAD_LETTERS.labels(reason).inc()
-        case ExecutionCancelled():
-            EXECUTIONS.labels("cancelled").inc()
-        case ExecutionRetrying():
-            RETRIES.inc()
-        case StepCompleted(duration_ms=duration_ms):
-            STEPS.labels("completed").inc()
-            STEP_DURATION.labels("completed").observe(duration_ms / 1000)
-        case StepFailed(duration_ms=duration_ms, continued=continued):
-            outcome = "continued" if continued else "failed"
-            STEPS.labels(outcome).inc()
-            STEP_DURATION.labels(outcome).observe(duration_ms / 1000)
+    _happenings.observe_event(event)
 
 
 def queue_wait(queued_ms: int, started_ms: int) -> None:
     """An execution's first start, ``started_ms - queued_ms`` after it was queued."""
-    QUEUE_WAIT.observe(max(0, started_ms - queued_ms) / 1000)
+    _happenings.queue_wait.observe(max(0, started_ms - queued_ms) / 1000)
 
 
 def trigger_fired(trigger_type: str) -> None:
-    TRIGGERS_FIRED.labels(trigger_type).inc()
+    _happenings.triggers_fired.labels(trigger_type).inc()
 
 
 def webhook_refused(reason: str) -> None:
-    WEBHOOK_REFUSED.labels(reason).inc()
+    _happenings.webhook_refused.labels(reason).inc()

@@ -9,40 +9,48 @@ entry it holds; a parked execution takes its entry back from the ``parked`` cons
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from shared import keys
+from shared import execution_ops, keys
 from shared.commit import Unit
 from shared.events import (
+    EventBase,
     ExecutionCompleted,
     ExecutionDeadLettered,
     ExecutionFailed,
     ExecutionRetrying,
     StepFailed,
 )
-from shared.state import Status
+from shared.execution_state import ExecutionState, record, set_parked
 from shared.workflows import WorkflowDef
-
-_decode = msgspec.msgpack.Decoder().decode
 
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """The attempt that is ending: which execution, which attempt of its series, how many it may have."""
+    """The attempt that is ending: its execution as the runner last saw it, and how many attempts it may have."""
 
-    p: int
-    tenant_id: str
-    execution_id: str
-    attempt: int
+    state: ExecutionState
     max_attempts: int
 
     @property
-    def state_key(self) -> str:
-        return keys.execution(self.p, self.execution_id)
+    def p(self) -> int:
+        return self.state.p
+
+    @property
+    def tenant_id(self) -> str:
+        return self.state.tenant
+
+    @property
+    def execution_id(self) -> str:
+        return self.state.id
+
+    @property
+    def attempt(self) -> int:
+        return self.state.attempt
 
     def ids(self) -> dict[str, Any]:
         return {"tenant_id": self.tenant_id, "aggregate_id": self.execution_id}
@@ -57,19 +65,20 @@ class Ending:
     backoff: Callable[[Unit], None]
 
 
-def max_attempts(state: Mapping[bytes, bytes], definition: WorkflowDef) -> int:
+def max_attempts(state: ExecutionState, definition: WorkflowDef) -> int:
     """The attempts a series may have: the workflow's policy, unless the run carries its own
     (``max_attempts``: a work-queue item's run leaves retrying to its queue)."""
-    own = state.get(b"max_attempts")
-    return int(own) if own else definition.retry.attempts
+    return state.max_attempts or definition.retry.attempts
 
 
-def parked_ending(p: int, tenant_id: str, execution_id: str, state: Mapping[bytes, bytes]) -> Ending:
+def parked_ending(state: ExecutionState) -> Ending:
     """The ending of an execution parked outside any executor: its entry waits on the ``parked`` consumer."""
-    stream, entry = state.get(b"work_stream", b"").decode(), state.get(b"work_id", b"").decode()
+    p, tenant_id, execution_id = state.p, state.tenant, state.id
+    stream, entry = state.work_stream, state.work_id
 
     def end(unit: Unit) -> None:
-        unit.unwork(p, execution_id).release(p, tenant_id, execution_id)
+        execution_ops.unwork(unit, p, execution_id)
+        execution_ops.release(unit, p, tenant_id, execution_id)
 
     def backoff(unit: Unit) -> None:
         if stream and entry:
@@ -79,37 +88,36 @@ def parked_ending(p: int, tenant_id: str, execution_id: str, state: Mapping[byte
 
 
 def fail_step(unit: Unit, attempt: Attempt, definition: WorkflowDef, index: int, error: str, ts: int, *,
-              duration_ms: int, ending: Ending, worker_id: str | None = None) -> None:
+              duration_ms: int, ending: Ending, worker_id: str | None = None) -> ExecutionState:
     """Step ``index`` failed: another attempt after the backoff while the policy allows, else dead-letter."""
-    key = attempt.state_key
-    unit.event(StepFailed(**attempt.ids(), ts=ts, step_index=index, error=error, duration_ms=duration_ms,
-                          attempt=attempt.attempt, worker_id=worker_id))
+    failed = StepFailed(**attempt.ids(), ts=ts, step_index=index, error=error, duration_ms=duration_ms,
+                        attempt=attempt.attempt, worker_id=worker_id)
     resume_at = 0 if definition.retry_from == "start" else index
-    if attempt.attempt < attempt.max_attempts:
-        delay = definition.retry.backoff.delay_before(attempt.attempt + 1)
-        retry_at = ts + delay
-        unit.event(ExecutionRetrying(**attempt.ids(), ts=ts, failed_attempt=attempt.attempt,
-                                     next_attempt=attempt.attempt + 1, delay_ms=delay, error=error))
-        unit.hset(key, {"status": Status.RETRYING.value, "attempt": attempt.attempt + 1, "step": resume_at,
-                        "retry_at": retry_at})
-        unit.hincrby(key, "retry_count", 1)
-        # The entry waits on the backoff consumer; the 'due' index says when the retry may be taken.
-        unit.release(attempt.p, attempt.tenant_id, attempt.execution_id)
-        ending.backoff(unit)
-        unit.zadd(keys.due(attempt.p), retry_at, attempt.execution_id)
-    else:
-        dead_letter(unit, attempt, ts, error, reason="exhausted", step=resume_at, ending=ending)
+    if attempt.attempt >= attempt.max_attempts:
+        return dead_letter(unit, attempt, ts, error, reason="exhausted", step=resume_at, ending=ending,
+                           first=(failed,))
+    delay = definition.retry.backoff.delay_before(attempt.attempt + 1)
+    after = record(unit, attempt.state, failed, ExecutionRetrying(
+        **attempt.ids(), ts=ts, failed_attempt=attempt.attempt, next_attempt=attempt.attempt + 1, delay_ms=delay,
+        error=error, resume_step=resume_at))
+    # The entry waits on the backoff consumer; the 'due' index says when the retry may be taken.
+    execution_ops.release(unit, attempt.p, attempt.tenant_id, attempt.execution_id)
+    ending.backoff(unit)
+    unit.zadd(keys.due(attempt.p), ts + delay, attempt.execution_id)
+    return after
 
 
 def dead_letter(unit: Unit, attempt: Attempt, ts: int, error: str, *, reason: str, step: int,
-                ending: Ending) -> None:
-    key = attempt.state_key
-    unit.event(ExecutionFailed(**attempt.ids(), ts=ts, error=error, attempt=attempt.attempt, dead_lettered=True))
-    unit.event(ExecutionDeadLettered(**attempt.ids(), ts=ts, reason=reason, error=error))  # type: ignore[arg-type]
-    unit.hset(key, {"status": Status.FAILED.value, "dead_lettered": "1", "step": step})
+                ending: Ending, first: Sequence[EventBase] = ()) -> ExecutionState:
+    """The attempt ends the execution in the DLQ (after ``first``, the events that led there), resuming at
+    ``step`` if it is retried."""
+    after = record(unit, attempt.state, *first, ExecutionFailed(
+        **attempt.ids(), ts=ts, error=error, attempt=attempt.attempt, dead_lettered=True, resume_step=step),
+        ExecutionDeadLettered(**attempt.ids(), ts=ts, reason=reason, error=error))  # type: ignore[arg-type]
     unit.xadd(keys.dlq(attempt.p), {"e": attempt.execution_id, "t": attempt.tenant_id, "reason": reason,
-                                    "error": error[:2000]}, ref=(key, "dlq_id"))
+                                    "error": error[:2000]}, ref=(after.key, "dlq_id"))
     ending.end(unit)
+    return after
 
 
 # ``parked`` on an execution waiting outside any executor: for a robot (shared/robot_tasks.py), for a child
@@ -117,32 +125,34 @@ def dead_letter(unit: Unit, attempt: Attempt, ts: int, error: str, *, reason: st
 RESUME = "resume"
 
 
-def go_on(unit: Unit, attempt: Attempt, definition: WorkflowDef, index: int, ts: int, result: Any,
-          state: Mapping[bytes, bytes]) -> None:
-    """Step ``index`` of a parked execution is behind it: the execution completes when that was the last step,
-    else it waits for an executor to run the next one (on the ``due`` index, due now)."""
+def go_on(unit: Unit, attempt: Attempt, definition: WorkflowDef, index: int, ts: int,
+          result: Any) -> ExecutionState:
+    """Step ``index`` of a parked execution is behind it (``attempt.state`` is after its event): the execution
+    completes when that was the last step, else it waits for an executor to run the next one (on the ``due``
+    index, due now)."""
+    state = attempt.state
     if index >= len(definition.steps) - 1:
-        started = int(state.get(b"started_at", b"0") or ts)
-        complete(unit, attempt, ts, result, started_ms=started,
-                 ending=parked_ending(attempt.p, attempt.tenant_id, attempt.execution_id, state))
-        return
-    unit.hset(attempt.state_key, {"parked": RESUME})
+        return complete(unit, attempt, ts, result, started_ms=state.started_at or ts, ending=parked_ending(state))
     unit.zadd(keys.due(attempt.p), ts, attempt.execution_id)
     unit.ring(attempt.p)  # an idle executor looks at the due index at once, not at its next poll
+    return set_parked(unit, state, RESUME)
 
 
 def let_pass(unit: Unit, attempt: Attempt, definition: WorkflowDef, index: int, error: str, ts: int, *,
-             duration_ms: int, state: Mapping[bytes, bytes], worker_id: str | None = None) -> None:
+             duration_ms: int, worker_id: str | None = None) -> ExecutionState:
     """Step ``index`` of a parked execution failed with ``on_error: continue``: record it and go on; a run whose
     last step failed this way ends with the output of the step before it."""
-    unit.event(StepFailed(**attempt.ids(), ts=ts, step_index=index, error=error, duration_ms=duration_ms,
-                          attempt=attempt.attempt, continued=True, worker_id=worker_id))
-    unit.hset(attempt.state_key, {"step": index + 1})
-    previous = state.get(f"out:{index - 1}".encode())
-    go_on(unit, attempt, definition, index, ts, _decode(previous) if previous else None, state)
+    after = record(unit, attempt.state, StepFailed(
+        **attempt.ids(), ts=ts, step_index=index, error=error, duration_ms=duration_ms, attempt=attempt.attempt,
+        continued=True, worker_id=worker_id))
+    previous = after.outputs.get(index - 1)
+    return go_on(unit, Attempt(after, attempt.max_attempts), definition, index, ts,
+                 msgspec.msgpack.decode(previous) if previous else None)
 
 
-def complete(unit: Unit, attempt: Attempt, ts: int, result: Any, *, started_ms: int, ending: Ending) -> None:
-    unit.event(ExecutionCompleted(**attempt.ids(), ts=ts, result=result, duration_ms=max(0, ts - started_ms)))
-    unit.hset(attempt.state_key, {"status": Status.COMPLETED.value})
+def complete(unit: Unit, attempt: Attempt, ts: int, result: Any, *, started_ms: int,
+             ending: Ending) -> ExecutionState:
+    after = record(unit, attempt.state, ExecutionCompleted(**attempt.ids(), ts=ts, result=result,
+                                                           duration_ms=max(0, ts - started_ms)))
     ending.end(unit)
+    return after

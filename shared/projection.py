@@ -83,7 +83,9 @@ from shared.events import (
     WorkflowResumed,
     WorkflowSaved,
 )
+from shared.execution_state import ExecutionState, changes_of
 from shared.queues_fold import QUEUE_EVENTS, QUEUE_PRIMARY_KEYS, QUEUE_TABLES, fold_queue_event
+from shared.state import Status
 
 Row = dict[str, Any]
 Key = Any  # a primary key: a str, or a tuple for composite keys
@@ -547,6 +549,7 @@ class Projection:
             return
         if not self._lifecycle(event, row):
             self._control(event, row)
+        _fold_shared_columns(row, event)  # after: the rules above read the status before the event
         row["updated_at"] = event.ts
         self._touch(EXECUTIONS, event.aggregate_id)
 
@@ -556,30 +559,24 @@ class Projection:
             case ExecutionStarted():
                 if row["status"] == QUEUED or row["started_at"] is None:  # the first start of a series
                     row["started_at"] = event.ts
-                row["status"] = RUNNING
-                row["attempt"] = event.attempt
+                row["attempt"] = event.attempt  # the attempt that ran (the state's is the next one to run)
                 row["executor"] = _clip(event.executor, 120)
                 row["current_step"] = event.from_step
             case ExecutionProgress():
                 self._progress_report(row, event)
             case ExecutionRetrying():
-                row["status"] = RETRYING
-                row["retry_count"] += 1
                 row["error_message"] = event.error
             case ExecutionCompleted():
-                row["status"] = COMPLETED
                 row["completed_at"] = event.ts
                 row["duration_ms"] = _completed_duration(event.duration_ms, _since(row["started_at"], event.ts))
                 row["result"] = json_value(event.result)
                 row["error_message"] = None
                 row["progress"] = 100
             case ExecutionFailed():
-                row["status"] = FAILED
                 row["error_message"] = event.error
                 row["completed_at"] = event.ts
                 row["duration_ms"] = _since(row["started_at"], event.ts)
             case ExecutionCancelled():
-                row["status"] = CANCELLED
                 row["completed_at"] = event.ts
                 row["duration_ms"] = _since(row["started_at"], event.ts)
                 self._cancel_running_steps(row, event.ts)
@@ -602,12 +599,10 @@ class Projection:
             case ExecutionDlqPurged():
                 row["in_dlq"] = False
             case ExecutionPriorityChanged():
-                row["priority"] = event.priority
+                pass  # the fold's column (see _execution)
             case ExecutionRequeued():
                 row.update(
-                    status=QUEUED,
                     attempt=1,
-                    priority=event.priority,
                     completed_at=None,
                     duration_ms=None,
                     result=None,
@@ -616,7 +611,6 @@ class Projection:
                     dead_lettered_at=None,
                 )
             case ExecutionRecovered():
-                row["crash_count"] = event.crash_count
                 row["executor"] = _clip(event.executor, 120)
             case _:
                 pass
@@ -683,6 +677,21 @@ class Projection:
 
 
 StepEvent = StepStarted | StepCompleted | StepFailed | StepOffered | StepClaimed | StepWaiting
+
+
+# The columns that mean what the execution state's fields of the same names mean: set by the one fold,
+# shared/execution_state.evolve, rather than restated here.
+_SHARED_COLUMNS = ("status", "priority", "retry_count", "crash_count")
+
+
+def _fold_shared_columns(row: Row, event: EventBase) -> None:
+    seen = ExecutionState(p=0, id=row["id"], status=Status(row["status"]), priority=row["priority"],
+                          retry_count=row["retry_count"], crash_count=row["crash_count"])
+    changes = changes_of(seen, event)
+    for column in _SHARED_COLUMNS:
+        if column in changes:
+            value = changes[column]
+            row[column] = value.value if isinstance(value, Status) else value
 
 
 def _fold_step(step: Row, execution: Row, event: StepEvent) -> None:

@@ -2,7 +2,7 @@
 
 Two ways to claim, same events and state:
 
-- :func:`claim_unit` (robots, ``POST /api/queues/{id}/items/next``): the ``qclaim`` op of ``commit.lua`` takes
+- :func:`claim_unit` (robots, ``POST /api/queues/{id}/items/next``): the ``qclaim`` commit op takes
   the first ready item inside the commit script, so concurrent claimers never race for the same item and
   nobody retries: one round trip per claim.
 - :func:`claim_item` (the ``queue_item`` trigger): adds the claim of an item the caller already chose
@@ -57,11 +57,22 @@ QUEUE_RUN_ATTEMPTS = 1
 _PLACEHOLDER = QueueItemSnapshot(queue_id="", status="in_progress", priority=5, origin_at=0, created_at=0)
 
 
+def queue_claim(
+    unit: Unit, *, ready: str, deferred: str, item_prefix: str, due: str, now_ms: int, abandon_after_ms: int,
+    event_type: str, template: bytes, claimer: str,
+) -> Unit:
+    """Claim the first ready item of a work queue in one ``qclaim`` op (``shared/lua/commit_ops_queues.lua``);
+    when one was, the outcome's ids are the ``queue_item.started`` log id, then the item id."""
+    return unit.op("qclaim", ready, deferred, now_ms, item_prefix, due, abandon_after_ms, keys.log(unit.p),
+                   event_type, template, claimer)
+
+
 def claim_unit(*, p: int, queue: QueueState, claimer: str, now_ms: int) -> Unit:
     """Claim the queue's next ready item for ``claimer``; see :func:`claimed_id` for the outcome."""
     template = QueueItemStarted(tenant_id=queue.tenant_id, aggregate_id="", ts=now_ms, item=_PLACEHOLDER)
     unit = Unit(p).require(keys.queue(p, queue.id), "deleted", ["0"], QUEUE_GONE_GUARD)
-    return unit.queue_claim(
+    return queue_claim(
+        unit,
         ready=keys.queue_ready(p, queue.id),
         deferred=keys.queue_deferred(p, queue.id),
         item_prefix=keys.queue_item(p, ""),

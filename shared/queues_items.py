@@ -21,7 +21,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.commit import Unit
+from shared.commit import Unit, Value
 from shared.events import QueueItemAdded, QueueItemSnapshot
 from shared.queues import QUEUE_CHANGED_GUARD, QUEUE_GONE_GUARD, QueueState, as_bytes
 from shared.redis import text
@@ -100,7 +100,7 @@ def encode_snapshot(snapshot: QueueItemSnapshot) -> bytes:
 
 
 ADDED = str(QueueItemAdded.__struct_config__.tag)
-# (id, event body, snapshot, data JSON, rank, defer_until or 0, reference or ""): one item for Unit.queue_add.
+# (id, event body, snapshot, data JSON, rank, defer_until or 0, reference or ""): one item for :func:`queue_add`.
 Added = tuple[str, bytes, bytes, bytes, str, int, str]
 
 
@@ -123,11 +123,25 @@ def added(
             snapshot.reference or "")
 
 
+def queue_add(
+    unit: Unit, *, event_type: str, ready: str, deferred: str, refs: str, item_prefix: str, tenant_id: str,
+    queue_id: str, now_ms: int, items: Sequence[Added],
+) -> Unit:
+    """Add work-queue items in one ``qadd`` op (``shared/lua/commit_ops_queues.lua``): per item (id, event body,
+    snapshot, data JSON, rank, defer_until or 0, reference or ""). Each item's event is logged in order."""
+    args: list[Value] = [keys.log(unit.p), event_type, ready, deferred, refs, item_prefix, tenant_id, queue_id,
+                         now_ms]
+    for item in items:
+        args += item
+    return unit.op("qadd", *args)
+
+
 def put_items(unit: Unit, *, tenant_id: str, queue_id: str, items: Sequence[Added], now_ms: int) -> Unit:
     """Append each item's ``queue_item.added`` and make it claimable (now, or once its ``defer_until`` passes);
     its reference is remembered (the first item with a reference keeps it)."""
     p = unit.p
-    return unit.queue_add(
+    return queue_add(
+        unit,
         event_type=ADDED,
         ready=keys.queue_ready(p, queue_id),
         deferred=keys.queue_deferred(p, queue_id),

@@ -23,7 +23,7 @@ from typing import Any, cast
 import msgspec
 from redis.asyncio import Redis
 
-from shared import keys
+from shared import execution_ops, keys
 from shared.commit import Unit, load_lua
 from shared.events import (
     ExecutionLog,
@@ -34,6 +34,7 @@ from shared.events import (
     StepOffered,
     encode,
 )
+from shared.execution_state import ExecutionState, from_hash, new_execution, park, record, unparked
 from shared.outcomes import Attempt, dead_letter, fail_step, go_on, let_pass, max_attempts, parked_ending
 from shared.redis import PipelinedScript, raw_hash, run_pipeline, text
 from shared.state import Status
@@ -44,7 +45,7 @@ PARKED_ON_ROBOT = "robot"
 LEASE_LOST = "lease_lost"
 CANCELLED = "cancelled"
 
-_claim = PipelinedScript(load_lua("robot_claim.lua"))
+_claim = PipelinedScript(load_lua("shared", "robot_claim.lua"))
 _packer = msgspec.msgpack.Encoder()
 _any = msgspec.msgpack.Decoder()
 # Far above any offer time in ms, so the priority decides first and the age second.
@@ -89,7 +90,7 @@ def offer(unit: Unit, offer: Offer, ts: int, task_id: str | None = None) -> str:
         "priority": offer.priority,
     })
     unit.zadd(keys.offers(offer.p, offer.tenant_id, pool), offer.priority * _PRIORITY_SCALE + ts, task_id)
-    unit.hset(keys.execution(offer.p, offer.execution_id), {"parked": PARKED_ON_ROBOT, "task": task_id})
+    park(unit, keys.execution(offer.p, offer.execution_id), PARKED_ON_ROBOT, task=task_id)
     unit.publish(keys.offers_channel(offer.p), f"{offer.tenant_id} {pool}")
     return task_id
 
@@ -134,7 +135,7 @@ class TaskView:
     p: int
     task_id: str
     task: dict[bytes, bytes]
-    execution: dict[bytes, bytes]
+    execution: ExecutionState
 
     @property
     def execution_id(self) -> str:
@@ -146,15 +147,14 @@ class TaskView:
 
     @property
     def tenant_id(self) -> str:
-        return self.execution.get(b"tenant", b"").decode()
+        return self.execution.tenant
 
     def refusal(self, robot_id: str) -> str | None:
         """Why a command on this task must be refused (a 409 code), or None while the robot holds it."""
-        if self.execution.get(b"status") == Status.CANCELLED.value.encode():
+        if self.execution.status is Status.CANCELLED:
             return CANCELLED
         if (not self.task or self.task.get(b"robot", b"").decode() != robot_id
-                or self.execution.get(b"task", b"").decode() != self.task_id
-                or self.execution.get(b"status") != Status.RUNNING.value.encode()):
+                or self.execution.task != self.task_id or self.execution.status is not Status.RUNNING):
             return LEASE_LOST
         return None
 
@@ -164,7 +164,9 @@ async def read_task(redis: Redis, p: int, task_id: str) -> TaskView:
         pipe.hgetall(keys.task(p, task_id))
         pipe.hgetall(keys.execution(p, execution_of(task_id)))
         task, execution = await pipe.execute()
-    return TaskView(p, task_id, raw_hash(task), raw_hash(execution))
+    execution_id = execution_of(task_id)
+    return TaskView(p, task_id, raw_hash(task),
+                    from_hash(p, execution_id, execution) or new_execution(p, execution_id))
 
 
 def _held(view: TaskView, robot_id: str) -> Unit:
@@ -201,25 +203,25 @@ def logs_unit(view: TaskView, robot_id: str, *, now_ms: int, lines: list[tuple[s
     return unit
 
 
-def _attempt(view: TaskView, definition: WorkflowDef) -> Attempt:
-    return Attempt(view.p, view.tenant_id, view.execution_id, int(view.task.get(b"attempt", b"1")),
-                   max_attempts(view.execution, definition))
+def _attempt(view: TaskView, definition: WorkflowDef, state: ExecutionState | None = None) -> Attempt:
+    """The attempt the task is part of (the guards keep the execution on this task, so on its attempt)."""
+    state = state or view.execution
+    return Attempt(state, max_attempts(state, definition))
 
 
 def _duration(view: TaskView, now_ms: int) -> int:
     return max(0, now_ms - int(view.task.get(b"claimed_at", b"0") or now_ms))
 
 
-def complete_unit(view: TaskView, robot_id: str, definition: WorkflowDef, *, now_ms: int, output: Any,
-                  body: bytes) -> Unit:
-    """The robot finished the step with ``output`` (``body``: its msgpack, already checked for size)."""
+def complete_unit(view: TaskView, robot_id: str, definition: WorkflowDef, *, now_ms: int, output: Any) -> Unit:
+    """The robot finished the step with ``output`` (already checked for size)."""
     index = view.step_index
     unit = _held(view, robot_id)
-    unit.event(StepCompleted(tenant_id=view.tenant_id, aggregate_id=view.execution_id, ts=now_ms, step_index=index,
-                             output=output, duration_ms=_duration(view, now_ms), worker_id=robot_id))
-    unit.untask(view.p, view.execution_id)
-    unit.hset(keys.execution(view.p, view.execution_id), {f"out:{index}": body, "step": index + 1})
-    go_on(unit, _attempt(view, definition), definition, index, now_ms, output, view.execution)
+    execution_ops.untask(unit, view.p, view.execution_id)
+    after = record(unit, unparked(view.execution), StepCompleted(
+        tenant_id=view.tenant_id, aggregate_id=view.execution_id, ts=now_ms, step_index=index, output=output,
+        duration_ms=_duration(view, now_ms), worker_id=robot_id))
+    go_on(unit, _attempt(view, definition, after), definition, index, now_ms, output)
     return unit
 
 
@@ -228,15 +230,15 @@ def fail_unit(view: TaskView, robot_id: str, definition: WorkflowDef, *, now_ms:
     ``on_error: continue`` lets it pass)."""
     index = view.step_index
     unit = _held(view, robot_id)
-    unit.untask(view.p, view.execution_id)
+    execution_ops.untask(unit, view.p, view.execution_id)
     step = definition.steps[index]
     duration = _duration(view, now_ms)
     if step.on_error == "continue":
-        let_pass(unit, _attempt(view, definition), definition, index, error, now_ms, duration_ms=duration,
-                 state=view.execution, worker_id=robot_id)
+        let_pass(unit, _attempt(view, definition, unparked(view.execution)), definition, index, error, now_ms,
+                 duration_ms=duration, worker_id=robot_id)
         return unit
     fail_step(unit, _attempt(view, definition), definition, index, error, now_ms, duration_ms=duration,
-              ending=parked_ending(view.p, view.tenant_id, view.execution_id, view.execution), worker_id=robot_id)
+              ending=parked_ending(view.execution), worker_id=robot_id)
     return unit
 
 
@@ -254,17 +256,16 @@ def reoffer_unit(view: TaskView, definition: WorkflowDef, *, now_ms: int, max_cr
             .require(state_key, "task", [view.task_id], LEASE_LOST)
             .require(keys.task(view.p, view.task_id), "lease_until",
                      [view.task.get(b"lease_until", b"").decode()], LEASE_LOST))
-    crashes = int(view.execution.get(b"crash_count", b"0") or 0) + 1
-    unit.hincrby(state_key, "crash_count", 1)
-    unit.event(ExecutionRecovered(tenant_id=view.tenant_id, aggregate_id=view.execution_id, ts=now_ms,
-                                  crash_count=crashes, lost_executor=f"robot:{robot}", executor=""))
-    unit.untask(view.p, view.execution_id)
+    crashes = view.execution.crash_count + 1
+    recovered = record(unit, view.execution, ExecutionRecovered(
+        tenant_id=view.tenant_id, aggregate_id=view.execution_id, ts=now_ms, crash_count=crashes,
+        lost_executor=f"robot:{robot}", executor=""))
+    execution_ops.untask(unit, view.p, view.execution_id)
     index = view.step_index
-    attempt = _attempt(view, definition)
+    attempt = _attempt(view, definition, recovered)
     if crashes > max_crashes:
         error = f"robot went silent {crashes} times running step {index}: dead-lettered as poison"
-        dead_letter(unit, attempt, now_ms, error, reason="poison", step=index,
-                    ending=parked_ending(view.p, view.tenant_id, view.execution_id, view.execution))
+        dead_letter(unit, attempt, now_ms, error, reason="poison", step=index, ending=parked_ending(recovered))
         return unit
     offer(unit, Offer(view.p, view.tenant_id, view.execution_id, int(view.task.get(b"priority", b"5")), index,
                       definition.steps[index], attempt.attempt, _any.decode(view.task.get(b"params", b"\x80"))),

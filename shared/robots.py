@@ -142,7 +142,7 @@ def delete_unit(*, robot: RobotState, now_ms: int) -> Unit:
 # looking online, and a deleted robot's hash must not be brought back by the write), then answer the hash: one
 # round trip. The caller still compares the hash in constant time before trusting the reply; this comparison only
 # decides the write, on the SHA-256 of the caller's input, so its timing reveals nothing useful.
-_SEEN = PipelinedScript(load_lua("robot_seen.lua"))
+_SEEN = PipelinedScript(load_lua("shared", "robot_seen.lua"))
 
 
 async def touch_robot(redis: Redis, p: int, robot_id: str, key_hash: str, now_ms: int) -> dict[bytes, bytes]:

@@ -53,6 +53,8 @@ class Settings:
     allow_eviction: bool = False
     accept_rewound_redis: bool = False
     metrics_port: int = 0
+    # ORQ_METRICS_TENANT_LABEL: what happens is also counted by tenant (a bounded label, shared/metrics.py).
+    metrics_tenant_label: bool = False
     otel_endpoint: str = ""
     # ORQ_ALLOW_PRIVATE_NETWORKS (or its older name ORQ_ALLOW_PRIVATE_WEBHOOKS) sets both: http_request steps
     # and webhook notifications may then reach loopback, private and link-local addresses (shared/ssrf.py).
@@ -156,6 +158,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         allow_eviction=_flag(env, "ORQ_ALLOW_EVICTION"),
         accept_rewound_redis=_flag(env, "ORQ_ACCEPT_REWOUND_REDIS"),
         metrics_port=_int(env, "ORQ_METRICS_PORT", defaults.metrics_port, minimum=0),
+        metrics_tenant_label=_flag(env, "ORQ_METRICS_TENANT_LABEL"),
         otel_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
         allow_private_webhooks=private_networks,
         allow_private_networks=private_networks,

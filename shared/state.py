@@ -1,21 +1,8 @@
 """Aggregate state in Redis: what commands check. A cache of the log, never read by queries.
 
-Execution hash ``orq:{p}:exec:<id>`` fields (all strings):
-``tenant``, ``workflow_id``, ``def_key`` (the pinned, immutable definition), ``priority``, ``status``,
-``attempt`` (the attempt now running or next to run, from 1 in each attempt series), ``retry_count``,
-``crash_count``, ``step`` (index to resume from), ``fence`` (the fencing token: moves on at every hand-out
-to an executor and at every command that revokes one; every commit of a run checks it), ``owner`` (the
-executor consumer it is handed out to; set exactly while it counts in the tenant's ``running``), ``seq`` (how
-many lifecycle commits its runs have made: each requires the last value and moves it on, so a commit sent
-again after its reply was lost applies once),
-``queued_at``, ``started_at``, ``params`` (msgpack), ``out:<i>`` (msgpack output of step i),
-``work_stream``/``work_id`` (its work entry, while it has one: dispatch writes them), ``retry_at`` (ms: when
-the retry after a failed attempt is due, the time the ``due`` sorted set holds too; written with status
-``retrying`` by ``shared/outcomes.py``, removed by the start commit of the next run, so a cancel or manual retry
-in between leaves it behind until then), ``max_attempts`` (only when the run overrides its workflow's policy),
-``dead_lettered`` ("1" once in the DLQ), ``dlq_id`` (its DLQ entry), ``trigger_type``; while parked (see
-``shared/outcomes.py``): ``parked`` (``robot``, ``child`` or ``resume``), ``task`` (its robot task),
-``waits_for``/``waiting_since`` (its child execution); a child execution: ``parent``, ``parent_step``, ``depth``.
+The execution aggregate has its own module (shared/execution_state.py: its typed state, the fold that changes
+it and its hash). Here: the execution statuses, and the tenant and workflow aggregates.
+
 Tenant hash ``orq:{p}:tenant:<id>``: ``name``, ``plan``, ``key_hash``, ``key_id``, ``created_at``, ``paused``.
 Workflow hash ``orq:{p}:wf:<id>``: ``tenant``, ``name``, ``version``, ``deleted`` ("0"/"1"), ``paused`` ("0"/"1"),
 ``created_at``, ``updated_at``.
@@ -102,9 +89,3 @@ def workflow_from_hash(workflow_id: str, raw: Mapping[Any, Any]) -> WorkflowStat
         return None
     h = {text(k): text(v) for k, v in raw.items()}
     return WorkflowState(workflow_id, h["tenant"], h["name"], int(h["version"]), h.get("deleted") == "1")
-
-
-async def read_execution(redis: Redis, p: int, execution_id: str) -> dict[str, bytes]:
-    """The raw execution hash (field name → bytes), empty if unknown."""
-    raw = await redis.hgetall(keys.execution(p, execution_id))
-    return {text(k): v if isinstance(v, bytes) else v.encode() for k, v in raw.items()}

@@ -18,29 +18,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 from redis.asyncio import Redis
 
-from shared import keys
 from shared.actions import WorkflowParams
 from shared.admission import Run, admission_unit
 from shared.clock import new_id
 from shared.commit import Unit
 from shared.errors import StepFailed, ValidationFailed
 from shared.events import StepCompleted, StepWaiting
+from shared.execution_state import ExecutionState, clear_parked, read_execution, record, set_parked
 from shared.outcomes import Attempt, fail_step, go_on, let_pass, max_attempts, parked_ending
 from shared.pinned import PinnedDefinitions
 from shared.plans import Plan, plan_named
-from shared.redis import raw_hash, text
 from shared.state import FINISHED, Status, read_tenant, read_workflow
 from shared.workflows import WorkflowDef
 
 PARKED_ON_CHILD = "child"
 MAX_DEPTH = 10  # a run may start children nested this deep (a call cycle a template hides stops here)
 TRIGGER_TYPE = "workflow"  # the trigger_type of a child execution
-
-_packer = msgspec.msgpack.Encoder()
-
 
 @dataclass(frozen=True, slots=True)
 class Child:
@@ -49,10 +44,11 @@ class Child:
 
 
 async def admit_child(redis: Redis, definitions: PinnedDefinitions, plans: Mapping[str, Plan], *, p: int,
-                      partitions: int, tenant_id: str, parent_id: str, parent_state: Mapping[bytes, bytes],
-                      step_index: int, params: WorkflowParams, now_ms: int) -> Child:
+                      partitions: int, parent: ExecutionState, step_index: int, params: WorkflowParams,
+                      now_ms: int) -> Child:
     """The child's admission unit; ``StepFailed`` when it cannot be started (unknown workflow, too deep)."""
-    depth = int(parent_state.get(b"depth", b"0") or 0) + 1
+    tenant_id = parent.tenant
+    depth = parent.depth + 1
     if depth > MAX_DEPTH:
         raise StepFailed(f"depth_exceeded: sub-workflows nest at most {MAX_DEPTH} deep")
     workflow = await read_workflow(redis, p, params.workflow_id)
@@ -63,73 +59,67 @@ async def admit_child(redis: Redis, definitions: PinnedDefinitions, plans: Mappi
     if definition is None or tenant is None:
         raise StepFailed(f"unknown workflow {params.workflow_id!r}")
     plan = plan_named(plans, tenant.plan)
-    priority = max(int(parent_state.get(b"priority", b"0") or plan.default_priority), plan.min_priority)
+    priority = max(parent.priority, plan.min_priority)
     child_id = new_id()
     unit = admission_unit(p=p, tenant_id=tenant_id, plan=plan, workflow=workflow, definition=definition,
                           runs=[Run(child_id, priority, dict(params.params))], now_ms=now_ms,
-                          trigger_type=TRIGGER_TYPE, parent_execution_id=parent_id)
-    unit.hset(keys.execution(p, child_id), {"parent": parent_id, "parent_step": step_index, "depth": depth})
+                          trigger_type=TRIGGER_TYPE, parent_execution_id=parent.id, parent_step=step_index,
+                          depth=depth)
     return Child(child_id, unit)
 
 
-def wait_for(unit: Unit, *, p: int, tenant_id: str, parent_id: str, step_index: int, child_id: str,
-             now_ms: int) -> None:
+def wait_for(unit: Unit, parent: ExecutionState, *, step_index: int, child_id: str, now_ms: int) -> ExecutionState:
     """Park the parent on its child (the caller parks its work entry and frees its slot in the same unit)."""
-    unit.event(StepWaiting(tenant_id=tenant_id, aggregate_id=parent_id, ts=now_ms, step_index=step_index,
-                           child_execution_id=child_id))
-    unit.hset(keys.execution(p, parent_id), {"parked": PARKED_ON_CHILD, "waits_for": child_id,
-                                             "waiting_since": now_ms})
+    waiting = record(unit, parent, StepWaiting(tenant_id=parent.tenant, aggregate_id=parent.id, ts=now_ms,
+                                               step_index=step_index, child_execution_id=child_id))
+    return set_parked(unit, waiting, PARKED_ON_CHILD)
 
 
 async def parent_outcome_unit(redis: Redis, definitions: PinnedDefinitions, *, p: int, child_id: str, status: str,
                               result: Any, error: str, now_ms: int) -> Unit | None:
     """The unit that ends the parent's waiting step with its child's outcome, or None when no parent waits
     for this child (it has none, or the parent moved on: cancelled, retried, already told)."""
-    child = await redis.hmget(keys.execution(p, child_id), ["parent", "parent_step"])
-    if not child[0]:
+    child = await read_execution(redis, p, child_id, fields=("parent", "parent_step"))
+    if child is None or child.parent is None:
         return None
-    parent_id = text(child[0])
-    index = int(child[1] or 0)
-    state = raw_hash(await redis.hgetall(keys.execution(p, parent_id)))
-    if (state.get(b"waits_for", b"").decode() != child_id or state.get(b"parked", b"") != PARKED_ON_CHILD.encode()
-            or state.get(b"status", b"") != Status.RUNNING.value.encode()):
+    index = child.parent_step or 0
+    state = await read_execution(redis, p, child.parent)
+    if (state is None or state.waits_for != child_id or state.parked != PARKED_ON_CHILD
+            or state.status is not Status.RUNNING):
         return None
-    definition = await definitions.read_key(redis, state.get(b"def_key", b"").decode())
+    definition = await definitions.read_key(redis, state.def_key)
     if definition is None:
         return None
-    tenant_id = state[b"tenant"].decode()
-    key = keys.execution(p, parent_id)
+    key = state.key
     unit = (Unit(p).require(key, "status", [Status.RUNNING.value], "status")
             .require(key, "waits_for", [child_id], "waits_for")
             .require(key, "parked", [PARKED_ON_CHILD], "parked"))
-    unit.hdel(key, "waits_for", "parked", "waiting_since")
-    attempt = Attempt(p, tenant_id, parent_id, int(state.get(b"attempt", b"1")), max_attempts(state, definition))
-    waited = max(0, now_ms - int(state.get(b"waiting_since", b"0") or now_ms))
+    waited = max(0, now_ms - (state.waiting_since or now_ms))
+    state = clear_parked(unit, state)
+    attempt = Attempt(state, max_attempts(state, definition))
     if status == Status.COMPLETED.value:
-        unit.event(StepCompleted(tenant_id=tenant_id, aggregate_id=parent_id, ts=now_ms, step_index=index,
-                                 output=result, duration_ms=waited))
-        unit.hset(key, {f"out:{index}": _packer.encode(result), "step": index + 1})
-        go_on(unit, attempt, definition, index, now_ms, result, state)
+        after = record(unit, state, StepCompleted(tenant_id=state.tenant, aggregate_id=state.id, ts=now_ms,
+                                                  step_index=index, output=result, duration_ms=waited))
+        go_on(unit, Attempt(after, attempt.max_attempts), definition, index, now_ms, result)
         return unit
     message = f"child execution {child_id} {status}" + (f": {error}" if error else "")
     step = definition.steps[index]
     if step.on_error == "continue":
-        let_pass(unit, attempt, definition, index, message, now_ms, duration_ms=waited, state=state)
+        let_pass(unit, attempt, definition, index, message, now_ms, duration_ms=waited)
         return unit
-    fail_step(unit, attempt, definition, index, message, now_ms, duration_ms=waited,
-              ending=parked_ending(p, tenant_id, parent_id, state))
+    fail_step(unit, attempt, definition, index, message, now_ms, duration_ms=waited, ending=parked_ending(state))
     return unit
 
 
 async def child_to_cancel(redis: Redis, p: int, parent_id: str) -> tuple[str, Status] | None:
     """The child a cancelled parent was waiting for, with its status, if it has not ended."""
-    child_id = text(await redis.hget(keys.execution(p, parent_id), "waits_for"))
-    if not child_id:
+    parent = await read_execution(redis, p, parent_id, fields=("waits_for",))
+    if parent is None or parent.waits_for is None:
         return None
-    status = text(await redis.hget(keys.execution(p, child_id), "status"))
-    if not status or Status(status) in FINISHED:
+    child = await read_execution(redis, p, parent.waits_for, fields=("status",))
+    if child is None or child.status is None or child.status in FINISHED:
         return None
-    return child_id, Status(status)
+    return parent.waits_for, child.status
 
 
 # --- at save time ---------------------------------------------------------------------------------------------

@@ -35,10 +35,10 @@ from shared.admission import (
 from shared.clock import month_of, new_id
 from shared.commit import Applied, Committer, Refused, Unit
 from shared.events import QuotaExceeded, TriggerFired, TriggerSkipped, TriggerSkipReason
+from shared.execution_state import read_execution
 from shared.optimistic import MOVED, Moved, optimistically
 from shared.pinned import PinnedDefinitions
 from shared.plans import Plan, plan_named
-from shared.redis import text
 from shared.settings import Settings
 from shared.state import Status, read_tenant, read_workflow
 from shared.triggers import REV_GUARD, TriggerState, read_trigger
@@ -163,8 +163,8 @@ class Firer:
         if workflow is None or definition is None:
             return await self.skip(trigger, request, "workflow_deleted", now_ms)
         if request.skip_if_running and trigger.last_execution_id:
-            status = text(await self.redis.hget(keys.execution(p, trigger.last_execution_id), "status"))
-            if status in _UNFINISHED:
+            last = await read_execution(self.redis, p, trigger.last_execution_id, fields=("status",))
+            if last is not None and last.status in _UNFINISHED:
                 return await self.skip(trigger, request, "overlap", now_ms)
         plan = self.plan(tenant.plan)
         execution_id = request.execution_id or new_id()

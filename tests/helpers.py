@@ -7,10 +7,14 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import httpx
+
+from tests.processes import OrqProcess
 
 T = TypeVar("T")
 
@@ -69,12 +73,55 @@ async def assert_always(
         await asyncio.sleep(interval)
 
 
+async def until_answering(
+    url: str, server: asyncio.Task[Any] | OrqProcess, *, timeout: float = 15, message: str = "server answering"
+) -> None:
+    """GET ``url`` until it answers 200 (a server coming up), or time runs out; a ``server`` that has stopped
+    meanwhile (a task done, a process exited) is named in the failure, with a process' output."""
+
+    async def answers() -> None:
+        if isinstance(server, asyncio.Task):
+            assert not server.done(), server
+        else:
+            assert server.process.poll() is None, server.output()
+        try:
+            async with httpx.AsyncClient() as client:
+                assert (await client.get(url)).status_code == 200
+        except httpx.TransportError as exc:
+            raise AssertionError(str(exc)) from exc
+
+    await assert_eventually(answers, timeout=timeout, message=message)
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now, for a server a test starts."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+@asynccontextmanager
+async def switchable_server() -> AsyncIterator[dict[str, Any]]:
+    """A tiny HTTP server on loopback (a robot for ``http_request`` steps) answering ``state["status"]`` (500 until
+    the test says otherwise) at ``state["url"]``; ``state["calls"]`` counts the requests it has answered."""
+    state: dict[str, Any] = {"status": 500, "calls": 0}
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        state["calls"] += 1
+        status = state["status"]
+        writer.write(f"HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".encode())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    state["url"] = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/robot"
+    try:
+        yield state
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 @contextmanager

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
+import httpx
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -21,6 +23,18 @@ def orq_env(**overrides: str) -> dict[str, str]:
     env.update(overrides)
     env.setdefault("ORQ_ADMIN_TOKEN", "test-admin")
     return env
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM (a clean shutdown) and wait up to ``timeout`` seconds; SIGKILL if it lingers. A no-op once exited."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 class OrqProcess:
@@ -43,18 +57,28 @@ class OrqProcess:
         self.process.wait(timeout=10)
 
     def terminate(self, timeout: float = 30) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout)
         self._log.close()
         return self.process.returncode
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def wait_ready(base_url: str, api: OrqProcess | None = None, timeout: float = 30) -> None:
+    """Block until ``{base_url}/readyz`` answers 200 (Redis and SQL reachable); past ``timeout`` a RuntimeError,
+    with ``api``'s output when the process is given. Blocking: for sync fixtures starting real processes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            output = f":\n{api.output()}" if api is not None else ""
+            raise RuntimeError(f"api at {base_url} did not become ready{output}")
+        time.sleep(0.1)
 
 
 @contextmanager

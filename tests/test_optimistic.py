@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from shared import keys
+from shared import commit_script, keys
 from shared.commit import Applied, Committer, Refused, Unit
 from shared.errors import Conflict
 from shared.events import ExecutionCancelled
@@ -19,7 +19,7 @@ STATE = keys.execution(0, "e1")
 
 @pytest.fixture
 async def committer(redis: Redis) -> AsyncIterator[Committer]:
-    committer = Committer(redis)
+    committer = commit_script.committer(redis)
     yield committer
     await committer.close()
 

@@ -16,13 +16,13 @@ from typing import cast
 
 from redis.asyncio import Redis
 
-from shared import keys
+from shared import commit_script, keys
 from shared.clock import iso, now_ms, stream_id_parts
 from shared.commit import Applied, Committer
 from shared.execution_commands import dlq_purge_unit, requeue_unit
+from shared.execution_state import read_execution
 from shared.redis import Entries, client_for, text
 from shared.settings import Settings
-from shared.state import Status, read_execution
 
 PAGE = 1000
 
@@ -92,8 +92,8 @@ async def matching(redis: Redis, partitions: int, f: Filter, limit: int = 0) -> 
 
 async def _item(redis: Redis, p: int, entry_id: str, fields: dict[bytes, bytes]) -> DlqItem:
     execution_id = text(fields.get(b"e"))
-    state = await read_execution(redis, p, execution_id)
-    return DlqItem(p, entry_id, execution_id, text(fields.get(b"t")), text(state.get("workflow_id")),
+    state = await read_execution(redis, p, execution_id, fields=("workflow_id",))
+    return DlqItem(p, entry_id, execution_id, text(fields.get(b"t")), state.workflow_id if state else "",
                    text(fields.get(b"reason")), text(fields.get(b"error")), iso(stream_id_parts(entry_id)[0]))
 
 
@@ -108,19 +108,16 @@ def _passes(item: DlqItem, f: Filter) -> bool:
 async def _act(redis: Redis, committer: Committer, item: DlqItem, action: str) -> bool:
     """Retry or purge one entry, guarded on the state seen now; False when it moved meanwhile."""
     state = await read_execution(redis, item.partition, item.execution_id)
-    if text(state.get("dead_lettered")) != "1" or text(state.get("dlq_id")) != item.entry_id:
+    if state is None or not state.dead_lettered or state.dlq_id != item.entry_id:
         return False
     if action == "purge":
         unit = dlq_purge_unit(p=item.partition, tenant_id=item.tenant_id, execution_id=item.execution_id,
                               now_ms=now_ms())
     else:
-        try:
-            observed = Status(text(state.get("status")))
-        except ValueError:
+        if state.status is None:
             return False
         unit = requeue_unit(p=item.partition, tenant_id=item.tenant_id, execution_id=item.execution_id,
-                            observed=observed, priority=int(text(state.get("priority")) or 5), from_dlq=True,
-                            now_ms=now_ms())
+                            observed=state.status, priority=state.priority, from_dlq=True, now_ms=now_ms())
     return isinstance(await committer.commit(unit), Applied)
 
 
@@ -139,7 +136,7 @@ async def dlq_command(settings: Settings, args: argparse.Namespace) -> int:
         print("orq: refusing to act on the whole DLQ without a filter; add --all to mean it", file=sys.stderr)
         return 2
     redis = client_for(settings)
-    committer = Committer(redis, wait_replicas=settings.redis_wait_replicas)
+    committer = commit_script.committer(redis, wait_replicas=settings.redis_wait_replicas)
     try:
         items = await matching(redis, settings.partitions, f, args.limit)
         if args.action == "list" or args.dry_run:

@@ -44,8 +44,10 @@ from services.api.routes import (
     ws,
 )
 from services.api.tracing import RequestSpans
+from shared import commit_script
 from shared.actions import load_plugins, param_types
 from shared.commit import Committer
+from shared.metrics import configure_happenings
 from shared.settings import Settings
 
 # ``GET /api``: where to start reading the API (the full reference is /openapi.json; /docs/workflows.md in the
@@ -103,12 +105,13 @@ def create_app(
     settings: Settings, redis: Redis, engine: AsyncEngine, *, committer: Committer | None = None
 ) -> Starlette:
     """The API over these clients. Without a ``committer``, the app makes one and flushes it on shutdown."""
+    configure_happenings(settings.metrics_tenant_label)  # the `tenant` label of what this process counts
     own_committer = committer is None
     ctx = ApiContext(
         settings=settings,
         redis=redis,
         engine=engine,
-        committer=committer or Committer(redis, wait_replicas=settings.redis_wait_replicas),
+        committer=committer or commit_script.committer(redis, wait_replicas=settings.redis_wait_replicas),
         action_types=param_types(load_plugins()),
         feed=FeedHub(redis, settings.partitions),
         offers=OfferWaiters(redis, settings.partitions),

@@ -26,13 +26,14 @@ from shared.commit import Applied, Unit
 from shared.errors import Conflict, NotFound
 from shared.events import ExecutionDlqPurged
 from shared.execution_commands import cancel_unit, dlq_purge_unit, priority_unit, requeue_unit, restored_state
+from shared.execution_state import ExecutionState, read_execution
 from shared.optimistic import MOVED, Moved, optimistically
 from shared.queues import read_queue
 from shared.queues_claims import rerun_item, rerunnable
 from shared.queues_items import read_item
 from shared.redis import text
 from shared.schema import execution_steps, executions, queue_item_data, queue_items
-from shared.state import FINISHED, Status, TenantState, read_execution
+from shared.state import FINISHED, Status, TenantState
 
 RETRYABLE = frozenset({Status.FAILED, Status.CANCELLED})
 # A DLQ entry is added by the executor's dead-letter commit at Redis' time; SQL's dead_lettered_at is the
@@ -40,7 +41,7 @@ RETRYABLE = frozenset({Status.FAILED, Status.CANCELLED})
 DLQ_WINDOW_MS = 10 * 60 * 1000
 DLQ_PAGE = 200
 
-State = dict[str, bytes]
+State = ExecutionState
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
 
@@ -64,7 +65,7 @@ async def lookup(ctx: ApiContext, tenant: TenantState, execution_id: str) -> Sta
         raise NotFound(f"execution {execution_id} not found")
     state = await read_execution(ctx.redis, tenant.partition, execution_id)
     if state:
-        if text(state.get("tenant")) != tenant.id:
+        if state.tenant != tenant.id:
             raise NotFound(f"execution {execution_id} not found")
         return state
     async with ctx.engine.connect() as conn:
@@ -85,7 +86,7 @@ async def owned_execution(ctx: ApiContext, tenant: TenantState, execution_id: st
 
 
 def status_of(state: State) -> Status:
-    return parsed_status(text(state.get("status")))
+    return parsed_status(state.status.value if state.status else "")
 
 
 def parsed_status(raw: str) -> Status:
@@ -100,8 +101,6 @@ def conflict(status: Status) -> Conflict:
     return Conflict(f"execution is {status.value}", status=status.value)
 
 
-def _priority(state: State) -> int:
-    return int(text(state.get("priority")) or 5)
 
 
 async def cancel(ctx: ApiContext, tenant: TenantState, execution_id: str) -> CommandAccepted:
@@ -117,7 +116,7 @@ async def cancel(ctx: ApiContext, tenant: TenantState, execution_id: str) -> Com
         )
         if isinstance(await ctx.committer.commit(unit), Applied):
             metrics.observe(unit)
-            return CommandAccepted(execution_id=execution_id, status=Status.CANCELLED.value, priority=_priority(state))
+            return CommandAccepted(execution_id=execution_id, status=Status.CANCELLED.value, priority=state.priority)
         return MOVED
 
     async def still_moving() -> CommandAccepted:  # a 409 naming the status it kept moving to
@@ -139,7 +138,7 @@ async def retry(ctx: ApiContext, tenant: TenantState, execution_id: str, *, from
             row = found.row
             in_dlq, status, priority = bool(row["in_dlq"]), parsed_status(found.status), int(row["priority"])
         else:
-            in_dlq, status, priority = text(found.get("dead_lettered")) == "1", status_of(found), _priority(found)
+            in_dlq, status, priority = found.dead_lettered, status_of(found), found.priority
         if from_dlq and not in_dlq:
             raise NotFound(f"execution {execution_id} is not in the dead-letter queue")
         if status not in RETRYABLE:
@@ -156,7 +155,7 @@ async def retry(ctx: ApiContext, tenant: TenantState, execution_id: str, *, from
             now_ms=ts,
             restore=restore,
         )
-        trigger_type = found.row["trigger_type"] if isinstance(found, Retired) else text(found.get("trigger_type"))
+        trigger_type = found.row["trigger_type"] if isinstance(found, Retired) else found.trigger_type
         if trigger_type == "queue_item":
             await _take_item_back(ctx, tenant, execution_id, unit, ts)
         if isinstance(await ctx.committer.commit(unit), Applied):
@@ -227,9 +226,9 @@ async def change_priority(ctx: ApiContext, tenant: TenantState, execution_id: st
         status = status_of(state)
         if status is not Status.QUEUED:
             raise conflict(status)
-        if text(state.get("work_id")):
+        if state.work_id:
             raise Conflict("execution is being started: its priority can no longer change", status="starting")
-        previous = _priority(state)
+        previous = state.priority
         if previous == priority:
             return accepted  # already there: nothing to append
         unit = priority_unit(
@@ -251,7 +250,7 @@ async def purge(ctx: ApiContext, tenant: TenantState, execution_id: str) -> None
     if isinstance(found, Retired):
         await _purge_retired(ctx, tenant, found)
         return
-    if text(found.get("dead_lettered")) != "1":
+    if not found.dead_lettered:
         raise NotFound(f"execution {execution_id} is not in the dead-letter queue")
     unit = dlq_purge_unit(p=tenant.partition, tenant_id=tenant.id, execution_id=execution_id, now_ms=now_ms())
     if not isinstance(await ctx.committer.commit(unit), Applied):

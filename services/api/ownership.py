@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
+
+from sqlalchemy import Row, Table, false, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.errors import NotFound
 from shared.state import TenantState
@@ -28,3 +31,14 @@ async def owned(kind: str, resource_id: str, tenant: TenantState, read: Callable
     if state is None or state.tenant_id != tenant.id or state.deleted:
         raise NotFound(f"{kind} {resource_id} not found")
     return state
+
+
+async def owned_row(engine: AsyncEngine, table: Table, kind: str, row_id: str, tenant: TenantState) -> Row[Any]:
+    """The tenant's live (not deleted) row of ``table`` with this id (read from SQL); anything else is a 404."""
+    c = table.c
+    query = select(table).where(c.id == row_id, c.tenant_id == tenant.id, c.deleted == false())
+    async with engine.connect() as conn:
+        row = (await conn.execute(query)).first()
+    if row is None:
+        raise NotFound(f"{kind} {row_id} not found")
+    return row

@@ -21,7 +21,7 @@ class GlobalRate:
         self.redis = redis
         self.limit = limit
         self.window_ms = window_ms
-        self._reserve: AsyncScript = redis.register_script(load_lua("global_rate_reserve.lua"))
+        self._reserve: AsyncScript = redis.register_script(load_lua("services.executor", "global_rate_reserve.lua"))
 
     def _key(self, now_ms: int) -> str:
         return keys.global_rate(now_ms // self.window_ms)

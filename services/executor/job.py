@@ -5,24 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
-
 from shared import keys
+from shared.execution_state import ExecutionState, from_hash, new_execution
 from shared.pinned import PinnedDefinitions
 from shared.workflows import WorkflowDef
-
-_decode_any = msgspec.msgpack.Decoder()
 
 
 @dataclass(slots=True)
 class Job:
-    """One execution entry delivered to this executor, with its state (raw hash) as read at dispatch."""
+    """One execution entry delivered to this executor, with its state as read at dispatch (then kept current by
+    the run: every commit it makes folds its events into ``state``)."""
 
     p: int
     stream: str
     entry_id: str
     execution_id: str
-    state: dict[bytes, bytes]
+    state: ExecutionState
     definition: WorkflowDef | None
     previous_owner: str = ""
     order: int = 0
@@ -32,26 +30,22 @@ class Job:
     fence: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.priority = int(self.state.get(b"priority", b"10"))
-        self.tenant_id = self.state.get(b"tenant", b"").decode()
+        self.priority = self.state.priority
+        self.tenant_id = self.state.tenant
         self.state_key = keys.execution(self.p, self.execution_id)
-        self.fence = self.state.get(b"fence", b"").decode()  # this hand-out's token: every commit checks it
+        # This hand-out's token: every commit checks it (none when dispatch found no state to fence).
+        self.fence = str(self.state.fence) if self.state.fence else ""
 
     @property
     def recovered(self) -> bool:
         """Taken from a consumer that stopped renewing its lease: that executor died."""
         return self.previous_owner not in ("", keys.CONSUMER_RELEASED, *keys.PSEUDO_CONSUMERS)
 
-    def int_field(self, name: bytes, default: int = 0) -> int:
-        raw = self.state.get(name)
-        return int(raw) if raw else default
-
     def params(self) -> dict[str, Any]:
-        raw = self.state.get(b"params")
-        return _decode_any.decode(raw) if raw else {}
+        return self.state.decoded_params()
 
     def outputs(self) -> dict[int, Any]:
-        return {int(k[4:]): _decode_any.decode(v) for k, v in self.state.items() if k.startswith(b"out:")}
+        return self.state.decoded_outputs()
 
 
 def jobs_from_reply(p: int, streams: list[str], reply: list[Any], cache: PinnedDefinitions, order: int) -> list[Job]:
@@ -61,16 +55,16 @@ def jobs_from_reply(p: int, streams: list[str], reply: list[Any], cache: PinnedD
     whatever the cache's bound.
     """
     jobs = []
-    in_reply: dict[bytes, WorkflowDef | None] = {}
+    in_reply: dict[str, WorkflowDef | None] = {}
     for k, entry_id, exec_id, flat, body, previous in reply:
         it = iter(flat)
-        state: dict[bytes, bytes] = dict(zip(it, it, strict=True))
+        execution_id = exec_id.decode()
+        state = from_hash(p, execution_id, dict(zip(it, it, strict=True)))
         definition = None
-        if state:
-            def_key = state.get(b"def_key", b"")
-            definition = in_reply.get(def_key) or cache.decoded(def_key.decode(), body)
-            in_reply[def_key] = definition
-        jobs.append(Job(p, streams[int(k) - 1], entry_id.decode(), exec_id.decode(), state, definition,
-                        previous.decode(), order))
+        if state is not None:
+            definition = in_reply.get(state.def_key) or cache.decoded(state.def_key, body)
+            in_reply[state.def_key] = definition
+        jobs.append(Job(p, streams[int(k) - 1], entry_id.decode(), execution_id,
+                        state or new_execution(p, execution_id), definition, previous.decode(), order))
         order += 1
     return jobs

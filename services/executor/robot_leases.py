@@ -35,11 +35,11 @@ class RobotLeases:
 
     async def _reoffer(self, p: int, task_id: str, now: int) -> None:
         view = await robot_tasks.read_task(self.redis, p, task_id)
-        if not view.task or view.execution.get(b"task", b"").decode() != task_id:
+        if not view.task or view.execution.task != task_id:
             # Its execution moved on without it (the task's own clean-up removes it; this is a leftover).
             await self.redis.zrem(keys.task_leases(p), task_id)
             return
-        definition = await self.definitions.read_key(self.redis, view.execution.get(b"def_key", b"").decode())
+        definition = await self.definitions.read_key(self.redis, view.execution.def_key)
         if definition is None:
             return
         unit = robot_tasks.reoffer_unit(view, definition, now_ms=now, max_crashes=self.max_crashes)

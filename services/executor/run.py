@@ -19,13 +19,14 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisClusterException, RedisError
 
 from services.executor.job import Job
-from shared import keys, metrics, outcomes, robot_tasks, subworkflows
+from shared import execution_ops, keys, metrics, outcomes, robot_tasks, subworkflows
 from shared.action_runtime import Actions
 from shared.actions import WorkflowParams
 from shared.clock import now_ms
 from shared.commit import Applied, Committer, NotReplicated, Outcome, Refused, Unit
 from shared.errors import StepFailed
 from shared.events import (
+    EventBase,
     ExecutionLog,
     ExecutionProgress,
     ExecutionRecovered,
@@ -36,6 +37,7 @@ from shared.events import (
 from shared.events import (
     StepFailed as StepFailedEvent,
 )
+from shared.execution_state import clear_parked, forget_work, number, record
 from shared.pinned import PinnedDefinitions
 from shared.plans import Plan
 from shared.sizes import encode_output, fits
@@ -109,12 +111,12 @@ class ExecutionRun:
     def __init__(self, job: Job, env: RunEnv) -> None:
         self.job = job
         self.env = env
-        self.attempt = job.int_field(b"attempt", 1)
+        self.attempt = job.state.attempt
         self.cancel_requested = False
         self.handed_over = False
         self.finishing = False  # its last commit (which acks the entry) is on its way
-        self.started_ms = job.int_field(b"started_at")
-        self._seq = job.int_field(b"seq")  # lifecycle commits so far (see _guarded)
+        self.started_ms = job.state.started_at or 0
+        self._seq = job.state.seq  # lifecycle commits so far (see _guarded)
 
     # --- units ----------------------------------------------------------------------------------------------
     def fenced(self) -> Unit:
@@ -126,8 +128,9 @@ class ExecutionRun:
         fence on), and numbered: it requires the execution's ``seq`` to be the run's count and moves it on, so
         the same commit sent again after its reply was lost (a failover) is refused instead of applied twice."""
         expected = [str(self._seq), ""] if self._seq == 0 else [str(self._seq)]
-        return self.fenced().require(self.job.state_key, SEQ, expected, SEQ).hset(
-            self.job.state_key, {SEQ: self._seq + 1})
+        unit = self.fenced().require(self.job.state_key, SEQ, expected, SEQ)
+        number(unit, self.job.state_key, self._seq + 1)
+        return unit
 
     def _ids(self) -> dict[str, Any]:
         return {"tenant_id": self.job.tenant_id, "aggregate_id": self.job.execution_id}
@@ -211,50 +214,46 @@ class ExecutionRun:
         job, key, ts = self.job, self.job.state_key, now_ms()
         if not job.fence:  # dispatch hands out only executions it found (and fenced); this is not one
             raise RunStopped("handed out without a fencing token")
-        observed = job.state.get(b"status", b"").decode()
-        unit = self._guarded().require(key, "status", [observed], "status")  # as handed out
-        if observed == Status.QUEUED.value:
+        observed = job.state.status
+        unit = self._guarded().require(key, "status", [observed.value if observed else ""], "status")  # as handed out
+        if observed is Status.QUEUED:
             unit.hincrby(keys.queued(job.p), job.tenant_id, -1)
         if job.definition is None:  # its pinned definition is gone: nothing can ever run it
             self._dead_letter(unit, ts, "its pinned workflow definition is missing", reason="poison",
-                              step=job.int_field(b"step"))
+                              step=job.state.step)
             await self._commit(unit)
             return False
         if job.recovered:
-            crashes = job.int_field(b"crash_count") + 1
-            unit.hincrby(key, "crash_count", 1)
-            unit.event(ExecutionRecovered(**self._ids(), ts=ts, crash_count=crashes,
-                                          lost_executor=job.previous_owner, executor=self.env.consumer))
+            crashes = job.state.crash_count + 1
+            job.state = record(unit, job.state, ExecutionRecovered(
+                **self._ids(), ts=ts, crash_count=crashes, lost_executor=job.previous_owner,
+                executor=self.env.consumer))
             if crashes > self.env.max_crashes:
                 error = f"executor crashed {crashes} times running it: dead-lettered as poison"
-                self._dead_letter(unit, ts, error, reason="poison", step=job.int_field(b"step"))
+                self._dead_letter(unit, ts, error, reason="poison", step=job.state.step)
                 await self._commit(unit)
                 return False
         definition = job.definition
-        from_step = job.int_field(b"step")
-        unit.hset(key, {"status": Status.RUNNING.value})
+        from_step = job.state.step
         first_start = not self.started_ms
-        if first_start:
-            unit.hsetnx(key, "started_at", ts)
-            self.started_ms = ts
-        if b"retry_at" in job.state:
-            unit.hdel(key, "retry_at")
-        unit.event(ExecutionStarted(**self._ids(), ts=ts, attempt=self.attempt, executor=self.env.consumer,
-                                    from_step=from_step))
-        if b"parked" in job.state:  # resumed after a robot step or a child: no longer parked
-            unit.hdel(key, "parked")
+        started: list[EventBase] = [ExecutionStarted(**self._ids(), ts=ts, attempt=self.attempt,
+                                                     executor=self.env.consumer, from_step=from_step)]
         if from_step < len(definition.steps) and _runs_here(definition.steps[from_step]):
-            unit.event(self._step_started(definition, from_step, ts))  # starts with the execution: one commit less
+            started.append(self._step_started(definition, from_step, ts))  # starts with the execution: one commit less
+        job.state = record(unit, job.state, *started)
+        self.started_ms = job.state.started_at or ts
+        if job.state.parked:  # resumed after a robot step or a child: no longer parked
+            job.state = clear_parked(unit, job.state)
         await self._commit(unit)
-        if first_start and job.int_field(b"queued_at"):
-            metrics.queue_wait(job.int_field(b"queued_at"), ts)
+        if first_start and job.state.queued_at:
+            metrics.queue_wait(job.state.queued_at, ts)
         return True
 
     async def _steps(self, definition: WorkflowDef) -> None:
         params = self.job.params()
         outputs = self.job.outputs()
         last = len(definition.steps) - 1
-        first = self.job.int_field(b"step")
+        first = self.job.state.step
         if first > last:  # nothing left to run (resumed after its last step): just finish
             await self._commit(self._complete(self._guarded(), outputs.get(last)))
             return
@@ -278,7 +277,7 @@ class ExecutionRun:
                     output = child
                 else:
                     output = await self._run_step(index, definition, params, outputs)
-                body = self._encode_output(output)
+                self._encode_output(output)  # refuses an output too large or not serialisable
             except (StepFailed, msgspec.EncodeError) as exc:
                 error = exc.message if isinstance(exc, StepFailed) else f"step output is not serialisable: {exc}"
                 duration = int((time.perf_counter() - t0) * 1000)
@@ -287,9 +286,9 @@ class ExecutionRun:
                 continue
             duration = int((time.perf_counter() - t0) * 1000)
             outputs[index] = output
-            unit = self._guarded().event(
-                StepCompleted(**self._ids(), ts=now_ms(), step_index=index, output=output, duration_ms=duration))
-            unit.hset(self.job.state_key, {f"out:{index}": body, "step": index + 1})
+            unit = self._guarded()
+            self.job.state = record(unit, self.job.state, StepCompleted(
+                **self._ids(), ts=now_ms(), step_index=index, output=output, duration_ms=duration))
             if index == last:
                 self._complete(unit, output)
             await self._commit(unit)
@@ -330,7 +329,7 @@ class ExecutionRun:
         concurrency slot is freed; whoever ends the wait puts it back on the ``due`` index."""
         self.finishing = True
         unit.claim(self.job.stream, keys.GROUP_EXECUTOR, keys.CONSUMER_PARKED, self.job.entry_id)
-        return unit.release(self.job.p, self.job.tenant_id, self.job.execution_id)
+        return execution_ops.release(unit, self.job.p, self.job.tenant_id, self.job.execution_id)
 
     def _render(self, step: StepDef, params: dict[str, Any], outputs: dict[int, Any]) -> Any:
         rendered = render(step.params, params, outputs)
@@ -369,12 +368,11 @@ class ExecutionRun:
         ts = now_ms()
         child = await subworkflows.admit_child(
             self.env.redis, self.env.definitions, self.env.plans, p=self.job.p, partitions=self.env.partitions,
-            tenant_id=self.job.tenant_id, parent_id=self.job.execution_id, parent_state=self.job.state,
-            step_index=index, params=wanted, now_ms=ts)
+            parent=self.job.state, step_index=index, params=wanted, now_ms=ts)
         unit = self._guarded().absorb(child.unit)
         if wanted.wait:
-            subworkflows.wait_for(unit, p=self.job.p, tenant_id=self.job.tenant_id, parent_id=self.job.execution_id,
-                                  step_index=index, child_id=child.execution_id, now_ms=ts)
+            self.job.state = subworkflows.wait_for(unit, self.job.state, step_index=index,
+                                                   child_id=child.execution_id, now_ms=ts)
             self._park(unit)
         outcome = await self._send(unit)
         if isinstance(outcome, Refused):
@@ -390,10 +388,11 @@ class ExecutionRun:
         if definition.steps[index].on_error != "continue":
             await self._fail(definition, index, error, duration)
             return True
-        await self._commit(self._guarded().event(
-            StepFailedEvent(**self._ids(), ts=now_ms(), step_index=index, error=error, duration_ms=duration,
-                            attempt=self.attempt, continued=True)
-        ).hset(self.job.state_key, {"step": index + 1}))
+        unit = self._guarded()
+        self.job.state = record(unit, self.job.state, StepFailedEvent(
+            **self._ids(), ts=now_ms(), step_index=index, error=error, duration_ms=duration, attempt=self.attempt,
+            continued=True))
+        await self._commit(unit)
         if index == len(definition.steps) - 1:
             await self._commit(self._complete(self._guarded(), outputs.get(index - 1)))
             return True
@@ -402,8 +401,7 @@ class ExecutionRun:
     # --- endings --------------------------------------------------------------------------------------------
     def _attempt(self) -> outcomes.Attempt:
         assert self.job.definition is not None
-        return outcomes.Attempt(self.job.p, self.job.tenant_id, self.job.execution_id, self.attempt,
-                                outcomes.max_attempts(self.job.state, self.job.definition))
+        return outcomes.Attempt(self.job.state, outcomes.max_attempts(self.job.state, self.job.definition))
 
     def _ending(self) -> outcomes.Ending:
         def backoff(unit: Unit) -> None:
@@ -416,23 +414,24 @@ class ExecutionRun:
         self.finishing = True
         # The fence guarantees the entry is still this run's: ack it by id, no lookup.
         unit.ack(self.job.stream, keys.GROUP_EXECUTOR, self.job.entry_id)
-        unit.hdel(self.job.state_key, "work_stream", "work_id")
-        unit.release(self.job.p, self.job.tenant_id, self.job.execution_id)
+        forget_work(unit, self.job.state_key)
+        execution_ops.release(unit, self.job.p, self.job.tenant_id, self.job.execution_id)
 
     def _complete(self, unit: Unit, result: Any) -> Unit:
-        outcomes.complete(unit, self._attempt(), now_ms(), result, started_ms=self.started_ms, ending=self._ending())
+        self.job.state = outcomes.complete(unit, self._attempt(), now_ms(), result, started_ms=self.started_ms,
+                                           ending=self._ending())
         return unit
 
     async def _fail(self, definition: WorkflowDef, index: int, error: str, duration: int) -> None:
         self.finishing = True
         unit = self._guarded()
-        outcomes.fail_step(unit, self._attempt(), definition, index, error, now_ms(), duration_ms=duration,
-                           ending=self._ending())
+        self.job.state = outcomes.fail_step(unit, self._attempt(), definition, index, error, now_ms(),
+                                            duration_ms=duration, ending=self._ending())
         await self._commit(unit)
 
     def _dead_letter(self, unit: Unit, ts: int, error: str, *, reason: str, step: int) -> None:
-        attempt = outcomes.Attempt(self.job.p, self.job.tenant_id, self.job.execution_id, self.attempt, 1)
-        outcomes.dead_letter(unit, attempt, ts, error, reason=reason, step=step, ending=self._ending())
+        self.job.state = outcomes.dead_letter(unit, outcomes.Attempt(self.job.state, 1), ts, error, reason=reason,
+                                              step=step, ending=self._ending())
 
 
 def _runs_here(step: StepDef) -> bool:

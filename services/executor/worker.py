@@ -75,9 +75,9 @@ class Executor:
         self._robot_leases = RobotLeases(redis, committer, self.env.definitions, settings)
         self.partitions = list(range(settings.partitions))
         self.streams = {p: keys.work_streams(p) for p in self.partitions}
-        self._dispatch = PipelinedScript(load_lua("dispatch.lua"))
-        self._renew = PipelinedScript(load_lua("renew.lua"))
-        self._handover: AsyncScript = redis.register_script(load_lua("handover.lua"))
+        self._dispatch = PipelinedScript(load_lua("services.executor", "dispatch.lua"))
+        self._renew = PipelinedScript(load_lua("services.executor", "renew.lua"))
+        self._handover: AsyncScript = redis.register_script(load_lua("services.executor", "handover.lua"))
         self._cache = PinnedDefinitions()
         self._held: list[tuple[int, int, Job]] = []  # (priority, order, job): delivered, not yet started
         self._order = 0

@@ -35,13 +35,13 @@ from shared.bootstrap import Service
 from shared.clock import now_ms
 from shared.commit import Applied, Committer
 from shared.consumer import Record, StreamConsumer
+from shared.execution_state import read_execution
 from shared.maintenance import run_maintenance
 from shared.metrics import Metric
 from shared.notifications import TRIGGERS, backoff_ms, outcome_unit, queue_units
 from shared.pinned import PINNED_CACHE_SIZE, PinnedDefinitions
 from shared.redis import Entries, ensure_groups, text
 from shared.settings import Settings
-from shared.state import read_execution
 from shared.stream_reads import StreamReads
 from shared.workflows import WorkflowDef
 
@@ -113,13 +113,14 @@ class Notifier:
             if record.type not in TRIGGERS:
                 continue
             event = record.event()
-            state = await read_execution(self.redis, p, event.aggregate_id)
-            def_key = text(state.get("def_key"))
-            definition = await self._definition(def_key)
+            state = await read_execution(self.redis, p, event.aggregate_id, fields=("def_key", "workflow_id"))
+            if state is None:
+                continue
+            definition = await self._definition(state.def_key)
             if definition is None or not definition.notify:
                 continue
-            units += queue_units(p=p, entry_id=record.id, event=event, workflow_id=text(state.get("workflow_id")),
-                                 def_key=def_key, definition=definition, now_ms=now_ms())
+            units += queue_units(p=p, entry_id=record.id, event=event, workflow_id=state.workflow_id,
+                                 def_key=state.def_key, definition=definition, now_ms=now_ms())
         if units:
             outcomes = await self.committer.commit_all(units)
             self.counts["queued"] += sum(isinstance(o, Applied) for o in outcomes)

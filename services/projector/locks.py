@@ -22,7 +22,7 @@ from shared.redis import text
 LOCK_TTL_MS = 10_000
 
 # The read and the ack share one Lua function, put in front of each script.
-_ACK_UPTO = load_lua("projector_ack_upto.lua")
+_ACK_UPTO = load_lua("services.projector", "projector_ack_upto.lua")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +43,11 @@ class PartitionLocks:
         self.token = token
         self.ttl_ms = ttl_ms
         self.group = group
-        self._renew = redis.register_script(load_lua("projector_lock_renew.lua"))
-        self._release = redis.register_script(load_lua("projector_lock_release.lua"))
-        self._take_over = redis.register_script(load_lua("projector_take_over.lua"))
-        self._read = redis.register_script(_ACK_UPTO + load_lua("projector_read.lua"))
-        self._ack = redis.register_script(_ACK_UPTO + load_lua("projector_ack.lua"))
+        self._renew = redis.register_script(load_lua("services.projector", "projector_lock_renew.lua"))
+        self._release = redis.register_script(load_lua("services.projector", "projector_lock_release.lua"))
+        self._take_over = redis.register_script(load_lua("services.projector", "projector_take_over.lua"))
+        self._read = redis.register_script(_ACK_UPTO + load_lua("services.projector", "projector_read.lua"))
+        self._ack = redis.register_script(_ACK_UPTO + load_lua("services.projector", "projector_ack.lua"))
 
     async def acquire(self, p: int) -> bool:
         return bool(await self.redis.set(keys.projector_lock(p), self.token, nx=True, px=self.ttl_ms))

@@ -140,7 +140,7 @@ class Projector:
         self.cache_rows = cache_rows
         self.accept_rewind = accept_rewind  # ORQ_ACCEPT_REWOUND_REDIS: see shared.durability.check_rewind
         self.state_retention_s = state_retention_s  # ORQ_STATE_RETENTION_S: see _expire_ended
-        self._expire_ended_script = redis.register_script(load_lua("projector_expire_ended.lua"))
+        self._expire_ended_script = redis.register_script(load_lua("services.projector", "projector_expire_ended.lua"))
         self.locks = PartitionLocks(redis, token=self.consumer, ttl_ms=lock_ttl_ms)
         self.store = Store(engine)
         self.held: dict[int, HeldPartition] = {}

@@ -34,7 +34,7 @@ from shared.events import (
     ExecutionFailed,
     QueueItemAdded,
 )
-from shared.redis import text
+from shared.execution_state import read_execution
 from shared.settings import Settings
 from shared.triggers import chain_edges, read_trigger
 from shared.triggers_firing import Fired, Firer, Once, Request
@@ -101,10 +101,10 @@ class LogReactions:
 
     async def chain(self, p: int, event_id: str, execution_id: str, status: str, result: Any, error: str) -> int:
         """Fire the ``workflow_completed`` triggers watching the ended execution's workflow."""
-        raw = await self.redis.hmget(keys.execution(p, execution_id), ["tenant", "workflow_id"])
-        tenant_id, workflow_id = text(raw[0]), text(raw[1])
-        if not tenant_id:
+        ended = await read_execution(self.redis, p, execution_id, fields=("tenant", "workflow_id"))
+        if ended is None or not ended.tenant:
             return 0
+        tenant_id, workflow_id = ended.tenant, ended.workflow_id
         _, edges = await chain_edges(self.redis, p, tenant_id)
         fired = 0
         for trigger_id, (source, _) in sorted(edges.items()):

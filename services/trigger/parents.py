@@ -12,13 +12,13 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from shared import keys, metrics, subworkflows
+from shared import metrics, subworkflows
 from shared.clock import now_ms
 from shared.commit import Applied, Committer
 from shared.execution_commands import cancel_unit
+from shared.execution_state import read_execution
 from shared.optimistic import MOVED, Moved, optimistically
 from shared.pinned import PinnedDefinitions
-from shared.redis import text
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,9 @@ class Parents:
             if found is None:
                 return None
             child_id, observed = found
-            tenant_id = text(await self.redis.hget(keys.execution(p, child_id), "tenant"))
-            unit = cancel_unit(p=p, tenant_id=tenant_id, execution_id=child_id, observed=observed, now_ms=now_ms())
+            child = await read_execution(self.redis, p, child_id, fields=("tenant",))
+            unit = cancel_unit(p=p, tenant_id=child.tenant if child else "", execution_id=child_id,
+                               observed=observed, now_ms=now_ms())
             if isinstance(await self.committer.commit(unit), Applied):
                 metrics.observe(unit)
                 log.info("cancelled child %s of cancelled execution %s", child_id, parent_id,

@@ -26,6 +26,7 @@ from shared import keys, metrics
 from shared.clock import new_id, now_ms
 from shared.commit import Applied, Refused, Unit
 from shared.events import ExecutionDlqPurged
+from shared.execution_state import ExecutionState, read_execution, record
 from shared.lru import LRU
 from shared.optimistic import MOVED, Moved, optimistically
 from shared.queues import QueueState, read_queue
@@ -42,6 +43,7 @@ from shared.queues_claims import (
 from shared.queues_items import ItemState, read_items
 from shared.redis import text
 from shared.settings import Settings
+from shared.state import Status
 from shared.triggers import QueueItemConfig, TriggerState, read_trigger
 from shared.triggers_firing import Fired, Firer, Request, Skipped
 
@@ -166,8 +168,9 @@ class QueueItemTriggers:
         if not record:
             return None
         trigger_id, _, item_id = record.partition(" ")
-        state = await self.redis.hmget(keys.execution(p, execution_id), ["status", "dead_lettered", "tenant"])
-        run_status, dead_lettered, tenant_id = text(state[0]), text(state[1]), text(state[2])
+        state = await read_execution(self.redis, p, execution_id, fields=("status", "dead_lettered", "tenant"))
+        run_status = state.status.value if state and state.status else ""
+        dead_lettered, tenant_id = ("1" if state.dead_lettered else "0", state.tenant) if state else ("", "")
         if run_status and run_status != status:
             return None  # requeued (retried) since: the item stays in progress with this run
         now = self.clock()
@@ -211,12 +214,11 @@ async def _unsettled() -> None:
 
 def _leave_dlq(unit: Unit, p: int, tenant_id: str, execution_id: str, status: str, now_ms: int) -> None:
     """Take a dead-lettered queue-item run out of the DLQ (guarded: still failed and still there)."""
-    state_key = keys.execution(p, execution_id)
-    unit.require(state_key, "status", [status], RUN_CHANGED_GUARD)
-    unit.require(state_key, "dead_lettered", ["1"], RUN_CHANGED_GUARD)
-    unit.event(ExecutionDlqPurged(tenant_id=tenant_id, aggregate_id=execution_id, ts=now_ms))
-    unit.xdel_recorded(keys.dlq(p), state_key, "dlq_id")
-    unit.hset(state_key, {"dead_lettered": "0"})
+    seen = ExecutionState(p=p, id=execution_id, tenant=tenant_id, status=Status(status), dead_lettered=True)
+    unit.require(seen.key, "status", [status], RUN_CHANGED_GUARD)
+    unit.require(seen.key, "dead_lettered", ["1"], RUN_CHANGED_GUARD)
+    record(unit, seen, ExecutionDlqPurged(tenant_id=tenant_id, aggregate_id=execution_id, ts=now_ms))
+    unit.xdel_recorded(keys.dlq(p), seen.key, "dlq_id")
 
 
 def _free_slot(unit: Unit, p: int, trigger_id: str, execution_id: str, record: str) -> Unit:

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 from redis.asyncio import Redis
 
-from shared import keys
+from shared import execution_ops, keys
 from shared.clock import now_ms
 from shared.commit import Applied, Committer, Unit
 from shared.consumer import records_of
@@ -122,7 +122,8 @@ async def mark_failed(committer: Committer, tenant: TenantHandle, execution_id: 
     unit = Unit(p).event(
         ExecutionFailed(tenant_id=tenant.id, aggregate_id=execution_id, ts=ts, error="boom", dead_lettered=dead_letter)
     )
-    unit.unwork(p, execution_id).release(p, tenant.id, execution_id)
+    execution_ops.unwork(unit, p, execution_id)
+    execution_ops.release(unit, p, tenant.id, execution_id)
     unit.hset(state_key, {"status": Status.FAILED.value})
     if dead_letter:
         unit.event(ExecutionDeadLettered(tenant_id=tenant.id, aggregate_id=execution_id, ts=ts, error="boom"))
@@ -176,3 +177,11 @@ async def execute(client: httpx.AsyncClient, tenant: TenantHandle, workflow_id: 
     assert r.status_code == 202, r.text
     execution_id: str = r.json()["execution_id"]
     return execution_id
+
+
+async def get_execution(client: httpx.AsyncClient, tenant: TenantHandle, execution_id: str) -> dict[str, Any]:
+    """``GET /api/executions/{id}`` (200) and its body."""
+    r = await client.get(f"/api/executions/{execution_id}", headers=tenant.headers)
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body

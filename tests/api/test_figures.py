@@ -6,16 +6,14 @@ on SQLite and MariaDB: a cancel closes the running step, ``error_message`` is th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 from redis.asyncio import Redis
 
 from shared.settings import Settings
-from tests.api.support import TenantHandle, create_workflow, execute, executor, projector
-from tests.helpers import assert_eventually
+from tests.api.support import TenantHandle, create_workflow, execute, executor, get_execution, projector
+from tests.helpers import assert_eventually, switchable_server
 
 TIMEOUT_S = 20
 
@@ -25,34 +23,12 @@ def _loopback_open(settings: Settings) -> Settings:
     return settings.with_overrides(allow_private_networks=True)
 
 
-@asynccontextmanager
-async def robot() -> AsyncIterator[dict[str, Any]]:
-    """A tiny HTTP server on loopback answering ``state["status"]`` (500 until the test says otherwise)."""
-    state: dict[str, Any] = {"status": 500}
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(f"HTTP/1.1 {state['status']} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".encode())
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    state["url"] = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/robot"
-    try:
-        yield state
-    finally:
-        server.close()
-        await server.wait_closed()
-
-
 async def _when(client: httpx.AsyncClient, tenant: TenantHandle, execution_id: str,
                 check: Any) -> dict[str, Any]:
     """The execution once ``check(body)`` holds (assertions inside ``check``)."""
 
     async def probe() -> dict[str, Any]:
-        r = await client.get(f"/api/executions/{execution_id}", headers=tenant.headers)
-        assert r.status_code == 200, r.text
-        body: dict[str, Any] = r.json()
+        body = await get_execution(client, tenant, execution_id)
         check(body)
         return body
 
@@ -105,7 +81,7 @@ async def test_a_run_that_succeeds_on_attempt_two_shows_no_error(
 async def test_a_dlq_retry_counts_running_time_only_and_progress_counts_completed_steps(
     client: httpx.AsyncClient, tenant: TenantHandle, settings: Settings, redis: Redis
 ) -> None:
-    async with robot() as state, executor(_loopback_open(settings)), projector(settings):
+    async with switchable_server() as state, executor(_loopback_open(settings)), projector(settings):
         wf = await create_workflow(client, tenant, {"name": "robot", "retry": {"attempts": 1}, "steps": [
             {"action": "noop"}, {"action": "noop"},
             {"action": "http_request", "params": {"method": "GET", "url": "{{ params.url }}"}}]})

@@ -21,7 +21,7 @@ from shared.clock import now_ms
 from shared.commit import Committer
 from shared.queues_claims import abandon_due
 from shared.settings import Settings
-from tests.api.support import TenantHandle, create_workflow, execute, executor, projector
+from tests.api.support import TenantHandle, create_workflow, execute, executor, get_execution, projector
 from tests.helpers import assert_eventually, http_server
 
 RUN_TIMEOUT_S = 30
@@ -101,13 +101,6 @@ async def item_detail(client: httpx.AsyncClient, tenant: TenantHandle, queue_id:
     return detail
 
 
-async def execution(client: httpx.AsyncClient, tenant: TenantHandle, execution_id: str) -> dict[str, Any]:
-    r = await client.get(f"/api/executions/{execution_id}", headers=tenant.headers)
-    assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
-
-
 async def test_a_queue_item_run_has_one_attempt_and_the_queue_retries_the_item(
     client: httpx.AsyncClient, tenant: TenantHandle, redis: Redis, settings: Settings
 ) -> None:
@@ -137,7 +130,7 @@ async def test_a_queue_item_run_has_one_attempt_and_the_queue_retries_the_item(
 
         async def one_attempt_each_and_no_dlq() -> None:
             for run in runs:
-                body = await execution(client, tenant, run)
+                body = await get_execution(client, tenant, run)
                 assert (body["status"], body["retry_count"]) == ("failed", 0), body
             r = await client.get("/api/dlq", headers=tenant.headers)  # taken out by the queue, which retried
             assert r.status_code == 200 and r.json()["items"] == [], r.text
@@ -167,7 +160,7 @@ async def test_a_retried_queue_item_run_takes_its_item_back(
             item = await assert_eventually(failed, timeout=RUN_TIMEOUT_S, interval=0.2, message="the item failed")
             run = item["execution_id"]
             assert item["executions"] == [run]
-            assert (await execution(client, tenant, run))["status"] == "failed"
+            assert (await get_execution(client, tenant, run))["status"] == "failed"
 
             r = await client.post(f"/api/executions/{run}/retry", headers=tenant.headers)
             assert r.status_code == 202, r.text
@@ -188,7 +181,7 @@ async def test_a_retried_queue_item_run_takes_its_item_back(
     ]
     assert [h["execution_id"] for h in item["history"]] == [None, run, run, run, run]
     assert item["executions"] == [run] and item["execution_id"] == run and item["error"] is None
-    assert (await execution(client, tenant, run))["status"] == "completed"
+    assert (await get_execution(client, tenant, run))["status"] == "completed"
     assert len(await items_of(client, tenant, queue_id)) == 1  # the queue added no retry of its own
 
 

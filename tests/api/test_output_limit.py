@@ -13,7 +13,7 @@ import httpx
 from redis.asyncio import Redis
 
 from shared.settings import Settings
-from tests.api.support import TenantHandle, create_tenant, create_workflow, executor, projector
+from tests.api.support import TenantHandle, create_tenant, create_workflow, executor, get_execution, projector
 from tests.helpers import assert_eventually
 
 DOUBLING = {
@@ -36,13 +36,6 @@ async def _neighbour(client: httpx.AsyncClient, settings: Settings, of: TenantHa
     raise AssertionError("no tenant landed in the partition")
 
 
-async def _execution(client: httpx.AsyncClient, tenant: TenantHandle, execution_id: str) -> dict[str, Any]:
-    r = await client.get(f"/api/executions/{execution_id}", headers=tenant.headers)
-    assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
-
-
 async def test_an_oversized_output_fails_its_step_and_the_partition_keeps_projecting(
     client: httpx.AsyncClient, tenant: TenantHandle, settings: Settings, redis: Redis
 ) -> None:
@@ -54,7 +47,7 @@ async def test_an_oversized_output_fails_its_step_and_the_partition_keeps_projec
         big = r.json()["execution_id"]
 
         async def failed() -> dict[str, Any]:
-            body = await _execution(client, tenant, big)
+            body = await get_execution(client, tenant, big)
             assert body["status"] == "failed", body["status"]
             return body
 
@@ -63,7 +56,7 @@ async def test_an_oversized_output_fails_its_step_and_the_partition_keeps_projec
         small = r.json()["execution_id"]
 
         async def completed() -> bool:
-            return bool((await _execution(client, neighbour, small))["status"] == "completed")
+            return bool((await get_execution(client, neighbour, small))["status"] == "completed")
 
         await assert_eventually(completed, timeout=30, message="the neighbour's run was projected")
     assert "output_too_large" in body["error_message"]

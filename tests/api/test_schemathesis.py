@@ -29,11 +29,10 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from services.api.server import serve
-from shared import keys
-from shared.commit import Committer
+from shared import commit_script, keys
 from shared.settings import Settings
 from tests.api.support import NOOP_WORKFLOW, TenantHandle, admin_headers, mark_failed
-from tests.helpers import assert_eventually, free_port
+from tests.helpers import free_port, until_answering
 
 POSITIVE_EXAMPLES = 15
 NEGATIVE_EXAMPLES = 8
@@ -53,18 +52,9 @@ async def live(settings: Settings, redis: Redis) -> AsyncIterator[Live]:
     stop = asyncio.Event()
     task = asyncio.create_task(serve(settings, stop, "127.0.0.1", port))
     base = f"http://127.0.0.1:{port}"
-    committer = Committer(redis)
+    committer = commit_script.committer(redis)
     try:
-
-        async def up() -> None:
-            assert not task.done()
-            try:
-                async with httpx.AsyncClient() as c:
-                    assert (await c.get(f"{base}/healthz")).status_code == 200
-            except httpx.TransportError as exc:
-                raise AssertionError(str(exc)) from exc
-
-        await assert_eventually(up, timeout=15, message="api listening")
+        await until_answering(f"{base}/healthz", task, message="api listening")
         async with httpx.AsyncClient(base_url=base) as c:
             r = await c.post("/api/tenants", json={"name": "fuzz", "plan": "pro"}, headers=admin_headers(settings))
             body = r.json()

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from services.api.server import serve
 from shared.settings import Settings
 from tests.api.support import admin_headers
-from tests.helpers import assert_eventually, free_port
+from tests.helpers import free_port, until_answering
 
 
 async def _raw_request(port: int, head: bytes, chunks: list[bytes]) -> bytes:
@@ -36,16 +36,7 @@ async def server(settings: Settings, redis: Redis) -> AsyncIterator[tuple[str, i
     stop = asyncio.Event()
     task = asyncio.create_task(serve(settings.with_overrides(max_body_bytes=2048), stop, "127.0.0.1", port))
     base = f"http://127.0.0.1:{port}"
-
-    async def up() -> None:
-        assert not task.done(), task
-        try:
-            async with httpx.AsyncClient() as c:
-                assert (await c.get(f"{base}/healthz")).status_code == 200
-        except httpx.TransportError as exc:
-            raise AssertionError(str(exc)) from exc
-
-    await assert_eventually(up, timeout=15, message="api listening")
+    await until_answering(f"{base}/healthz", task, message="api listening")
     yield base, port
     stop.set()
     await asyncio.wait_for(task, 20)
@@ -56,15 +47,7 @@ async def test_serves_until_stopped(settings: Settings, redis: Redis) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(serve(settings, stop, "127.0.0.1", port))
     base = f"http://127.0.0.1:{port}"
-
-    async def ready() -> None:
-        try:
-            async with httpx.AsyncClient() as c:
-                assert (await c.get(f"{base}/readyz")).status_code == 200
-        except httpx.TransportError as exc:
-            raise AssertionError(str(exc)) from exc
-
-    await assert_eventually(ready, timeout=15, message="api ready")
+    await until_answering(f"{base}/readyz", task, message="api ready")
     async with httpx.AsyncClient(base_url=base) as c:
         r = await c.post("/api/tenants", json={"name": "live", "plan": "pro"}, headers=admin_headers(settings))
         assert r.status_code == 201

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from services.api.server import MIN_UPTIME_S, WORKER_HEADER
-from tests.helpers import REDIS_URL, assert_eventually, free_port
+from tests.helpers import REDIS_URL, assert_eventually, free_port, until_answering
 from tests.processes import OrqProcess, orq_env
 
 pytestmark = pytest.mark.slow
@@ -67,15 +67,7 @@ def _alive(pid: int) -> bool:
 
 
 async def _ready(api: OrqProcess, base: str) -> None:
-    async def answers() -> None:
-        assert api.process.poll() is None, api.output()
-        try:
-            async with httpx.AsyncClient() as client:
-                assert (await client.get(f"{base}/readyz")).status_code == 200
-        except httpx.TransportError as exc:
-            raise AssertionError(str(exc)) from exc
-
-    await assert_eventually(answers, timeout=30, message="orq api ready")
+    await until_answering(f"{base}/readyz", api, timeout=30, message="orq api ready")
 
 
 def _fresh_connections(base: str) -> httpx.AsyncClient:

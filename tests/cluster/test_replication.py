@@ -6,8 +6,8 @@ import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.commit import Applied, Committer, NotReplicated, Unit
+from shared import commit_script, keys
+from shared.commit import Applied, NotReplicated, Unit
 from shared.events import ExecutionCancelled
 from shared.redis import connect
 from tests.cluster.harness import HOST, LocalCluster, slot_of_key
@@ -30,11 +30,12 @@ def _waits(port: int) -> int:
 async def test_a_waited_commit_is_confirmed_by_the_master_of_each_partition_it_wrote(cluster: LocalCluster) -> None:
     redis = connect(cluster.seed_url, cluster=True)
     masters = {p: cluster.master_of_slot(slot_of_key(keys.log(p))) for p in range(PARTITIONS)}
-    warm = Committer(redis)  # loads the script on every master first (a NOSCRIPT reply runs a batch twice)
+    # Loads the script on every master first (a NOSCRIPT reply runs a batch twice).
+    warm = commit_script.committer(redis)
     await warm.commit_all([_unit(p, p) for p in range(PARTITIONS)])
     await warm.close()
     before = {port: _waits(port) for port in set(masters.values())}
-    committer = Committer(redis, wait_replicas=1)
+    committer = commit_script.committer(redis, wait_replicas=1)
     outcomes = await committer.commit_all([_unit(p, 100 + p) for p in range(PARTITIONS)])
     await committer.close()
     assert all(isinstance(o, Applied) for o in outcomes)
@@ -49,11 +50,11 @@ async def test_a_commit_no_replica_confirms_is_not_answered_as_done(redis: Redis
     # The test Redis has no replica: WAIT 1 times out with 0, and the committer says so instead of Applied.
     keys.configure(partitions=PARTITIONS, cluster=False)
     try:
-        committer = Committer(redis, wait_replicas=1)
+        committer = commit_script.committer(redis, wait_replicas=1)
         with pytest.raises(NotReplicated, match="0 of 1 replicas"):
             await committer.commit(_unit(0, 1))
         await committer.close()
-        committer = Committer(redis)  # without the setting, the same write is simply applied
+        committer = commit_script.committer(redis)  # without the setting, the same write is simply applied
         assert isinstance(await committer.commit(_unit(0, 2)), Applied)
         await committer.close()
     finally:

@@ -6,15 +6,13 @@ reloaded, so every change on it came over the WebSocket.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.e2e.conftest import Deployment
+from tests.helpers import switchable_server
 
 pytestmark = pytest.mark.slow
 
@@ -27,28 +25,6 @@ SLOW: dict[str, Any] = {
     ],
 }
 TIMEOUT_MS = 20_000
-
-
-@asynccontextmanager
-async def switchable_server() -> AsyncIterator[dict[str, Any]]:
-    """A tiny HTTP server on loopback answering ``state["status"]`` (500 until the test says otherwise)."""
-    state: dict[str, Any] = {"status": 500, "calls": 0}
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        state["calls"] += 1
-        status = state["status"]
-        writer.write(f"HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".encode())
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    state["url"] = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/robot"
-    try:
-        yield state
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_dashboard_follows_runs_live_and_retries(

@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.dashboard.test_dashboard import TIMEOUT_MS, switchable_server
+from tests.dashboard.test_dashboard import TIMEOUT_MS
 from tests.e2e.conftest import Deployment
-from tests.helpers import assert_eventually
+from tests.helpers import assert_eventually, switchable_server
 
 pytestmark = pytest.mark.slow
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from shared import commit_script
 from shared.clock import new_id, now_ms
 from shared.commit import Committer, Unit
 from shared.events import (
@@ -105,7 +106,7 @@ async def test_dashboard_keeps_up_with_2000_executions_a_minute(
     from playwright.async_api import expect
 
     settings = Settings(redis_url=REDIS_URL, database_url=sqlite_url, admin_token="load-admin", partitions=4)
-    committer = Committer(redis)
+    committer = commit_script.committer(redis)
     async with serve(settings) as live:
         tenant = await live.tenant()
         page = await browser.new_page(viewport={"width": 1500, "height": 1000})

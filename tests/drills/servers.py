@@ -19,6 +19,7 @@ import aiomysql
 from redis.asyncio import Redis
 
 from tests.helpers import free_port
+from tests.processes import stop_process
 
 START_TIMEOUT_S = 30.0
 
@@ -33,12 +34,7 @@ def _stop(process: subprocess.Popen[bytes] | None) -> None:
     if process is None or process.poll() is not None:
         return
     process.send_signal(signal.SIGCONT)
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    stop_process(process, timeout=15)
 
 
 async def _wait_until(ready: Callable[[], Awaitable[object]], what: str, process: subprocess.Popen[bytes],

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from shared.commit import Committer
+from shared import commit_script
 from shared.db import create_engine
 from shared.events import ExecutionRecovered
 from shared.workflows import StepDef, WorkflowDef
@@ -63,7 +63,7 @@ async def test_kill_9_loops_on_executors_and_projector_lose_and_repeat_nothing(r
     # ORQ_MAX_CRASHES above the kills: a run caught by every kill must still complete, not turn poison.
     env = drill_env(REDIS_URL, ORQ_DATABASE_URL=database_url, ORQ_LEASE_SECONDS=str(LEASE_S),
                     ORQ_EXECUTOR_CONCURRENCY="3", ORQ_MAX_CRASHES="10", ORQ_SHUTDOWN_GRACE_SECONDS="1")
-    committer = Committer(redis)
+    committer = commit_script.committer(redis)
     engine = create_engine(database_url)
     try:
         workflow = await seed_workflow(committer, TENANT, DEFINITION)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from shared.commit import Committer
+from shared import commit_script
 from shared.db import create_engine
 from shared.workflows import StepDef, WorkflowDef
 from tests.drills.fleet import drill_env, fleet
@@ -50,7 +50,7 @@ async def test_projector_catches_up_after_mariadb_stalls_and_dies(
     # Small projector batches: many transactions, so the kill is likely to cut one short.
     env = drill_env(REDIS_URL, ORQ_DATABASE_URL=database_url, ORQ_LEASE_SECONDS="2",
                     ORQ_SHUTDOWN_GRACE_SECONDS="1", ORQ_PROJECTOR_BATCH="10")
-    committer = Committer(redis)
+    committer = commit_script.committer(redis)
     engine = create_engine(database_url)
     try:
         workflow = await seed_workflow(committer, TENANT, DEFINITION)

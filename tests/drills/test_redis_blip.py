@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from shared import keys
+from shared import commit_script, keys
 from shared.clock import now_ms
 from shared.commit import Applied, Committer
 from shared.execution_commands import cancel_unit
@@ -49,7 +49,7 @@ async def test_single_executor_rides_out_a_redis_blip(private_redis: PrivateRedi
     env = drill_env(private_redis.url, ORQ_LEASE_SECONDS=str(LEASE_S), ORQ_EXECUTOR_CONCURRENCY="5",
                     ORQ_SHUTDOWN_GRACE_SECONDS="1")
     redis = connect(private_redis.url)
-    committer = Committer(redis)
+    committer = commit_script.committer(redis)
     try:
         with fleet(env, tmp_path) as crew:
             await crew.executor("executor")
@@ -66,7 +66,7 @@ async def test_single_executor_rides_out_a_redis_blip(private_redis: PrivateRedi
             await committer.close()
             await redis.aclose()
             redis = connect(private_redis.url)
-            committer = Committer(redis)
+            committer = commit_script.committer(redis)
 
             # Bounded, not fast: 2 leases to notice an orphaned entry, the runs themselves, and slack for a
             # loaded machine. An entry nobody reclaims stays "running" for good and fails this.
@@ -91,7 +91,7 @@ async def test_cancels_are_heard_after_a_redis_blip(private_redis: PrivateRedis,
             await blip(private_redis)
             await redis.aclose()  # its pooled connections died with the server
             redis = connect(private_redis.url)
-            committer = Committer(redis)
+            committer = commit_script.committer(redis)
             try:
                 await cancel_a_long_step(redis, committer)
             finally:

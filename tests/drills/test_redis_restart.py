@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.commit import Committer
+from shared import commit_script
 from shared.redis import connect
 from shared.workflows import StepDef, WorkflowDef
 from tests.drills.fleet import drill_env, fleet
@@ -39,7 +39,7 @@ async def test_redis_kill_and_restart_mid_run_loses_no_accepted_execution(
     env = drill_env(private_redis.url, ORQ_LEASE_SECONDS=str(LEASE_S), ORQ_EXECUTOR_CONCURRENCY="3",
                     ORQ_SHUTDOWN_GRACE_SECONDS="1")
     redis = connect(private_redis.url)
-    committer = Committer(redis)
+    committer = commit_script.committer(redis)
     try:
         workflow = await seed_workflow(committer, TENANT, DEFINITION)
         with fleet(env, tmp_path) as crew:
@@ -61,7 +61,7 @@ async def test_redis_kill_and_restart_mid_run_loses_no_accepted_execution(
             await committer.close()
             await redis.aclose()
             redis = connect(private_redis.url)
-            committer = Committer(redis)
+            committer = commit_script.committer(redis)
 
             after = await queue(committer, workflow, DEFINITION, count=3)
             ids = before + after

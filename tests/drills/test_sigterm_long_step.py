@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from shared.commit import Committer
+from shared import commit_script
 from shared.events import ExecutionRecovered, ExecutionStarted, StepCompleted, StepStarted
 from shared.workflows import StepDef, WorkflowDef
 from tests.drills.fleet import drill_env, fleet, pid_of
@@ -37,7 +37,7 @@ DEFINITION = WorkflowDef(name="deploy", steps=[
 async def test_sigterm_mid_step_finishes_the_step_once_without_a_takeover(redis: Redis, tmp_path: Path) -> None:
     env = drill_env(REDIS_URL, ORQ_LEASE_SECONDS=str(LEASE_S), ORQ_SHUTDOWN_GRACE_SECONDS=str(GRACE_S),
                     ORQ_EXECUTOR_CONCURRENCY="2")
-    committer = Committer(redis)
+    committer = commit_script.committer(redis)
     try:
         workflow = await seed_workflow(committer, TENANT, DEFINITION)
         with fleet(env, tmp_path) as crew:

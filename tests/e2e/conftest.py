@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ import httpx
 import pytest
 
 from tests.helpers import REDIS_URL, free_port
-from tests.processes import OrqProcess, orq_env, orq_processes
+from tests.processes import OrqProcess, orq_env, orq_processes, wait_ready
 
 ADMIN = "e2e-admin-token"
 
@@ -42,16 +41,7 @@ def deployment(database_url: str, redis: object, tmp_path: Path) -> Iterator[Dep
         d.start("executor", name="executor-1")
         d.start("executor", name="executor-2")
         d.start("projector", name="projector")
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{d.base_url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("api did not become ready:\n" + procs[0].output())
-            time.sleep(0.1)
+        wait_ready(d.base_url, procs[0])
         yield d
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
@@ -11,36 +10,28 @@ import pytest
 from redis.asyncio import Redis
 
 from services.executor.worker import Executor
-from shared.action_runtime import Actions
+from shared import commit_script
 from shared.commit import Committer
 from shared.settings import Settings
+from tests.executor.in_process import InProcessExecutors
 from tests.executor.seed import PARTITIONS
 from tests.helpers import REDIS_URL
 
 
 @pytest.fixture
 async def committer(redis: Redis) -> AsyncIterator[Committer]:
-    committer = Committer(redis)
+    committer = commit_script.committer(redis)
     yield committer
     await committer.close()
 
 
 @pytest.fixture
 async def start_executor(redis: Redis) -> AsyncIterator[Callable[..., Executor]]:
-    stops: list[tuple[asyncio.Event, asyncio.Task[None], httpx.AsyncClient, Committer]] = []
+    executors = InProcessExecutors(redis)
 
     def start(**overrides: object) -> Executor:
         settings = replace(Settings(redis_url=REDIS_URL, partitions=PARTITIONS), **overrides)  # type: ignore[arg-type]
-        client = httpx.AsyncClient()
-        committer = Committer(redis)
-        executor = Executor(settings, redis, committer, Actions(client, plugins={}))
-        stop = asyncio.Event()
-        stops.append((stop, asyncio.create_task(executor.run(stop)), client, committer))
-        return executor
+        return executors.start(settings, httpx.AsyncClient())
 
     yield start
-    for stop, task, client, committer in stops:
-        stop.set()
-        await task
-        await committer.close()
-        await client.aclose()
+    await executors.stop_all()

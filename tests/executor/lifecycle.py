@@ -20,7 +20,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from services.executor.worker import Executor
-from shared import keys
+from shared import commit_script, keys
 from shared.action_runtime import Actions
 from shared.actions import ActionContext
 from shared.commit import Committer
@@ -167,7 +167,7 @@ class Rig:
                          committer: Committer | None = None) -> Node:
         settings = replace(Settings(redis_url=REDIS_URL, partitions=self.partitions), plans=PLANS,
                            executor_concurrency=slots, lease_s=lease_s, max_crashes=max_crashes)
-        committer = committer or Committer(self.redis)
+        committer = committer or commit_script.committer(self.redis)
         actions = Actions(self.client, plugins={"gate": self.gate})
         node = Node(Executor(settings, self.redis, committer, actions, name=f"node-{len(self.nodes)}"), committer)
         await node.executor._ensure_groups()

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.commit import Committer
+from shared import commit_script, keys
 from shared.events import ExecutionRecovered
 from shared.workflows import StepDef, WorkflowDef
 from tests.executor.seed import PARTITIONS, events_of, queue, seed_workflow, status
@@ -20,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 async def test_killed_executor_work_is_finished_by_another(redis: Redis, tmp_path: Path) -> None:
-    committer = Committer(redis)
+    committer = commit_script.committer(redis)
     definition = WorkflowDef(name="long", steps=[
         StepDef(action="set", params={"values": {"a": 1}}),
         StepDef(action="delay", params={"ms": 1500}),

@@ -6,7 +6,7 @@ import asyncio
 
 from redis.asyncio import Redis
 
-from shared import keys
+from shared import execution_ops, keys
 from shared.commit import Committer, Unit
 from shared.events import ExecutionCompleted, ExecutionStarted
 from shared.plans import Plan, default_plans
@@ -157,7 +157,7 @@ async def test_paused_workflow_sets_aside_and_resumes_in_order(redis: Redis, com
     start_executor(executor_concurrency=1)
     await all_completed(redis, tenant, other_ids)
     assert [(await status(redis, tenant, i))["status"] for i in held_ids] == ["queued"] * 3
-    await committer.commit(Unit(p).hset(keys.workflow(p, held.id), {"paused": "0"}).unpark(p, held.id))
+    await committer.commit(execution_ops.unpark(Unit(p).hset(keys.workflow(p, held.id), {"paused": "0"}), p, held.id))
     await all_completed(redis, tenant, held_ids)
     order = [e.aggregate_id for e in await started_order(redis) if e.aggregate_id in held_ids]
     assert order == held_ids, "set-aside executions keep their order"

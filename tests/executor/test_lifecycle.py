@@ -17,7 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from services.executor.run import StepContext
 from services.executor.worker import Executor
 from services.trigger.log_reactions import outcome_of
-from shared import keys
+from shared import commit_script, keys
 from shared.action_runtime import Actions
 from shared.clock import now_ms
 from shared.commit import Applied, Committer, Outcome, Unit
@@ -72,8 +72,10 @@ async def test_sigterm_keeps_renewing_leases_while_steps_finish(redis: Redis, co
     workflow = await seed_workflow(committer, TENANT, definition)
     settings = replace(Settings(redis_url=REDIS_URL, partitions=PARTITIONS), lease_s=0.9, shutdown_grace_s=10.0)
     async with httpx.AsyncClient() as client:
-        draining, other = (Executor(settings, redis, Committer(redis), Actions(client, plugins={}), name=name)
-                           for name in ("draining", "other"))
+        draining, other = (
+            Executor(settings, redis, commit_script.committer(redis), Actions(client, plugins={}), name=name)
+            for name in ("draining", "other")
+        )
         stop_draining, stop_other = asyncio.Event(), asyncio.Event()
         first = asyncio.create_task(draining.run(stop_draining))
         [execution_id] = await _queue(committer, workflow, definition)
@@ -251,7 +253,7 @@ async def test_cancel_notices_survive_a_redis_reconnect(redis: Redis, committer:
     workflow = await seed_workflow(committer, TENANT, definition)
     settings = replace(Settings(redis_url=REDIS_URL, partitions=PARTITIONS), lease_s=30.0)
     async with httpx.AsyncClient() as client:
-        executor = Executor(settings, redis, Committer(redis), Actions(client, plugins={}))
+        executor = Executor(settings, redis, commit_script.committer(redis), Actions(client, plugins={}))
         stop = asyncio.Event()
         task = asyncio.create_task(executor.run(stop))
         channel = keys.cancel_channel(P)
@@ -345,7 +347,7 @@ class LosingReplies(Committer):
     caller sees a connection error for a commit that took effect. Once, for the first unit ``lose`` picks."""
 
     def __init__(self, redis: Redis, lose: Callable[[Unit], bool]) -> None:
-        super().__init__(redis)
+        super().__init__(redis, libraries=commit_script.COMMIT_LIBRARIES)
         self._lose: Callable[[Unit], bool] | None = lose
 
     async def commit(self, unit: Unit) -> Outcome:

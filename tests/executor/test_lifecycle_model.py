@@ -13,7 +13,6 @@ import os
 from typing import Any, cast
 
 import httpx
-import msgspec
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -22,12 +21,15 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from services.api import commands
 from services.api.context import ApiContext
 from services.executor.robot_leases import RobotLeases
-from shared import keys, robot_tasks
+from shared import commit_script, keys, robot_tasks
 from shared.admission import Run, admission_unit
 from shared.clock import new_id, now_ms
-from shared.commit import Applied, Committer
+from shared.commit import Applied
+from shared.consumer import records_of
 from shared.errors import Conflict, NotFound
+from shared.events import ExecutionQueued
 from shared.execution_commands import workflow_delete_unit, workflow_pause_unit
+from shared.execution_state import EVOLVED_FIELDS, ExecutionState, evolve, new_execution, read_execution
 from shared.pinned import PinnedDefinitions
 from shared.redis import connect
 from shared.settings import Settings
@@ -63,7 +65,7 @@ class Lifecycle(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.redis = connect(REDIS_URL)
         self.client = httpx.AsyncClient()
-        self.committer = Committer(self.redis)
+        self.committer = commit_script.committer(self.redis)
         # Every tenant of the model is in partition 0; executors that serve only that partition spend every
         # call of the rules there.
         self.rig = Rig(self.redis, self.client, 1)
@@ -225,11 +227,10 @@ class Lifecycle(RuleBasedStateMachine):
             view = await robot_tasks.read_task(self.redis, p, task_id)
             if view.refusal(robot) is not None:
                 return  # the route answers 409 and changes nothing
-            definition = await PinnedDefinitions().read_key(self.redis, view.execution[b"def_key"].decode())
+            definition = await PinnedDefinitions().read_key(self.redis, view.execution.def_key)
             assert definition is not None
             if outcome == "complete":
-                unit = robot_tasks.complete_unit(view, robot, definition, now_ms=now_ms(), output={"ok": True},
-                                                 body=msgspec.msgpack.encode({"ok": True}))
+                unit = robot_tasks.complete_unit(view, robot, definition, now_ms=now_ms(), output={"ok": True})
             elif outcome == "fail":
                 unit = robot_tasks.fail_unit(view, robot, definition, now_ms=now_ms(), error="screen not found")
             else:
@@ -305,10 +306,10 @@ class Lifecycle(RuleBasedStateMachine):
             while task := await robot_tasks.claim(self.redis, p=P, tenant_id=tenant, pool=POOL, robot_id=ROBOTS[0],
                                                   now_ms=now_ms(), lease_ms=60_000):
                 view = await robot_tasks.read_task(self.redis, P, task.task_id)
-                definition = await PinnedDefinitions().read_key(self.redis, view.execution[b"def_key"].decode())
+                definition = await PinnedDefinitions().read_key(self.redis, view.execution.def_key)
                 assert definition is not None
                 await self.committer.commit(robot_tasks.complete_unit(
-                    view, ROBOTS[0], definition, now_ms=now_ms(), output=None, body=msgspec.msgpack.encode(None)))
+                    view, ROBOTS[0], definition, now_ms=now_ms(), output=None))
 
     async def _finish_everything(self) -> None:
         """No more faults: resume what is paused, open every gate; every execution must reach one ending."""
@@ -342,6 +343,24 @@ class Lifecycle(RuleBasedStateMachine):
             raise AssertionError(f"executions never ended: {await executions(self.redis, P)}")
         running = await self.redis.hgetall(keys.running(P))
         assert all(int(v) == 0 for v in running.values()), f"running counters left over: {running}"
+        await _each_hash_is_the_fold_of_its_events(self.redis)
+
+
+async def _each_hash_is_the_fold_of_its_events(redis: Any) -> None:
+    """Whatever raced, every execution's hash holds what its events in the log say, no more, no less."""
+    folded: dict[str, ExecutionState] = {}
+    for record in records_of(await redis.xrange(keys.log(P))):
+        event = record.event()
+        if isinstance(event, ExecutionQueued):
+            folded[event.aggregate_id] = new_execution(P, event.aggregate_id)
+        if event.aggregate_id in folded:
+            folded[event.aggregate_id] = evolve(folded[event.aggregate_id], event)
+    for execution_id, expected in folded.items():
+        state = await read_execution(redis, P, execution_id)
+        assert state is not None
+        wrong = {name: (getattr(state, name), getattr(expected, name)) for name in EVOLVED_FIELDS
+                 if getattr(state, name) != getattr(expected, name)}
+        assert not wrong, f"{execution_id}: hash differs from the fold of its events (hash, fold): {wrong}"
 
 
 Lifecycle.TestCase.settings = settings(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from shared.commit import Committer
+from shared import commit_script
 from shared.events import ExecutionStarted, StepCompleted
 from shared.workflows import StepDef, WorkflowDef
 from tests.executor.seed import PARTITIONS, events_of, queue, seed_workflow, status
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 
 async def test_sigterm_hands_the_run_over_between_steps(redis: Redis, tmp_path: Path) -> None:
-    committer = Committer(redis)
+    committer = commit_script.committer(redis)
     definition = WorkflowDef(name="three", steps=[
         StepDef(action="delay", params={"ms": 1500}),
         StepDef(action="set", params={"values": {"two": 2}}),

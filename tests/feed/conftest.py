@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from starlette.applications import Starlette
 
 from services.api.app import create_app
+from shared import commit_script
 from shared.commit import Committer
 from shared.db import create_engine, create_schema
 from shared.redis import connect
@@ -99,6 +100,6 @@ async def live(feed_settings: Settings, redis: Redis) -> AsyncIterator[LiveApi]:
 
 @pytest.fixture
 async def committer(redis: Redis) -> AsyncIterator[Committer]:
-    c = Committer(redis)
+    c = commit_script.committer(redis)
     yield c
     await c.close()

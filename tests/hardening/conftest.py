@@ -15,13 +15,13 @@ from redis.asyncio import Redis
 
 from services.api.app import create_app
 from services.executor.worker import Executor
-from shared.action_runtime import Actions
 from shared.commit import Committer
 from shared.db import create_engine, create_schema
 from shared.redis import connect
 from shared.settings import Settings
 from tests.api.support import TenantHandle, create_tenant
-from tests.helpers import REDIS_URL, assert_eventually, free_port
+from tests.executor.in_process import InProcessExecutors
+from tests.helpers import REDIS_URL, free_port, until_answering
 
 Api = tuple[httpx.AsyncClient, Settings]
 
@@ -69,22 +69,13 @@ async def tenant(api: Api) -> TenantHandle:
 @pytest.fixture
 async def start_executor(redis: Redis, base_settings: Settings) -> AsyncIterator[Callable[..., Executor]]:
     """``start_executor(allow_private=...)``: an executor in this process, stopped after the test."""
-    running: list[tuple[asyncio.Event, asyncio.Task[None], httpx.AsyncClient, Committer]] = []
+    executors = InProcessExecutors(redis)
 
     def start(*, allow_private: bool = False) -> Executor:
-        client = httpx.AsyncClient(follow_redirects=False)
-        committer = Committer(redis)
-        executor = Executor(base_settings, redis, committer, Actions(client, plugins={}, allow_private=allow_private))
-        stop = asyncio.Event()
-        running.append((stop, asyncio.create_task(executor.run(stop)), client, committer))
-        return executor
+        return executors.start(base_settings, httpx.AsyncClient(follow_redirects=False), allow_private=allow_private)
 
     yield start
-    for stop, task, client, committer in running:
-        stop.set()
-        await task
-        await committer.close()
-        await client.aclose()
+    await executors.stop_all()
 
 
 @dataclass(frozen=True)
@@ -108,16 +99,7 @@ async def running_api(settings: Settings) -> AsyncIterator[Served]:
     port = free_port()
     stop = asyncio.Event()
     task = asyncio.create_task(serve(settings, stop, "127.0.0.1", port))
-
-    async def ready() -> bool:
-        assert not task.done(), f"the API stopped: {task.exception() if not task.cancelled() else 'cancelled'}"
-        try:
-            async with httpx.AsyncClient() as client:
-                return (await client.get(f"http://127.0.0.1:{port}/healthz", timeout=1)).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    await assert_eventually(ready, timeout=20, message="api listening")
+    await until_answering(f"http://127.0.0.1:{port}/healthz", task, timeout=20, message="api listening")
     try:
         yield Served("127.0.0.1", port, settings)
     finally:

@@ -17,7 +17,7 @@ from sqlalchemy import text
 from shared.db import SqlTimeout, create_engine
 from shared.settings import load_settings
 from tests.helpers import REDIS_URL, free_port
-from tests.processes import OrqProcess, orq_env, orq_processes
+from tests.processes import OrqProcess, orq_env, orq_processes, wait_ready
 from tests.projector.private_mariadb import private_mariadb
 
 SQL_TIMEOUT_S = 1
@@ -27,19 +27,6 @@ ADMIN = "sql-timeout-admin"
 def test_the_default_sql_timeout_is_5_s() -> None:
     assert load_settings({}).sql_timeout_s == 5
     assert load_settings({"ORQ_SQL_TIMEOUT_S": "0.5"}).sql_timeout_s == 0.5
-
-
-def _wait_ready(base: str, process: OrqProcess) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("api did not become ready:\n" + process.output())
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -55,7 +42,7 @@ def stopped_sql(tmp_path: Path, redis: object) -> Iterator[tuple[str, int]]:
         with orq_processes() as procs:
             procs.append(OrqProcess(["api", "--port", str(port)], env, tmp_path / "api.log"))
             base = f"http://127.0.0.1:{port}"
-            _wait_ready(base, procs[0])
+            wait_ready(base, procs[0])
             try:
                 yield base, pid
             finally:

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from services.notifier.delivery import Deliverer
 from services.notifier.service import Notifier
-from shared import keys
+from shared import commit_script, keys
 from shared.clock import now_ms
 from shared.commit import Applied, Committer, Unit
 from shared.events import ExecutionCompleted
@@ -40,7 +40,7 @@ async def _end(redis: Redis, committer: Committer, p: int, n: int, hook: str) ->
 async def test_more_definitions_than_the_cache_holds_still_notify_each_with_its_secret(redis: Redis) -> None:
     settings = Settings(redis_url=REDIS_URL, partitions=4, allow_private_webhooks=True, maintenance_interval_s=0)
     p = keys.partition_of(TENANT, settings.partitions)
-    committer = Committer(redis)
+    committer = commit_script.committer(redis)
     stop = asyncio.Event()
     with webhook_server(200) as server:
         async with httpx.AsyncClient() as client:

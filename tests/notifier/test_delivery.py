@@ -17,8 +17,7 @@ from redis.asyncio import Redis
 
 from services.notifier.delivery import Deliverer
 from services.notifier.service import Notifier
-from shared import keys
-from shared.commit import Committer
+from shared import commit_script, keys
 from shared.consumer import records_of
 from shared.events import EventBase, decode, type_of
 from shared.redis import text
@@ -38,7 +37,7 @@ def _settings(**overrides: Any) -> Settings:
 
 @asynccontextmanager
 async def running(settings: Settings, redis: Redis) -> AsyncIterator[Notifier]:
-    committer = Committer(redis)
+    committer = commit_script.committer(redis)
     stop = asyncio.Event()
     async with httpx.AsyncClient() as client:
         notifier = Notifier(settings, redis, committer, Deliverer(settings, client), name="notifier-test")
@@ -156,7 +155,7 @@ async def test_loopback_webhooks_are_refused_without_the_flag(redis: Redis) -> N
 
 async def test_a_redelivered_log_entry_queues_nothing_new(redis: Redis) -> None:
     settings = _settings()
-    committer = Committer(redis)
+    committer = commit_script.committer(redis)
     async with httpx.AsyncClient() as client:
         notifier = Notifier(settings, redis, committer, Deliverer(settings, client), name="n1")
         notify = [NotifyDef(on=["completed"], webhook="https://hooks.example.com/x"),

@@ -9,9 +9,9 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.projector.replay import replay
-from shared import keys
+from shared import commit_script, keys
 from shared.clock import now_ms, stream_id_parts
-from shared.commit import Committer, Unit
+from shared.commit import Unit
 from shared.events import NotificationQueued, NotificationSent
 from shared.maintenance import run_maintenance
 from shared.redis import text
@@ -37,7 +37,7 @@ async def _notification_events(redis: Redis, settings: Settings) -> None:
     common = {"tenant_id": tenant, "aggregate_id": "q" * 32, "ts": now_ms(), "execution_id": "x" * 32,
               "workflow_id": "w" * 32, "trigger": "completed", "channel": "webhook",
               "target": "https://hooks.example.com/a", "created_at": 1}
-    committer = Committer(redis)
+    committer = commit_script.committer(redis)
     await committer.commit(Unit(p).event(NotificationQueued(**common)).event(NotificationSent(**common, attempt=1)))
     await committer.close()
 

@@ -17,7 +17,7 @@ from prometheus_client.samples import Sample
 from redis.asyncio import Redis
 
 from services.executor.worker import serve
-from shared.commit import Committer
+from shared import commit_script
 from shared.settings import Settings
 from shared.workflows import Backoff, RetryPolicy, StepDef, WorkflowDef
 from tests.executor.seed import PARTITIONS, queue, seed_workflow, status
@@ -61,7 +61,7 @@ def _value(samples: dict[str, list[Sample]], name: str, **labels: str) -> float:
 
 async def _scrape_after_executions(redis: Redis) -> str:
     """Run a real executor service (its metrics port on), let three executions end, and scrape it."""
-    committer = Committer(redis)
+    committer = commit_script.committer(redis)
     port = free_port()
     settings = replace(Settings(redis_url=REDIS_URL, partitions=PARTITIONS), metrics_port=port)
     stop = asyncio.Event()

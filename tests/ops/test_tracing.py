@@ -11,7 +11,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from redis.asyncio import Redis
 
-from shared.commit import Committer
+from shared import commit_script
 from shared.workflows import StepDef, WorkflowDef
 from tests.executor.seed import PARTITIONS, queue, seed_workflow, status
 from tests.helpers import REDIS_URL, assert_eventually
@@ -52,7 +52,7 @@ def receiver() -> Iterator[str]:
 
 
 async def test_execution_and_step_spans_are_exported(redis: Redis, receiver: str, tmp_path: Path) -> None:
-    committer = Committer(redis)
+    committer = commit_script.committer(redis)
     definition = WorkflowDef(name="traced", steps=[StepDef(action="noop"), StepDef(action="set",
                                                                                    params={"values": {"a": 1}})])
     workflow = await seed_workflow(committer, TENANT, definition)

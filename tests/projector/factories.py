@@ -17,9 +17,9 @@ from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import keys, schema
+from shared import commit_script, keys, schema
 from shared.clock import stream_id_parts
-from shared.commit import Applied, Committer, Unit
+from shared.commit import Applied, Unit
 from shared.consumer import records_of
 from shared.events import (
     Event,
@@ -263,7 +263,7 @@ def random_history(seed: int, *, tenants: int = 3, executions: int = 30, start_m
 
 async def append(redis: Redis, events: Sequence[EventBase], partitions: int, chunk: int = 2000) -> None:
     """Append ``events`` to their partitions' logs through the real commit path, in order."""
-    committer = Committer(redis)
+    committer = commit_script.committer(redis)
     try:
         for i in range(0, len(events), chunk):
             units = [Unit(keys.partition_of(ev.tenant_id, partitions)).event(ev) for ev in events[i : i + chunk]]

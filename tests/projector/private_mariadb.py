@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import free_port
+from tests.processes import stop_process
 
 START_TIMEOUT_S = 60
 
@@ -64,14 +65,8 @@ class PrivateMariadb:
     def stop(self) -> None:
         """SIGTERM (a clean shutdown), then wait; SIGKILL if it takes too long."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            stop_process(process, timeout=30)
 
 
 @contextmanager

@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from services.trigger.abandon import sweep_abandoned
-from shared import keys
+from shared import commit_script, keys
 from shared.clock import new_id
 from shared.commit import Applied, Committer, Refused, Unit
 from shared.consumer import records_of
@@ -37,7 +37,7 @@ MINUTE = 60_000
 
 @pytest.fixture
 async def committer(redis: Redis) -> AsyncIterator[Committer]:
-    c = Committer(redis)
+    c = commit_script.committer(redis)
     yield c
     await c.close()
 

@@ -7,6 +7,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.projector.replay import replay
+from shared import commit_script
 from shared.clock import new_id, now_ms
 from shared.commit import Applied, Committer
 from shared.events import QueueSnapshot
@@ -63,7 +64,7 @@ async def _work(redis: Redis, committer: Committer, tenant: str, now: int) -> No
 
 @pytest.mark.slow
 async def test_replay_rebuilds_the_queue_tables(redis: Redis, engine: AsyncEngine, settings: Settings) -> None:
-    committer = Committer(redis)
+    committer = commit_script.committer(redis)
     now = now_ms()
     try:
         await _work(redis, committer, "a" * 32, now)

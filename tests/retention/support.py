@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
-from shared import keys
+from shared import execution_ops, keys
 from shared.clock import now_ms
 from shared.commit import Applied, Committer, Unit
 from shared.events import (
@@ -43,7 +43,8 @@ async def fail_at_second_step(committer: Committer, tenant: TenantHandle, execut
     unit.event(StepFailed(**ids, step_index=1, error="boom"))
     unit.event(ExecutionFailed(**ids, error="boom", dead_lettered=True))
     unit.event(ExecutionDeadLettered(**ids, error="boom"))
-    unit.hincrby(keys.queued(p), tenant.id, -1).unqueue(p, execution_id)
+    unit.hincrby(keys.queued(p), tenant.id, -1)
+    execution_ops.unqueue(unit, p, execution_id)
     unit.hset(key, {"status": Status.FAILED.value, "dead_lettered": "1", "step": 1, "out:0": _packer.encode(output),
                     "started_at": ts})
     unit.xadd(keys.dlq(p), {"e": execution_id, "t": tenant.id, "reason": "exhausted", "error": "boom"},

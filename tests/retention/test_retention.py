@@ -18,6 +18,7 @@ from tests.api.support import (
     create_workflow,
     execute,
     executor,
+    get_execution,
     mark_failed,
     mark_running,
     projector,
@@ -40,13 +41,6 @@ async def _gone(redis: Redis, key: str) -> None:
     assert not await redis.exists(key)
 
 
-async def _detail(client: httpx.AsyncClient, tenant: TenantHandle, execution_id: str) -> dict[str, Any]:
-    r = await client.get(f"/api/executions/{execution_id}", headers=tenant.headers)
-    assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
-
-
 async def test_hash_dropped_after_projection_never_before(
     client: httpx.AsyncClient, redis: Redis, settings: Settings, tenant: TenantHandle, committer: Committer
 ) -> None:
@@ -62,7 +56,7 @@ async def test_hash_dropped_after_projection_never_before(
     await assert_always(kept, duration=settings.state_retention_s + 0.5, message="unprojected state kept")
     async with projector(settings):
         await assert_eventually(lambda: _gone(redis, key), timeout=15, message="state dropped after retention")
-        assert (await _detail(client, tenant, execution_id))["status"] == "failed"  # SQL still answers
+        assert (await get_execution(client, tenant, execution_id))["status"] == "failed"  # SQL still answers
 
 
 async def test_bulk_runs_leave_no_state_behind(
@@ -114,7 +108,7 @@ async def test_dlq_retry_after_retention_resumes_and_completes(
         async with executor(settings):
 
             async def completed() -> dict[str, Any]:
-                detail = await _detail(client, tenant, execution_id)
+                detail = await get_execution(client, tenant, execution_id)
                 assert detail["status"] == "completed", detail["status"]
                 return detail
 
@@ -161,7 +155,7 @@ async def test_retry_failed_and_cancelled_after_retention(
 
             async def both_completed() -> None:
                 for execution_id in (failed, cancelled):
-                    assert (await _detail(client, tenant, execution_id))["status"] == "completed"
+                    assert (await get_execution(client, tenant, execution_id))["status"] == "completed"
 
             await assert_eventually(both_completed, timeout=20, message="both retried runs complete")
 

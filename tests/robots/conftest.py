@@ -3,7 +3,6 @@ processes to work for; robot leases short, so a task given back is offered again
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -12,23 +11,10 @@ import pytest
 
 from tests.e2e.conftest import Deployment
 from tests.helpers import REDIS_URL, free_port
-from tests.processes import orq_env, orq_processes
+from tests.processes import orq_env, orq_processes, wait_ready
 
 ADMIN = "robots-admin-token"
 ROBOT_LEASE_S = 3
-
-
-def wait_ready(base_url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"api at {base_url} did not become ready")
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -42,10 +28,7 @@ def deployment(sqlite_url: str, redis: object, tmp_path: Path) -> Iterator[Deplo
         d.start("api", "--port", str(port), name="api")
         d.start("executor", name="executor")
         d.start("projector", name="projector")
-        try:
-            wait_ready(d.base_url)
-        except RuntimeError:
-            raise RuntimeError("api did not start:\n" + procs[0].output()) from None
+        wait_ready(d.base_url, procs[0])
         yield d
 
 

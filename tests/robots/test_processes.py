@@ -11,8 +11,7 @@ import pytest
 from tests.e2e.conftest import Deployment
 from tests.e2e.test_pipeline import create_workflow, execute, wait_for
 from tests.helpers import assert_eventually, free_port
-from tests.processes import OrqProcess
-from tests.robots.conftest import wait_ready
+from tests.processes import OrqProcess, wait_ready
 
 pytestmark = pytest.mark.slow
 POOL = "desktop"

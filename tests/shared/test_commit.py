@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from shared import keys
 from shared.commit import Applied, Committer, Duplicate, Refused, Unit
@@ -46,4 +48,18 @@ async def test_commits_survive_a_script_cache_flush(redis: Redis) -> None:
     await redis.script_flush()
     assert isinstance(await committer.commit(Unit(2).event(_cancelled(2))), Applied)
     assert await redis.xlen(keys.log(2)) == 2
+    await committer.close()
+
+
+async def test_an_op_kind_no_library_defines_fails_the_batch_before_any_write(redis: Redis) -> None:
+    """Redis keeps a script's writes made before an error: an unknown kind is refused before the first one."""
+    committer = Committer(redis)  # no op libraries: only the generic kinds exist
+    state = keys.execution(3, "x")
+    unit = Unit(3).event(_cancelled(1)).hset(state, {"status": "cancelled"}).op("no_such_op", "k", b"blob")
+    with pytest.raises(ResponseError, match="unknown op no_such_op"):
+        await committer.commit(unit)
+    assert await redis.xlen(keys.log(3)) == 0
+    assert await redis.exists(state) == 0
+    # The same committer goes on applying generic units.
+    assert isinstance(await committer.commit(Unit(3).event(_cancelled(2))), Applied)
     await committer.close()

@@ -9,8 +9,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.commit import Committer
+from shared import commit_script, keys
 from shared.consumer import records_of
 from shared.events import Event, decode
 from shared.settings import Settings
@@ -23,7 +22,7 @@ __all__ = ["api_redis", "app", "client", "other_tenant", "tenant"]
 
 @pytest.fixture
 async def firer(redis: Redis, settings: Settings) -> AsyncIterator[Firer]:
-    committer = Committer(redis)
+    committer = commit_script.committer(redis)
     yield Firer(redis, committer, settings)
     await committer.close()
 

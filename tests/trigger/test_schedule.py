@@ -10,7 +10,7 @@ import httpx
 from redis.asyncio import Redis
 
 from services.trigger.schedule import Scheduler
-from shared import keys
+from shared import commit_script, keys
 from shared.clock import month_of, now_ms
 from shared.commit import Committer
 from shared.events import ExecutionQueued, TriggerFired, TriggerSkipped
@@ -60,7 +60,7 @@ async def test_two_schedulers_racing_fire_each_tick_once(
     client: httpx.AsyncClient, tenant: TenantHandle, redis: Redis, settings: Settings
 ) -> None:
     _, cursor = await setup(client, tenant, redis, cron="* * * * * *", overlap="allow")
-    committers = [Committer(redis), Committer(redis)]
+    committers = [commit_script.committer(redis), commit_script.committer(redis)]
     schedulers = [Scheduler(redis, Firer(redis, c, settings), settings) for c in committers]
     try:
         start = (cursor // 1000 + 1) * 1000

@@ -18,7 +18,7 @@ from services.api.context import context
 from services.api.ownership import MAX_ID_LENGTH
 from services.api.routes.workflows import owned_workflow
 from services.api.schemas import TenantAdmin, TenantUpdate, WorkflowPause
-from shared import keys
+from shared import execution_ops, keys
 from shared.clock import now_ms
 from shared.commit import Applied, Unit
 from shared.errors import Conflict, NotFound, ValidationFailed
@@ -53,7 +53,7 @@ async def update_tenant(request: Request) -> Response:
         unit.event(event).hset(tenant_key, {"paused": "1" if body.paused else "0"})
         paused = body.paused
     if unit.ops:
-        unit.wake(p, tenant.id)  # new limits or a resume may let waiting work run now
+        execution_ops.wake(unit, p, tenant.id)  # new limits or a resume may let waiting work run now
         if not isinstance(await ctx.committer.commit(unit), Applied):
             raise Conflict("the tenant changed meanwhile, try again")
     return responses.json(TenantAdmin(id=tenant.id, name=tenant.name, plan=plan, paused=paused))

@@ -19,7 +19,7 @@ from services.api.context import ApiContext, context
 from services.api.listing import one_of
 from services.api.ownership import MAX_ID_LENGTH
 from services.api.pagination import keyset_page, page_request
-from services.api.routes.queues import STATUSES, owned_queue
+from services.api.routes.queues import STATUSES, moved_or_gone, owned_queue, queue_busy
 from services.api.schemas import (
     ClaimIn,
     QueueItem,
@@ -37,8 +37,8 @@ from shared.clock import iso, new_id, now_ms, stream_id_parts
 from shared.commit import Applied, Refused
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.events import QueueItemSnapshot
-from shared.optimistic import MOVED, Moved, optimistically
-from shared.queues import QUEUE_CHANGED_GUARD, QueueState
+from shared.optimistic import Moved, optimistically
+from shared.queues import QueueState
 from shared.queues_claims import IN_PROGRESS, abandon_due, claim_unit, claimed_id, completed, failed, noted
 from shared.queues_items import (
     DUPLICATE_REFERENCE_GUARD,
@@ -193,12 +193,10 @@ async def _add(ctx: ApiContext, tenant: TenantState, queue_id: str, items: list[
             case Refused(label=label, actual=actual) if label.startswith(DUPLICATE_REFERENCE_GUARD):
                 index = int(label.rpartition(":")[2])
                 raise _duplicate(items[index].reference or "", index if bulk else None, f"item {actual}")
-            case Refused(label=label) if label == QUEUE_CHANGED_GUARD:
-                return MOVED
             case _:
-                raise NotFound(f"queue {queue_id} not found")
+                return moved_or_gone(queue_id, outcome)
 
-    return await optimistically(attempt, exhausted=Conflict("the queue is being changed concurrently, try again"))
+    return await optimistically(attempt, exhausted=queue_busy())
 
 
 # --- commands ------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from sqlalchemy import Row, and_, case, false, func, or_, select
+from sqlalchemy import Row, and_, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import Response
@@ -15,11 +15,11 @@ from services.api import responses
 from services.api.auth import require_tenant
 from services.api.bodies import read_json
 from services.api.context import ApiContext, context
-from services.api.ownership import owned
+from services.api.ownership import owned, owned_row
 from services.api.pagination import live_page, page_request
 from services.api.schemas import Queue, QueueIn, QueueItemAtRisk, QueuePage, QueueStats, QueueUpdateIn
 from shared.clock import iso, new_id, now_ms
-from shared.commit import Applied, Refused
+from shared.commit import Applied, Outcome, Refused
 from shared.errors import Conflict, NotFound
 from shared.events import QueueSnapshot
 from shared.optimistic import MOVED, Moved, optimistically
@@ -75,6 +75,19 @@ def _row_view(row: Row[Any]) -> Queue:
     )
 
 
+def queue_busy() -> Conflict:
+    """The 409 of a queue command whose every attempt saw the queue change under it."""
+    return Conflict("the queue is being changed concurrently, try again")
+
+
+def moved_or_gone(queue_id: str, outcome: Outcome) -> Moved:
+    """What a queue unit that was not applied means: read again when the queue changed since the attempt read it
+    (its revision or ``unique_reference``); anything else (the queue deleted meanwhile) is a 404."""
+    if isinstance(outcome, Refused) and outcome.label == QUEUE_CHANGED_GUARD:
+        return MOVED
+    raise NotFound(f"queue {queue_id} not found")
+
+
 def _name_taken(name: str) -> Conflict:
     return Conflict(f"a queue named {name!r} exists already", field="name")
 
@@ -119,47 +132,39 @@ async def update_queue(request: Request) -> Response:
             return responses.json(queue_view(queue_id, queue.snapshot))  # nothing changes: nothing appended
         now = now_ms()
         snapshot = msgspec.structs.replace(queue.snapshot, **changes, updated_at=now)
-        match await ctx.committer.commit(update_unit(p=tenant.partition, queue=queue, snapshot=snapshot, now_ms=now)):
+        unit = update_unit(p=tenant.partition, queue=queue, snapshot=snapshot, now_ms=now)
+        outcome = await ctx.committer.commit(unit)
+        match outcome:
             case Applied():
                 return responses.json(queue_view(queue_id, snapshot))
             case Refused(label=label) if label == NAME_TAKEN_GUARD:
                 raise _name_taken(snapshot.name)
-            case Refused(label=label) if label == QUEUE_CHANGED_GUARD:
-                return MOVED
             case _:
-                raise NotFound(f"queue {queue_id} not found")
+                return moved_or_gone(queue_id, outcome)
 
-    return await optimistically(attempt, exhausted=Conflict("the queue is being changed concurrently, try again"))
+    return await optimistically(attempt, exhausted=queue_busy())
 
 
 async def delete_queue(request: Request) -> Response:
     tenant = await require_tenant(request)
     ctx = context(request)
     queue_id = request.path_params["id"]
-    gone = NotFound(f"queue {queue_id} not found")  # deleted meanwhile, or changing faster than we read
 
     async def attempt() -> Response | Moved:
         queue = await owned_queue(ctx, tenant, queue_id)
         outcome = await ctx.committer.commit(delete_unit(p=tenant.partition, queue=queue, now_ms=now_ms()))
         if isinstance(outcome, Applied):
             return responses.no_content()
-        if isinstance(outcome, Refused) and outcome.label != QUEUE_CHANGED_GUARD:
-            raise gone
-        return MOVED
+        return moved_or_gone(queue_id, outcome)
 
-    return await optimistically(attempt, exhausted=gone)
+    # Changing faster than we read: as good as gone for a delete.
+    return await optimistically(attempt, exhausted=NotFound(f"queue {queue_id} not found"))
 
 
 async def get_queue(request: Request) -> Response:
     tenant = await require_tenant(request)
     ctx = context(request)
-    queue_id = request.path_params["id"]
-    c = work_queues.c
-    query = select(work_queues).where(c.id == queue_id, c.tenant_id == tenant.id, c.deleted == false())
-    async with ctx.engine.connect() as conn:
-        row = (await conn.execute(query)).first()
-    if row is None:
-        raise NotFound(f"queue {queue_id} not found")
+    row = await owned_row(ctx.engine, work_queues, "queue", request.path_params["id"], tenant)
     return responses.json(_row_view(row))
 
 

@@ -32,6 +32,7 @@ from shared import keys, metrics, robot_tasks
 from shared.clock import now_ms
 from shared.commit import Refused, Unit
 from shared.errors import Conflict, NotFound, StepFailed
+from shared.execution_state import read_execution
 from shared.robots import RobotState
 from shared.sizes import encode_output
 from shared.workflows import WorkflowDef
@@ -94,7 +95,7 @@ async def _commit(ctx: ApiContext, unit: Unit, task_id: str) -> None:
 
 
 async def _definition(ctx: ApiContext, view: robot_tasks.TaskView) -> WorkflowDef:
-    definition = await ctx.definitions.read_key(ctx.redis, view.execution.get(b"def_key", b"").decode())
+    definition = await ctx.definitions.read_key(ctx.redis, view.execution.def_key)
     if definition is None or view.step_index >= len(definition.steps):
         raise TaskGone(robot_tasks.LEASE_LOST, view.task_id)  # its pinned definition is gone: nothing to go on with
     return definition
@@ -119,12 +120,12 @@ async def complete(request: Request) -> Response:
     definition = await _definition(ctx, view)
     ts = now_ms()
     try:
-        encoded = encode_output(body.output, ctx.settings.max_output_bytes)
+        encode_output(body.output, ctx.settings.max_output_bytes)
     except StepFailed as too_large:  # the step fails, as it would in an executor
         unit = robot_tasks.fail_unit(view, robot.id, definition, now_ms=ts, error=too_large.message)
         step_status = "failed"
     else:
-        unit = robot_tasks.complete_unit(view, robot.id, definition, now_ms=ts, output=body.output, body=encoded)
+        unit = robot_tasks.complete_unit(view, robot.id, definition, now_ms=ts, output=body.output)
         step_status = "completed"
     await _commit(ctx, unit, view.task_id)
     return await _done(ctx, view, step_status)
@@ -154,9 +155,10 @@ async def logs(request: Request) -> Response:
 
 
 async def _done(ctx: ApiContext, view: robot_tasks.TaskView, step_status: str) -> Response:
-    status = await ctx.redis.hget(keys.execution(view.p, view.execution_id), "status")
+    state = await read_execution(ctx.redis, view.p, view.execution_id, fields=("status",))
+    status = state.status.value if state and state.status else "None"
     return responses.json(TaskDone(task_id=view.task_id, execution_id=view.execution_id, step_status=step_status,
-                                   execution_status=status.decode() if isinstance(status, bytes) else str(status)))
+                                   execution_status=status))
 
 
 routes = [

@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Row, false, select
+from sqlalchemy import Row
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -20,7 +20,7 @@ from services.api import responses
 from services.api.auth import key_hash, require_robot, require_tenant
 from services.api.bodies import read_json
 from services.api.context import ApiContext, context
-from services.api.ownership import MAX_ID_LENGTH
+from services.api.ownership import MAX_ID_LENGTH, owned_row
 from services.api.pagination import live_page, page_request
 from services.api.schemas import Robot, RobotIn, RobotPage, RobotRegistered, RobotSelf
 from shared import keys
@@ -120,13 +120,7 @@ async def list_robots(request: Request) -> Response:
 async def get_robot(request: Request) -> Response:
     tenant = await require_tenant(request)
     ctx = context(request)
-    robot_id = request.path_params["id"]
-    c = robots.c
-    query = select(robots).where(c.id == robot_id, c.tenant_id == tenant.id, c.deleted == false())
-    async with ctx.engine.connect() as conn:
-        row = (await conn.execute(query)).first()
-    if row is None:
-        raise NotFound(f"robot {robot_id} not found")
+    row = await owned_row(ctx.engine, robots, "robot", request.path_params["id"], tenant)
     (view,) = await _views(ctx, tenant, [row])
     return responses.json(view)
 

@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 import msgspec
-from sqlalchemy import Row, false, select
+from sqlalchemy import Row
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -21,7 +21,7 @@ from services.api.auth import require_tenant
 from services.api.bodies import check_json_value, read_json
 from services.api.context import ApiContext, context
 from services.api.listing import one_of
-from services.api.ownership import MAX_ID_LENGTH, owned
+from services.api.ownership import MAX_ID_LENGTH, owned, owned_row
 from services.api.pagination import live_page, page_request
 from services.api.priority import check_priority
 from services.api.routes.workflows import owned_workflow
@@ -282,12 +282,7 @@ async def get_trigger(request: Request) -> Response:
     tenant = await require_tenant(request)
     ctx = context(request)
     trigger_id = request.path_params["id"]
-    c = workflow_triggers.c
-    query = select(workflow_triggers).where(c.id == trigger_id, c.tenant_id == tenant.id, c.deleted == false())
-    async with ctx.engine.connect() as conn:
-        row = (await conn.execute(query)).first()
-    if row is None:
-        raise NotFound(f"trigger {trigger_id} not found")
+    row = await owned_row(ctx.engine, workflow_triggers, "trigger", trigger_id, tenant)
     return responses.json(trigger_view(trigger_id, _row_fields(row), public_base(request, ctx.settings),
                                        ctx.settings))
 

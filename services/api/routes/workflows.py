@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from sqlalchemy import false, select
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -12,7 +11,7 @@ from services.api.auth import require_tenant, require_tenant_reading
 from services.api.bodies import read_json
 from services.api.context import ApiContext, context
 from services.api.definitions import build_definition
-from services.api.ownership import MAX_ID_LENGTH, owned
+from services.api.ownership import MAX_ID_LENGTH, owned, owned_row
 from services.api.pagination import live_page, page_request
 from services.api.schemas import WorkflowIn, WorkflowPage
 from shared import keys, subworkflows
@@ -130,14 +129,7 @@ async def delete_workflow(request: Request) -> Response:
 async def get_workflow(request: Request) -> Response:
     tenant = await require_tenant(request)
     ctx = context(request)
-    workflow_id = request.path_params["id"]
-    query = select(workflows).where(
-        workflows.c.id == workflow_id, workflows.c.tenant_id == tenant.id, workflows.c.deleted == false()
-    )
-    async with ctx.engine.connect() as conn:
-        row = (await conn.execute(query)).first()
-    if row is None:
-        raise NotFound(f"workflow {workflow_id} not found")
+    row = await owned_row(ctx.engine, workflows, "workflow", request.path_params["id"], tenant)
     return responses.json(views.workflow_row(row))
 
 
