@@ -13,8 +13,8 @@ from sqlalchemy import func, select, text
 
 from bench.common import BENCH_MYSQL_URL, Result, env, fresh_redis, processes
 from bench.http import call, free_port, session, wait_ready
-from shared.db import create_engine
-from shared.schema import executions, metadata
+from shared.readmodel.db import create_engine
+from shared.readmodel.schema import executions, metadata
 
 ADMIN = "bench-admin"
 

@@ -31,7 +31,7 @@ from sqlalchemy import text
 from bench.common import BENCH_MYSQL_URL, BENCH_REDIS_URL, Result, env, fresh_redis, processes
 from bench.http import call, free_port, session, wait_ready
 from services.api.server import WORKER_HEADER
-from shared.db import create_engine
+from shared.readmodel.db import create_engine
 
 CLIENTS = 64
 WARMUP_S = 1

@@ -26,9 +26,10 @@ from bench.common import (
     seed_workflow,
     wait_until,
 )
-from shared import commit_script, keys
-from shared.commit import Applied
-from shared.redis import connect
+from shared.domain import commit_script
+from shared.log import keys
+from shared.log.commit import Applied
+from shared.log.redis import connect
 from tests.cluster.harness import LocalCluster
 
 CLUSTER_PARTITIONS = 6

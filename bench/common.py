@@ -17,13 +17,13 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from shared import keys
-from shared.admission import Run, admission_unit
-from shared.clock import new_id, now_ms
-from shared.commit import Applied, Committer, Unit
-from shared.plans import load_plans
-from shared.state import WorkflowState, encode_definition
-from shared.workflows import StepDef, WorkflowDef
+from shared.domain.aggregates import WorkflowState, encode_definition
+from shared.domain.executions.admission import Run, admission_unit
+from shared.infra.clock import new_id, now_ms
+from shared.infra.plans import load_plans
+from shared.log import keys
+from shared.log.commit import Applied, Committer, Unit
+from shared.log.workflows import StepDef, WorkflowDef
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_REDIS_URL = os.environ.get("ORQ_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")

@@ -20,7 +20,7 @@ from bench.common import (
     work_left,
 )
 from bench.peers import bullmq
-from shared import commit_script
+from shared.domain import commit_script
 
 
 async def _drain(count: int, tenants: int, executors: int, concurrency: int) -> tuple[float, float]:

@@ -19,9 +19,10 @@ import msgspec
 
 from bench.common import PARTITIONS, Result, env, fresh_redis, processes
 from bench.http import call, free_port, session, wait_ready
-from shared import commit_script, keys
-from shared.commit import Committer, Unit
-from shared.events import ExecutionLog
+from shared.domain import commit_script
+from shared.log import keys
+from shared.log.commit import Committer, Unit
+from shared.log.events import ExecutionLog
 
 CONNECT_TIMEOUT_S = 60
 

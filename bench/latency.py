@@ -21,8 +21,9 @@ from bench.common import (
     work_left,
 )
 from bench.peers import bullmq
-from shared import commit_script, keys
-from shared.consumer import records_of
+from shared.domain import commit_script
+from shared.log import keys
+from shared.log.consumer import records_of
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -25,7 +25,8 @@ from bench.common import (
     seed_workflow,
     wait_until,
 )
-from shared import commit_script, keys
+from shared.domain import commit_script
+from shared.log import keys
 
 SETTLE_S = 2.0
 

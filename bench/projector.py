@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench.common import Result
-from shared.settings import PROJECTOR_BATCH
+from shared.infra.settings import PROJECTOR_BATCH
 from tests.projector.bench import main as project_and_replay
 
 

@@ -18,13 +18,13 @@ from redis.asyncio import Redis
 
 from bench.common import Result, env, fresh_redis, processes
 from bench.http import call, free_port, session, wait_ready
-from shared import commit_script
-from shared.clock import new_id, now_ms
-from shared.commit import Applied
-from shared.events import QueueSnapshot
-from shared.queues import QueueState, create_unit, read_queue
-from shared.queues_claims import claim_unit, claimed_id, complete_unit
-from shared.queues_items import NewItem, add_unit, read_item
+from shared.domain import commit_script
+from shared.domain.queues.claims import claim_unit, claimed_id, complete_unit
+from shared.domain.queues.definitions import QueueState, create_unit, read_queue
+from shared.domain.queues.items import NewItem, add_unit, read_item
+from shared.infra.clock import new_id, now_ms
+from shared.log.commit import Applied
+from shared.log.events import QueueSnapshot
 
 BULK = 10_000
 ROBOTS = 8

@@ -25,8 +25,8 @@ from redis.asyncio import Redis
 
 from bench.common import PARTITIONS, Result, drained, env, fresh_redis, processes, wait_until
 from bench.http import call, free_port, session, wait_ready
-from shared import keys
-from shared.consumer import records_of
+from shared.log import keys
+from shared.log.consumer import records_of
 
 ROBOTS = 20
 POOL = "bench"

@@ -13,10 +13,10 @@ from services.admin.cli import ADMIN_COMMANDS
 from services.admin.cli import add_commands as add_admin_commands
 from services.projector.quarantine_command import add_command as add_quarantine_command
 from services.robot.cli import add_command as add_robot_command
-from shared.errors import ConfigError, OrqError
-from shared.runtime import configure_logging, run_until_signalled
-from shared.settings import DEV_DATA_DIR, DEV_SETTINGS_FILE, Settings, load_settings, with_dev_settings
-from shared.tracing import configure_tracing, shutdown_tracing
+from shared.infra.errors import ConfigError, OrqError
+from shared.infra.settings import DEV_DATA_DIR, DEV_SETTINGS_FILE, Settings, load_settings, with_dev_settings
+from shared.infra.tracing import configure_tracing, shutdown_tracing
+from shared.service.runtime import configure_logging, run_until_signalled
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -2,7 +2,7 @@
 
 It writes how to reach it (Redis URL, database URL, API URL, admin token) to ``<data folder>/dev.json``, which
 every other ``orq`` command run from the same folder reads when ``ORQ_REDIS_URL``/``ORQ_DATABASE_URL`` are not
-set (``shared.settings.with_dev_settings``), and removes it when it stops. ``orq replay`` against a running
+set (``shared.infra.settings.with_dev_settings``), and removes it when it stops. ``orq replay`` against a running
 ``orq dev`` asks it to pause its projector (the ``replay.request`` file below), rebuilds, and lets it resume.
 """
 
@@ -24,10 +24,10 @@ from typing import Any
 
 import httpx
 
-from shared.db import create_engine, create_schema
-from shared.embedded_redis import EmbeddedRedis
-from shared.errors import ConfigError
-from shared.settings import DEV_SETTINGS_FILE, Settings, read_dev_settings
+from shared.infra.embedded_redis import EmbeddedRedis
+from shared.infra.errors import ConfigError
+from shared.infra.settings import DEV_SETTINGS_FILE, Settings, read_dev_settings
+from shared.readmodel.db import create_engine, create_schema
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.db import create_engine, create_schema
-from shared.redis import connect
-from shared.schema import metadata
-from shared.settings import Settings
+from shared.infra.settings import Settings
+from shared.log.redis import connect
+from shared.readmodel.db import create_engine, create_schema
+from shared.readmodel.schema import metadata
 from tests.helpers import REDIS_URL, mysql_available, mysql_url
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}

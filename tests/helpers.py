@@ -26,7 +26,7 @@ def mysql_url() -> str:
 
 
 async def mysql_available(url: str) -> bool:
-    from shared.db import create_engine
+    from shared.readmodel.db import create_engine
 
     engine = create_engine(url)
     try:

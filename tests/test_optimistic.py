@@ -7,12 +7,13 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from shared import commit_script, keys
-from shared.commit import Applied, Committer, Refused, Unit
-from shared.errors import Conflict
-from shared.events import ExecutionCancelled
-from shared.optimistic import ATTEMPTS, MOVED, Moved, optimistically
-from shared.redis import text
+from shared.domain import commit_script
+from shared.infra.errors import Conflict
+from shared.infra.optimistic import ATTEMPTS, MOVED, Moved, optimistically
+from shared.log import keys
+from shared.log.commit import Applied, Committer, Refused, Unit
+from shared.log.events import ExecutionCancelled
+from shared.log.redis import text
 
 STATE = keys.execution(0, "e1")
 

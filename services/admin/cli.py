@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from shared.settings import Settings
+from shared.infra.settings import Settings
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,8 +1,9 @@
 """``orq dlq list|retry|purge``: the dead-letter queues of every partition, in bulk, by filter.
 
 The DLQ streams (``orq:{p}:dlq``) are read directly: they are what the executor wrote, including entries
-not projected yet. Retry and purge are the same units as the API's (``shared.execution_commands.requeue_unit`` and
-``dlq_purge_unit``), each guarded on the state it observed, so an entry that moved meanwhile is skipped.
+not projected yet. Retry and purge are the same units as the API's (``requeue_unit`` and ``dlq_purge_unit`` of
+``shared.domain.executions.commands``), each guarded on the state it observed, so an entry that moved
+meanwhile is skipped.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from typing import cast
 
 from redis.asyncio import Redis
 
-from shared import commit_script, keys
-from shared.clock import iso, now_ms, stream_id_parts
-from shared.commit import Applied, Committer
-from shared.execution_commands import dlq_purge_unit, requeue_unit
-from shared.execution_state import read_execution
-from shared.redis import Entries, client_for, text
-from shared.settings import Settings
+from shared.domain import commit_script
+from shared.domain.executions.commands import dlq_purge_unit, requeue_unit
+from shared.domain.executions.state import read_execution
+from shared.infra.clock import iso, now_ms, stream_id_parts
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.commit import Applied, Committer
+from shared.log.redis import Entries, client_for, text
 
 PAGE = 1000
 
@@ -93,7 +95,7 @@ async def matching(redis: Redis, partitions: int, f: Filter, limit: int = 0) -> 
 async def _item(redis: Redis, p: int, entry_id: str, fields: dict[bytes, bytes]) -> DlqItem:
     execution_id = text(fields.get(b"e"))
     state = await read_execution(redis, p, execution_id, fields=("workflow_id",))
-    return DlqItem(p, entry_id, execution_id, text(fields.get(b"t")), state.workflow_id if state else "",
+    return DlqItem(p, entry_id, execution_id, keys.entry_tenant(fields), state.workflow_id if state else "",
                    text(fields.get(b"reason")), text(fields.get(b"error")), iso(stream_id_parts(entry_id)[0]))
 
 

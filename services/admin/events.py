@@ -8,11 +8,11 @@ from typing import Any, cast
 
 import msgspec
 
-from shared import keys
-from shared.events import decode, to_json
-from shared.redis import BLOCK_MS, Entries, client_for, text
-from shared.settings import Settings
-from shared.stream_reads import StreamReads
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.events import decode, to_json
+from shared.log.redis import BLOCK_MS, Entries, client_for, text
+from shared.log.stream_reads import StreamReads
 
 
 def _wanted(event: Any, args: argparse.Namespace) -> bool:

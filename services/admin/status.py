@@ -10,13 +10,14 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import keys, schema
-from shared.clock import iso, now_ms
-from shared.db import create_engine, create_schema
-from shared.inspection import PartitionStatus, partition_status
-from shared.maintenance import checkpoints, run_maintenance
-from shared.redis import client_for
-from shared.settings import Settings
+from shared.infra.clock import iso, now_ms
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.inspection import PartitionStatus, partition_status
+from shared.log.redis import client_for
+from shared.readmodel import schema
+from shared.readmodel.db import create_engine, create_schema
+from shared.service.maintenance import checkpoints, run_maintenance
 
 
 async def _last_maintenance(redis: Redis) -> dict[str, Any] | None:

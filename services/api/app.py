@@ -44,11 +44,11 @@ from services.api.routes import (
     ws,
 )
 from services.api.tracing import RequestSpans
-from shared import commit_script
-from shared.actions import load_plugins, param_types
-from shared.commit import Committer
-from shared.metrics import configure_happenings
-from shared.settings import Settings
+from shared.domain import commit_script
+from shared.domain.actions.schemas import load_plugins, param_types
+from shared.infra.settings import Settings
+from shared.log.commit import Committer
+from shared.service.metrics import configure_happenings
 
 # ``GET /api``: where to start reading the API (the full reference is /openapi.json; /docs/workflows.md in the
 # repository says how to write a workflow).

@@ -1,5 +1,5 @@
 """Bearer authentication: the admin token, a tenant API key ``orq_<tenant_id>_<secret>``, or a robot key
-``orqr_<tenant_id>_<robot_id>_<secret>`` (robot routes only, see shared/robots.py).
+``orqr_<tenant_id>_<robot_id>_<secret>`` (robot routes only, see shared/domain/robots/registry.py).
 
 The tenant id (and so the partition) is read from the key itself; the key's SHA-256 is compared in constant
 time with the ``key_hash`` of the tenant's (or robot's) hash. Only the hash is ever stored.
@@ -17,11 +17,11 @@ from typing import Any
 from starlette.requests import Request
 
 from services.api.context import context
-from shared import keys
-from shared.clock import now_ms
-from shared.errors import Forbidden, Unauthorized
-from shared.robots import ROBOT_KEY, RobotState, robot_from_hash, touch_robot
-from shared.state import TenantState, tenant_from_hash
+from shared.domain.aggregates import TenantState, tenant_from_hash
+from shared.domain.robots.registry import ROBOT_KEY, RobotState, robot_from_hash, touch_robot
+from shared.infra.clock import now_ms
+from shared.infra.errors import Forbidden, Unauthorized
+from shared.log import keys
 
 KEY_PREFIX = "orq_"
 _KEY = re.compile(r"^orq_(?P<tenant>[A-Za-z0-9-]{1,64})_(?P<secret>[A-Za-z0-9_-]{16,128})$")

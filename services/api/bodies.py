@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import msgspec
 from starlette.requests import Request
 
-from shared.errors import BadRequest, ValidationFailed
+from shared.infra.errors import BadRequest, ValidationFailed
 
 T = TypeVar("T")
 

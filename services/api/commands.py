@@ -20,20 +20,21 @@ from services.api.context import ApiContext
 from services.api.ownership import MAX_ID_LENGTH
 from services.api.priority import check_priority
 from services.api.schemas import CommandAccepted
-from shared import keys, metrics
-from shared.clock import now_ms
-from shared.commit import Applied, Unit
-from shared.errors import Conflict, NotFound
-from shared.events import ExecutionDlqPurged
-from shared.execution_commands import cancel_unit, dlq_purge_unit, priority_unit, requeue_unit, restored_state
-from shared.execution_state import ExecutionState, read_execution
-from shared.optimistic import MOVED, Moved, optimistically
-from shared.queues import read_queue
-from shared.queues_claims import rerun_item, rerunnable
-from shared.queues_items import read_item
-from shared.redis import text
-from shared.schema import execution_steps, executions, queue_item_data, queue_items
-from shared.state import FINISHED, Status, TenantState
+from shared.domain.aggregates import FINISHED, Status, TenantState
+from shared.domain.executions.commands import cancel_unit, dlq_purge_unit, priority_unit, requeue_unit, restored_state
+from shared.domain.executions.state import ExecutionState, read_execution
+from shared.domain.queues.claims import rerun_item, rerunnable
+from shared.domain.queues.definitions import read_queue
+from shared.domain.queues.items import read_item
+from shared.infra.clock import now_ms
+from shared.infra.errors import Conflict, NotFound
+from shared.infra.optimistic import MOVED, Moved, optimistically
+from shared.log import keys
+from shared.log.commit import Applied, Unit
+from shared.log.events import ExecutionDlqPurged
+from shared.log.redis import text
+from shared.readmodel.schema import execution_steps, executions, queue_item_data, queue_items
+from shared.service import metrics
 
 RETRYABLE = frozenset({Status.FAILED, Status.CANCELLED})
 # A DLQ entry is added by the executor's dead-letter commit at Redis' time; SQL's dead_lettered_at is the

@@ -12,10 +12,10 @@ from starlette.requests import Request
 
 from services.api.feed import FeedHub
 from services.api.offers import OfferWaiters
-from shared.commit import Committer
-from shared.pinned import PinnedDefinitions
-from shared.plans import Plan, plan_named
-from shared.settings import Settings
+from shared.domain.executions.pinned import PinnedDefinitions
+from shared.infra.plans import Plan, plan_named
+from shared.infra.settings import Settings
+from shared.log.commit import Committer
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""From a workflow request body to a validated :class:`shared.workflows.WorkflowDef`.
+"""From a workflow request body to a validated :class:`shared.log.workflows.WorkflowDef`.
 
 Shape and bounds are checked by the request Structs; this adds what needs the action catalogue: every
 step's action exists and its params fit that action's schema (templates allowed where a value is only known
@@ -14,10 +14,10 @@ import msgspec
 
 from services.api.bodies import check_json_value
 from services.api.schemas import NotifyIn, RetryIn, WorkflowIn
-from shared.actions import validate_step
-from shared.errors import ValidationFailed
-from shared.ssrf import check_url
-from shared.workflows import Backoff, NotifyDef, RetryPolicy, StepDef, WorkflowDef
+from shared.domain.actions.schemas import validate_step
+from shared.infra.errors import ValidationFailed
+from shared.infra.ssrf import check_url
+from shared.log.workflows import Backoff, NotifyDef, RetryPolicy, StepDef, WorkflowDef
 
 _PARAM = re.compile(r"Object (?:missing required|contains unknown) field `(?P<name>[^`]+)`")
 

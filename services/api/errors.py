@@ -1,6 +1,6 @@
 """The one place where exceptions become HTTP error responses: ``{"error": {"code", "message", ...}}``.
 
-Errors raised on purpose are :class:`shared.errors.OrqError`s and carry their status and code. Starlette's
+Errors raised on purpose are :class:`shared.infra.errors.OrqError`s and carry their status and code. Starlette's
 own (unknown route, wrong method) are reshaped the same way. A store that does not answer (down, or slower
 than ``ORQ_SQL_TIMEOUT_S`` for SQL) is a 503 with ``Retry-After``; anything else is a bug and a 500 whose
 details stay in the log.
@@ -24,9 +24,9 @@ from starlette.responses import Response
 from starlette.types import ExceptionHandler
 
 from services.api import responses
-from shared.commit import NotReplicated
-from shared.db import SqlTimeout
-from shared.errors import OrqError, QuotaExceeded
+from shared.infra.errors import OrqError, QuotaExceeded
+from shared.log.commit import NotReplicated
+from shared.readmodel.db import SqlTimeout
 
 log = logging.getLogger(__name__)
 

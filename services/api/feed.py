@@ -26,13 +26,13 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared import keys
-from shared.clock import stream_id_parts
-from shared.consumer import records_of
-from shared.errors import OrqError
-from shared.events import EVENT_TYPES, EventBase, decode, to_json
-from shared.redis import BLOCK_MS, Entries, text
-from shared.stream_reads import StreamReads
+from shared.infra.clock import stream_id_parts
+from shared.infra.errors import OrqError
+from shared.log import keys
+from shared.log.consumer import records_of
+from shared.log.events import EVENT_TYPES, EventBase, decode, to_json
+from shared.log.redis import BLOCK_MS, Entries, text
+from shared.log.stream_reads import StreamReads
 
 log = logging.getLogger(__name__)
 

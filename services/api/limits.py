@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.api import responses
 from services.api.errors import error_response
-from shared.errors import BadRequest, OrqError, PayloadTooLarge
+from shared.infra.errors import BadRequest, OrqError, PayloadTooLarge
 
 
 class BodySizeLimit:

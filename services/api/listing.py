@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from shared.errors import ValidationFailed
+from shared.infra.errors import ValidationFailed
 
 
 def one_of(name: str, value: str, choices: Collection[str]) -> str:

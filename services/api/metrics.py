@@ -7,8 +7,8 @@ Where each figure comes from:
   other query, and are consistent with each other (one position of the projector).
 - **Redis** (``/metrics`` only): consumer-group lag and pending entries, stream lengths, running executions
   (the ``running`` hash), backlog (the ``queued`` hash) and DLQ size per partition: the live state of the
-  machinery, which the projection does not hold. Read by ``shared/inspection.py`` and exported by
-  ``shared/metrics.py``, the same families as every service's metrics port.
+  machinery, which the projection does not hold. Read by ``shared/log/inspection.py`` and exported by
+  ``shared/service/metrics.py``, the same families as every service's metrics port.
 
 Windowed figures use the last ``WINDOW_MINUTES`` minutes, rolling from ``now``: throughput is executions
 finished (completed or failed) per minute; durations are those of completed executions; the error rate is
@@ -26,12 +26,12 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select, true
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shared import keys
-from shared.history import CHECKPOINT_NAME
-from shared.inspection import partition_status
-from shared.metrics import Exporter, Metric, counter, gauge, stream_metrics
-from shared.schema import executions, projection_checkpoints
-from shared.state import Status
+from shared.domain.aggregates import Status
+from shared.log import keys
+from shared.log.inspection import partition_status
+from shared.readmodel.history import CHECKPOINT_NAME
+from shared.readmodel.schema import executions, projection_checkpoints
+from shared.service.metrics import Exporter, Metric, counter, gauge, stream_metrics
 
 WINDOW_MINUTES = 15
 MINUTE_MS = 60_000

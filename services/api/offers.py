@@ -14,8 +14,8 @@ import logging
 
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.redis import text
+from shared.log import keys
+from shared.log.redis import text
 
 log = logging.getLogger(__name__)
 RECHECK_S = 1.0

@@ -19,10 +19,10 @@ from services.api import responses, schemas
 from services.api.context import context
 from services.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from services.api.routes import history, ws
-from shared.actions import MAX_DELAY_MS
-from shared.settings import Settings
-from shared.state import Status
-from shared.triggers import EXECUTION_SOURCES, TRIGGER_TYPES
+from shared.domain.actions.schemas import MAX_DELAY_MS
+from shared.domain.aggregates import Status
+from shared.domain.triggers.definitions import EXECUTION_SOURCES, TRIGGER_TYPES
+from shared.infra.settings import Settings
 
 REF = "#/components/schemas/{name}"
 Auth = Literal["tenant", "admin", "robot", "none"]
@@ -410,7 +410,7 @@ def _components(settings: Settings, action_types: Mapping[str, type[msgspec.Stru
     types |= {schemas.Error, *action_types.values()}
     _, components = msgspec.json.schema_components(sorted(types, key=lambda t: t.__name__), ref_template=REF)
     components["TenantCreate"]["properties"]["plan"]["enum"] = sorted(settings.plans)
-    if "DelayParams" in components:  # bounds checked by shared.actions.validate_step
+    if "DelayParams" in components:  # bounds checked by shared.domain.actions.schemas.validate_step
         components["DelayParams"]["properties"]["ms"].update(minimum=0, maximum=MAX_DELAY_MS)
     components["StepIn"] = _step_variants(components["StepIn"], components, action_types)
     return components

@@ -8,8 +8,8 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy import Row, Table, false, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.errors import NotFound
-from shared.state import TenantState
+from shared.domain.aggregates import TenantState
+from shared.infra.errors import NotFound
 
 MAX_ID_LENGTH = 64  # ids are 32 hex characters; a longer one is unknown without asking Redis
 

@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, Row, Select, Table, and_, false, or_, sele
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
-from shared.errors import ValidationFailed
+from shared.infra.errors import ValidationFailed
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from shared.errors import ValidationFailed
-from shared.plans import Plan
+from shared.infra.errors import ValidationFailed
+from shared.infra.plans import Plan
 
 LOWEST = 10
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from shared.workflows import MAX_ATTEMPTS, MAX_DELAY_MS, MAX_NOTIFY, MAX_STEPS, NotifyDef, RetryPolicy, StepDef
+from shared.log.workflows import MAX_ATTEMPTS, MAX_DELAY_MS, MAX_NOTIFY, MAX_STEPS, NotifyDef, RetryPolicy, StepDef
 
 MAX_BULK_RUNS = 1000
 MAX_STEP_TIMEOUT_S = 7 * 24 * 3600.0

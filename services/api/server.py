@@ -32,9 +32,9 @@ import uvicorn
 
 from services.api.app import create_app
 from services.api.transport import GuardedHttpTools, HeadLimit
-from shared.bootstrap import Service
-from shared.errors import ConfigError, OrqError
-from shared.settings import Settings
+from shared.infra.errors import ConfigError, OrqError
+from shared.infra.settings import Settings
+from shared.service.bootstrap import Service
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from shared.tracing import span
+from shared.infra.tracing import span
 
 
 class RequestSpans:

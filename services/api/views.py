@@ -8,8 +8,8 @@ import msgspec
 from sqlalchemy import Row
 
 from services.api.schemas import DlqEntry, Execution, ExecutionStep, ExecutionSummary, Workflow
-from shared.clock import iso
-from shared.workflows import WorkflowDef
+from shared.infra.clock import iso
+from shared.log.workflows import WorkflowDef
 
 SECRET_MASK = "********"  # a notification secret is write-only: replies show that one is set, not its value
 

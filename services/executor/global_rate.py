@@ -10,8 +10,8 @@ from __future__ import annotations
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from shared import keys
-from shared.commit import load_lua
+from shared.log import keys
+from shared.log.commit import load_lua
 
 
 class GlobalRate:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared import keys
-from shared.execution_state import ExecutionState, from_hash, new_execution
-from shared.pinned import PinnedDefinitions
-from shared.workflows import WorkflowDef
+from shared.domain.executions.pinned import PinnedDefinitions
+from shared.domain.executions.state import ExecutionState, from_hash, new_execution
+from shared.log import keys
+from shared.log.workflows import WorkflowDef
 
 
 @dataclass(slots=True)

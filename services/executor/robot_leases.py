@@ -1,4 +1,4 @@
-"""Robot tasks whose robot went silent: offered again (shared/robot_tasks.py).
+"""Robot tasks whose robot went silent: offered again (shared/domain/robots/tasks.py).
 
 Every executor scans every partition's ``task_leases`` about once a second; two executors re-offering the
 same task cannot both succeed (the unit is guarded by the lease it observed), so the scan needs no lock.
@@ -10,11 +10,12 @@ import logging
 
 from redis.asyncio import Redis
 
-from shared import keys, robot_tasks
-from shared.clock import now_ms
-from shared.commit import Applied, Committer
-from shared.pinned import PinnedDefinitions
-from shared.settings import Settings
+from shared.domain.executions.pinned import PinnedDefinitions
+from shared.domain.robots import tasks as robot_tasks
+from shared.infra.clock import now_ms
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.commit import Applied, Committer
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,23 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisClusterException, RedisError
 
 from services.executor.job import Job
-from shared import execution_ops, keys, metrics, outcomes, robot_tasks, subworkflows
-from shared.action_runtime import Actions
-from shared.actions import WorkflowParams
-from shared.clock import now_ms
-from shared.commit import Applied, Committer, NotReplicated, Outcome, Refused, Unit
-from shared.errors import StepFailed
-from shared.events import (
+from shared.domain.actions.runtime import Actions
+from shared.domain.actions.schemas import WorkflowParams
+from shared.domain.aggregates import FENCE, SEQ, Status
+from shared.domain.executions import ops as execution_ops
+from shared.domain.executions import outcomes, subworkflows
+from shared.domain.executions.pinned import PinnedDefinitions
+from shared.domain.executions.state import clear_parked, forget_work, number, record
+from shared.domain.executions.templates import render
+from shared.domain.robots import tasks as robot_tasks
+from shared.infra.clock import now_ms
+from shared.infra.errors import StepFailed
+from shared.infra.plans import Plan
+from shared.infra.sizes import encode_output, fits
+from shared.infra.tracing import span
+from shared.log import keys
+from shared.log.commit import Applied, Committer, NotReplicated, Outcome, Refused, Unit
+from shared.log.events import (
     EventBase,
     ExecutionLog,
     ExecutionProgress,
@@ -34,17 +44,11 @@ from shared.events import (
     StepCompleted,
     StepStarted,
 )
-from shared.events import (
+from shared.log.events import (
     StepFailed as StepFailedEvent,
 )
-from shared.execution_state import clear_parked, forget_work, number, record
-from shared.pinned import PinnedDefinitions
-from shared.plans import Plan
-from shared.sizes import encode_output, fits
-from shared.state import FENCE, SEQ, Status
-from shared.templates import render
-from shared.tracing import span
-from shared.workflows import StepDef, WorkflowDef
+from shared.log.workflows import StepDef, WorkflowDef
+from shared.service import metrics
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +74,7 @@ class RunEnv:
     # larger: templates can repeat an output many times, and the rendered value is encoded as a whole.
     max_params_bytes: int = 4 * 1024 * 1024
     draining: asyncio.Event = field(default_factory=asyncio.Event)
-    # What a ``workflow`` step needs to admit its child (shared/subworkflows.py).
+    # What a ``workflow`` step needs to admit its child (shared/domain/executions/subworkflows.py).
     redis: Redis | None = None
     plans: dict[str, Plan] = field(default_factory=dict)
     partitions: int = 1

@@ -29,17 +29,17 @@ from services.executor.global_rate import GlobalRate
 from services.executor.job import Job, jobs_from_reply
 from services.executor.robot_leases import RobotLeases
 from services.executor.run import ExecutionRun, RunEnv
-from shared import keys
-from shared.action_runtime import Actions
-from shared.bootstrap import Service
-from shared.clock import now_ms
-from shared.commit import Committer, load_lua
-from shared.metrics import gauge
-from shared.pinned import PinnedDefinitions
-from shared.redis import BLOCK_MS, PipelinedScript, ensure_groups, guarded, run_pipeline, text
-from shared.settings import Settings
-from shared.state import Status
-from shared.stream_reads import StreamReads
+from shared.domain.actions.runtime import Actions
+from shared.domain.aggregates import Status
+from shared.domain.executions.pinned import PinnedDefinitions
+from shared.infra.clock import now_ms
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.commit import Committer, load_lua
+from shared.log.redis import BLOCK_MS, PipelinedScript, ensure_groups, guarded, run_pipeline, text
+from shared.log.stream_reads import StreamReads
+from shared.service.bootstrap import Service
+from shared.service.metrics import gauge
 
 log = logging.getLogger(__name__)
 BACKOFF_POLL_S = 0.2

@@ -30,9 +30,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import httpx
 import msgspec
 
-from shared.errors import ConfigError, OrqError
-from shared.settings import Settings
-from shared.ssrf import check_url, pinned_post, resolve
+from shared.infra.errors import ConfigError, OrqError
+from shared.infra.settings import Settings
+from shared.infra.ssrf import check_url, pinned_post, resolve
 
 SIGNATURE_HEADER = "X-Orquesta-Signature"
 TIMESTAMP_HEADER = "X-Orquesta-Timestamp"

@@ -11,7 +11,7 @@ Loops:
 3. **reclaim**: entries on ``backoff`` whose delay has passed, and entries of a notifier that died
    mid-attempt (idle past the lease), are claimed and attempted again.
 4. **maintenance**: every ``ORQ_MAINTENANCE_INTERVAL_S``, the instance that takes the lock runs
-   :func:`shared.maintenance.run_maintenance` (once per interval across every notifier).
+   :func:`shared.service.maintenance.run_maintenance` (once per interval across every notifier).
 """
 
 from __future__ import annotations
@@ -30,20 +30,20 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.notifier.delivery import Attempt, Deliverer
-from shared import keys
-from shared.bootstrap import Service
-from shared.clock import now_ms
-from shared.commit import Applied, Committer
-from shared.consumer import Record, StreamConsumer
-from shared.execution_state import read_execution
-from shared.maintenance import run_maintenance
-from shared.metrics import Metric
-from shared.notifications import TRIGGERS, backoff_ms, outcome_unit, queue_units
-from shared.pinned import PINNED_CACHE_SIZE, PinnedDefinitions
-from shared.redis import Entries, ensure_groups, text
-from shared.settings import Settings
-from shared.stream_reads import StreamReads
-from shared.workflows import WorkflowDef
+from shared.domain.executions.pinned import PINNED_CACHE_SIZE, PinnedDefinitions
+from shared.domain.executions.state import read_execution
+from shared.domain.notifications import TRIGGERS, backoff_ms, outcome_unit, queue_units
+from shared.infra.clock import now_ms
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.commit import Applied, Committer
+from shared.log.consumer import Record, StreamConsumer
+from shared.log.redis import Entries, ensure_groups, text
+from shared.log.stream_reads import StreamReads
+from shared.log.workflows import WorkflowDef
+from shared.service.bootstrap import Service
+from shared.service.maintenance import run_maintenance
+from shared.service.metrics import Metric
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.commit import load_lua
-from shared.consumer import Record
-from shared.redis import text
+from shared.log import keys
+from shared.log.commit import load_lua
+from shared.log.consumer import Record
+from shared.log.redis import text
 
 # A partition's lock expires this long after its holder last renewed it (every ~3 s, and on every read).
 LOCK_TTL_MS = 10_000
@@ -87,7 +87,7 @@ class PartitionLocks:
             ids.append(entry_id)
             if not flat:
                 continue
-            if len(flat) == 4 and flat[0] == b"t" and flat[2] == b"d":  # as shared.commit writes them
+            if len(flat) == 4 and flat[0] == b"t" and flat[2] == b"d":  # as shared.log.commit writes them
                 records.append(Record(entry_id, flat[1].decode(), flat[3]))
             else:
                 fields = {flat[i]: flat[i + 1] for i in range(0, len(flat) - 1, 2)}

@@ -26,7 +26,7 @@ from sqlalchemy import JSON, Boolean, Integer, LargeBinary, String, Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import TypeEngine
 
-from shared import schema
+from shared.readmodel import schema
 
 # What pymysql's escape_string does (backslash escapes), as one translate table.
 _BACKSLASH = str.maketrans(

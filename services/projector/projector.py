@@ -7,7 +7,7 @@ instances)``) of partition locks; each held partition runs its own loop:
    unacked batch), then read them first, in id order;
 2. read a batch (own pending first, then new entries) with a Lua script fenced by the lock;
 3. skip entries at or below the checkpoint, load the rows the rest touch, fold them
-   (:class:`shared.projection.Projection`), upsert what changed, archive every entry, compare-and-set the
+   (:class:`shared.readmodel.projection.Projection`), upsert what changed, archive every entry, compare-and-set the
    checkpoint: one transaction;
 4. ack them (the next read's script does, saving a round trip; or the release when the partition is let
    go). A crash between commit and ack redelivers entries the checkpoint already covers: they are skipped,
@@ -41,19 +41,19 @@ from services.projector.failures import backoff_s, describe, is_data_error
 from services.projector.locks import LOCK_TTL_MS, PartitionLocks, ReadResult
 from services.projector.retry import RETRY_POLL_S, requested, retry_all
 from services.projector.store import Fenced, Store, decode_records
-from shared import keys
-from shared.bootstrap import Service
-from shared.clock import now_ms, stream_id_parts
-from shared.commit import load_lua
-from shared.consumer import Record
-from shared.db import is_sqlite
-from shared.durability import check_rewind
-from shared.events import ExecutionCancelled, ExecutionCompleted, ExecutionDeadLettered, ExecutionFailed
-from shared.metrics import Metric, counter
-from shared.projection import Projection, needs_of
-from shared.redis import ensure_groups, read_streams
-from shared.settings import PROJECTOR_BATCH, STATE_RETENTION_S, Settings
-from shared.state import FINISHED
+from shared.domain.aggregates import FINISHED
+from shared.infra.clock import now_ms, stream_id_parts
+from shared.infra.settings import PROJECTOR_BATCH, STATE_RETENTION_S, Settings
+from shared.log import keys
+from shared.log.commit import load_lua
+from shared.log.consumer import Record
+from shared.log.durability import check_rewind
+from shared.log.events import ExecutionCancelled, ExecutionCompleted, ExecutionDeadLettered, ExecutionFailed
+from shared.log.redis import ensure_groups, read_streams
+from shared.readmodel.db import is_sqlite
+from shared.readmodel.projection import Projection, needs_of
+from shared.service.bootstrap import Service
+from shared.service.metrics import Metric, counter
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class Projector:
         self.idle_block_ms = min(idle_block_ms, lock_ttl_ms // 3)
         self.after_commit = after_commit
         self.cache_rows = cache_rows
-        self.accept_rewind = accept_rewind  # ORQ_ACCEPT_REWOUND_REDIS: see shared.durability.check_rewind
+        self.accept_rewind = accept_rewind  # ORQ_ACCEPT_REWOUND_REDIS: see shared.log.durability.check_rewind
         self.state_retention_s = state_retention_s  # ORQ_STATE_RETENTION_S: see _expire_ended
         self._expire_ended_script = redis.register_script(load_lua("services.projector", "projector_expire_ended.lua"))
         self.locks = PartitionLocks(redis, token=self.consumer, ttl_ms=lock_ttl_ms)

@@ -26,8 +26,8 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from services.projector.failures import describe, is_data_error
 from services.projector.store import Decoded
-from shared import schema
-from shared.clock import stream_id_parts
+from shared.infra.clock import stream_id_parts
+from shared.readmodel import schema
 
 log = logging.getLogger(__name__)
 

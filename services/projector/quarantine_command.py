@@ -22,10 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.projector import quarantine
 from services.projector.quarantine import Quarantined
 from services.projector.retry import retry_unheld
-from shared.clock import iso, now_ms
-from shared.db import create_engine, create_schema
-from shared.redis import client_for
-from shared.settings import Settings
+from shared.infra.clock import iso, now_ms
+from shared.infra.settings import Settings
+from shared.log.redis import client_for
+from shared.readmodel.db import create_engine, create_schema
 
 POLL_S = 0.5
 

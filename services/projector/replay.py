@@ -3,7 +3,7 @@
 Replay takes every partition's projector lock for its whole run, so it refuses to start (``Conflict``)
 while a live projector holds one, and a projector started meanwhile waits until replay is done. It then
 
-1. empties the projection tables (``shared.schema.PROJECTION_TABLES``; never the archive or checkpoints);
+1. empties the projection tables (``shared.readmodel.schema.PROJECTION_TABLES``; never the archive or checkpoints);
 2. folds every archived event, partition by partition in (ms, seq) order, with the live projector's fold
    and writes (rows are cached across batches and written once per batch);
 3. folds the tail of each stream after its checkpoint (entries not projected yet), archiving them and
@@ -40,15 +40,16 @@ from services.projector import quarantine
 from services.projector.failures import describe
 from services.projector.locks import LOCK_TTL_MS, PartitionLocks
 from services.projector.store import Store, Writes, decode_records
-from shared import keys, schema
-from shared.clock import now_ms, stream_id_parts
-from shared.consumer import Record, records_of
-from shared.db import create_engine, create_schema
-from shared.errors import Conflict
-from shared.events import Event, decode
-from shared.projection import Projection, needs_of
-from shared.redis import client_for
-from shared.settings import Settings
+from shared.infra.clock import now_ms, stream_id_parts
+from shared.infra.errors import Conflict
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.consumer import Record, records_of
+from shared.log.events import Event, decode
+from shared.log.redis import client_for
+from shared.readmodel import schema
+from shared.readmodel.db import create_engine, create_schema
+from shared.readmodel.projection import Projection, needs_of
 
 log = logging.getLogger(__name__)
 

@@ -34,9 +34,9 @@ from services.projector.failures import describe, is_data_error
 from services.projector.locks import LOCK_TTL_MS, PartitionLocks
 from services.projector.quarantine import Quarantined
 from services.projector.store import Fenced, Store, decode_records
-from shared.clock import now_ms
-from shared.consumer import Record
-from shared.projection import Projection, needs_of
+from shared.infra.clock import now_ms
+from shared.log.consumer import Record
+from shared.readmodel.projection import Projection, needs_of
 
 log = logging.getLogger(__name__)
 

@@ -20,12 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Insert
 
 from services.projector.mysql_bulk import MysqlBulk
-from shared import schema
-from shared.clock import stream_id_parts
-from shared.consumer import Record
-from shared.db import is_sqlite
-from shared.events import EVENT_TYPES, Event, decode
-from shared.projection import EXECUTIONS, STEPS, TABLES, TENANTS, USAGE, WORKFLOWS, Needs, Projection
+from shared.infra.clock import stream_id_parts
+from shared.log.consumer import Record
+from shared.log.events import EVENT_TYPES, Event, decode
+from shared.readmodel import schema
+from shared.readmodel.db import is_sqlite
+from shared.readmodel.projection import EXECUTIONS, STEPS, TABLES, TENANTS, USAGE, WORKFLOWS, Needs, Projection
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ SQLITE_BODY_CHUNK = 16 * 1024 * 1024
 IN_CHUNK = 900
 
 TABLE_OBJECTS: dict[str, Table] = {t.name: t for t in schema.PROJECTION_TABLES}
-assert set(TABLE_OBJECTS) == set(TABLES), "shared.projection and shared.schema disagree on the tables"
+assert set(TABLE_OBJECTS) == set(TABLES), "the read model's projection and schema disagree on the tables"
 
 _raw = msgspec.msgpack.Decoder(dict[str, Any])
 

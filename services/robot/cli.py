@@ -6,9 +6,9 @@ import argparse
 import logging
 import os
 
-from shared.errors import ConfigError
-from shared.runtime import run_until_signalled
-from shared.settings import Settings
+from shared.infra.errors import ConfigError
+from shared.infra.settings import Settings
+from shared.service.runtime import run_until_signalled
 
 KEY_VARIABLE = "ORQ_ROBOT_KEY"
 

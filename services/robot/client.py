@@ -16,7 +16,7 @@ from typing import Any, Literal
 import httpx
 import msgspec
 
-from shared.errors import OrqError
+from shared.infra.errors import OrqError
 
 FailureKind = Literal["business", "application"]
 

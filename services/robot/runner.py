@@ -18,8 +18,8 @@ import httpx
 from services.robot.client import Identity, RequestRefused, RobotClient, Task
 from services.robot.reconnect import Backoff, Reconnect, Stopped
 from services.robot.task import TaskRun
-from shared.action_runtime import Actions
-from shared.errors import ConfigError
+from shared.domain.actions.runtime import Actions
+from shared.infra.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import msgspec
 
 from services.robot.client import FailureKind, RequestRefused, RobotClient, Task, TaskStopped
 from services.robot.reconnect import GaveUp, Reconnect
-from shared.action_runtime import Actions
-from shared.errors import StepFailed
+from shared.domain.actions.runtime import Actions
+from shared.infra.errors import StepFailed
 
 log = logging.getLogger(__name__)
 # The server's bounds (services/api/schemas.py): a failure's or a heartbeat's message up to 2000 characters, a log

@@ -2,7 +2,7 @@
 
 Every ``ORQ_QUEUE_SWEEP_SECONDS`` (default 30), on every partition, items whose claim is older than their
 queue's ``abandon_after_minutes`` are abandoned, and retried where their queue allows
-(:func:`shared.queues_claims.abandon_due`). The API also does this lazily before each claim on a partition;
+(:func:`shared.domain.queues.claims.abandon_due`). The API also does this lazily before each claim on a partition;
 the sweep covers queues nobody claims from, so their items do not stay ``in_progress`` forever. Any number
 of trigger services may sweep at once: each abandonment is a unit guarded on the claim it ends, so it
 happens once.
@@ -16,10 +16,10 @@ from contextlib import suppress
 
 from redis.asyncio import Redis
 
-from shared.clock import now_ms
-from shared.commit import Committer
-from shared.queues_claims import abandon_everywhere
-from shared.settings import Settings
+from shared.domain.queues.claims import abandon_everywhere
+from shared.infra.clock import now_ms
+from shared.infra.settings import Settings
+from shared.log.commit import Committer
 
 
 async def sweep_abandoned(

@@ -22,11 +22,12 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from redis.asyncio import Redis
 
-from shared import keys, metrics
-from shared.clock import now_ms
-from shared.settings import Settings
-from shared.triggers import TriggerState, find_by_token
-from shared.triggers_firing import Claim, Fired, Firer, NotFired, Once, Request, Skipped
+from shared.domain.triggers.definitions import TriggerState, find_by_token
+from shared.domain.triggers.firing import Claim, Fired, Firer, NotFired, Once, Request, Skipped
+from shared.infra.clock import now_ms
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.service import metrics
 
 log = logging.getLogger(__name__)
 

@@ -27,12 +27,13 @@ import watchfiles
 from redis.asyncio import Redis
 
 from services.trigger.registry import config_of, live_triggers
-from shared import keys, metrics
-from shared.clock import iso, now_ms
-from shared.redis import text
-from shared.settings import Settings
-from shared.triggers import FileWatcherConfig, TriggerState
-from shared.triggers_firing import Fired, Firer, Request, Swap
+from shared.domain.triggers.definitions import FileWatcherConfig, TriggerState
+from shared.domain.triggers.firing import Fired, Firer, Request, Swap
+from shared.infra.clock import iso, now_ms
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.redis import text
+from shared.service import metrics
 
 log = logging.getLogger(__name__)
 

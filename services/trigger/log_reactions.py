@@ -24,20 +24,21 @@ from redis.asyncio import Redis
 
 from services.trigger.parents import Parents
 from services.trigger.queue_items import QueueItemTriggers
-from shared import keys, metrics
-from shared.clock import now_ms
-from shared.consumer import Record
-from shared.events import (
+from shared.domain.executions.state import read_execution
+from shared.domain.triggers.definitions import chain_edges, read_trigger
+from shared.domain.triggers.firing import Fired, Firer, Once, Request
+from shared.infra.clock import now_ms
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.consumer import Record
+from shared.log.events import (
     Event,
     ExecutionCancelled,
     ExecutionCompleted,
     ExecutionFailed,
     QueueItemAdded,
 )
-from shared.execution_state import read_execution
-from shared.settings import Settings
-from shared.triggers import chain_edges, read_trigger
-from shared.triggers_firing import Fired, Firer, Once, Request
+from shared.service import metrics
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
-"""Sub-workflows seen from the log (shared/subworkflows.py): a child's end reaches the parent waiting for it,
-and a cancelled parent's waited-for child is cancelled too.
+"""Sub-workflows seen from the log (shared/domain/executions/subworkflows.py): a child's end reaches the parent
+waiting for it, and a cancelled parent's waited-for child is cancelled too.
 
 Both are guarded commits on Redis state, so a redelivered event (a crash before the ack) changes nothing the
 second time: the parent no longer waits for that child, the child is already cancelled.
@@ -12,13 +12,14 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from shared import metrics, subworkflows
-from shared.clock import now_ms
-from shared.commit import Applied, Committer
-from shared.execution_commands import cancel_unit
-from shared.execution_state import read_execution
-from shared.optimistic import MOVED, Moved, optimistically
-from shared.pinned import PinnedDefinitions
+from shared.domain.executions import subworkflows
+from shared.domain.executions.commands import cancel_unit
+from shared.domain.executions.pinned import PinnedDefinitions
+from shared.domain.executions.state import read_execution
+from shared.infra.clock import now_ms
+from shared.infra.optimistic import MOVED, Moved, optimistically
+from shared.log.commit import Applied, Committer
+from shared.service import metrics
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """``queue_item`` triggers: one execution per item of a work queue, at most ``max_concurrent`` at a time.
 
-Filling a trigger's free slots: take the queue's next ready items (:func:`shared.queues_claims.next_ready`)
+Filling a trigger's free slots: take the queue's next ready items (:func:`shared.domain.queues.claims.next_ready`)
 and fire one execution per item. Each firing unit also claims the item (``new`` → ``in_progress``, with the
-execution's id: :func:`shared.queues_claims.claim_item`), counts the slot in the trigger's ``inflight`` field
+execution's id: :func:`shared.domain.queues.claims.claim_item`), counts the slot in the trigger's ``inflight`` field
 (guarded by ``max_concurrent``) and records execution → item in ``orq:{p}:trigger_runs``: item, slot and
 execution go together or not at all.
 
@@ -22,15 +22,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from services.trigger.registry import config_of, live_triggers
-from shared import keys, metrics
-from shared.clock import new_id, now_ms
-from shared.commit import Applied, Refused, Unit
-from shared.events import ExecutionDlqPurged
-from shared.execution_state import ExecutionState, read_execution, record
-from shared.lru import LRU
-from shared.optimistic import MOVED, Moved, optimistically
-from shared.queues import QueueState, read_queue
-from shared.queues_claims import (
+from shared.domain.aggregates import Status
+from shared.domain.executions.state import ExecutionState, read_execution, record
+from shared.domain.queues.claims import (
     IN_PROGRESS,
     QUEUE_RUN_ATTEMPTS,
     TRIGGER_CLAIMER,
@@ -40,12 +34,19 @@ from shared.queues_claims import (
     link_run,
     next_ready,
 )
-from shared.queues_items import ItemState, read_items
-from shared.redis import text
-from shared.settings import Settings
-from shared.state import Status
-from shared.triggers import QueueItemConfig, TriggerState, read_trigger
-from shared.triggers_firing import Fired, Firer, Request, Skipped
+from shared.domain.queues.definitions import QueueState, read_queue
+from shared.domain.queues.items import ItemState, read_items
+from shared.domain.triggers.definitions import QueueItemConfig, TriggerState, read_trigger
+from shared.domain.triggers.firing import Fired, Firer, Request, Skipped
+from shared.infra.clock import new_id, now_ms
+from shared.infra.lru import LRU
+from shared.infra.optimistic import MOVED, Moved, optimistically
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.commit import Applied, Refused, Unit
+from shared.log.events import ExecutionDlqPurged
+from shared.log.redis import text
+from shared.service import metrics
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from typing import TypeVar
 import msgspec
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.redis import text
-from shared.triggers import CONFIG_TYPES, Config, TriggerState, read_triggers
+from shared.domain.triggers.definitions import CONFIG_TYPES, Config, TriggerState, read_triggers
+from shared.log import keys
+from shared.log.redis import text
 
 C = TypeVar("C", bound=Config)
 

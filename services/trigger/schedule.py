@@ -1,8 +1,8 @@
 """Schedule triggers: fire each cron tick once, however many trigger services run.
 
 Every instance looks at every live schedule trigger each poll (``ORQ_TRIGGER_POLL_SECONDS``) and asks
-:func:`shared.cron.due` what to do from the trigger's cursor (the last tick handled). A tick is fired with two
-claims in the firing unit: ``SET`` of the tick's key (absent before) and a compare-and-set of the cursor
+:func:`shared.domain.triggers.cron.due` what to do from the trigger's cursor (the last tick handled). A tick is
+fired with two claims in the firing unit: ``SET`` of the tick's key (absent before) and a compare-and-set of the cursor
 from the value read to the tick. Two instances racing for a tick both build the unit; Redis applies one,
 refuses the other. The overlap policy ``skip`` (default) records ``trigger.skipped`` instead of starting a
 run while the previous run of the trigger is queued, running or retrying.
@@ -18,11 +18,13 @@ from contextlib import suppress
 from redis.asyncio import Redis
 
 from services.trigger.registry import config_of, live_triggers
-from shared import cron, keys, metrics
-from shared.clock import now_ms
-from shared.settings import Settings
-from shared.triggers import ScheduleConfig, TriggerState
-from shared.triggers_firing import Claim, Fired, Firer, NotFired, Once, Request, Swap
+from shared.domain.triggers import cron
+from shared.domain.triggers.definitions import ScheduleConfig, TriggerState
+from shared.domain.triggers.firing import Claim, Fired, Firer, NotFired, Once, Request, Swap
+from shared.infra.clock import now_ms
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.service import metrics
 
 log = logging.getLogger(__name__)
 

@@ -28,11 +28,11 @@ from services.trigger.file_watcher import FileWatcher
 from services.trigger.log_reactions import LogReactions
 from services.trigger.queue_items import QueueItemTriggers
 from services.trigger.schedule import Scheduler
-from shared import keys
-from shared.bootstrap import Service
-from shared.consumer import StreamConsumer
-from shared.settings import Settings
-from shared.triggers_firing import Firer
+from shared.domain.triggers.firing import Firer
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.consumer import StreamConsumer
+from shared.service.bootstrap import Service
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 
 from services.api.app import create_app
-from shared.commit import Committer
-from shared.redis import connect
-from shared.settings import Settings
+from shared.infra.settings import Settings
+from shared.log.commit import Committer
+from shared.log.redis import connect
 from tests.api.support import TenantHandle, create_tenant
 from tests.helpers import REDIS_URL
 

@@ -12,13 +12,14 @@ from typing import Any
 import httpx
 from redis.asyncio import Redis
 
-from shared import execution_ops, keys
-from shared.clock import now_ms
-from shared.commit import Applied, Committer, Unit
-from shared.consumer import records_of
-from shared.events import ExecutionDeadLettered, ExecutionFailed, ExecutionStarted
-from shared.settings import Settings
-from shared.state import Status
+from shared.domain.aggregates import Status
+from shared.domain.executions import ops as execution_ops
+from shared.infra.clock import now_ms
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.commit import Applied, Committer, Unit
+from shared.log.consumer import records_of
+from shared.log.events import ExecutionDeadLettered, ExecutionFailed, ExecutionStarted
 
 NOOP_WORKFLOW: dict[str, Any] = {"name": "hello", "steps": [{"action": "noop"}]}
 
@@ -127,7 +128,7 @@ async def mark_failed(committer: Committer, tenant: TenantHandle, execution_id: 
     unit.hset(state_key, {"status": Status.FAILED.value})
     if dead_letter:
         unit.event(ExecutionDeadLettered(tenant_id=tenant.id, aggregate_id=execution_id, ts=ts, error="boom"))
-        unit.xadd(keys.dlq(p), {"e": execution_id, "t": tenant.id}, ref=(state_key, "dlq_id"))
+        unit.xadd(keys.dlq(p), {"e": execution_id, "tenant": tenant.id}, ref=(state_key, "dlq_id"))
         unit.hset(state_key, {"dead_lettered": "1"})
     assert isinstance(await committer.commit(unit), Applied)
 

@@ -9,8 +9,8 @@ from starlette.routing import Route
 
 from services.api.app import all_routes, create_app
 from services.api.openapi import OPS
-from shared.redis import connect
-from shared.settings import Settings
+from shared.infra.settings import Settings
+from shared.log.redis import connect
 from tests.api.support import TenantHandle
 
 

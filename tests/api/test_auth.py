@@ -6,8 +6,8 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.settings import Settings
+from shared.infra.settings import Settings
+from shared.log import keys
 from tests.api.support import TenantHandle, log_lengths
 
 TENANT_ROUTES = [

@@ -7,9 +7,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.commit import Committer
-from shared.settings import Settings
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.commit import Committer
 from tests.api.support import (
     TenantHandle,
     create_workflow,

@@ -10,12 +10,12 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.clock import month_of, now_ms
-from shared.consumer import records_of
-from shared.events import ExecutionQueued, QuotaExceeded, decode
-from shared.settings import Settings
-from shared.state import decode_definition
+from shared.domain.aggregates import decode_definition
+from shared.infra.clock import month_of, now_ms
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.consumer import records_of
+from shared.log.events import ExecutionQueued, QuotaExceeded, decode
 from tests.api.support import (
     TenantHandle,
     create_tenant,

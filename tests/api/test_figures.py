@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 from redis.asyncio import Redis
 
-from shared.settings import Settings
+from shared.infra.settings import Settings
 from tests.api.support import TenantHandle, create_workflow, execute, executor, get_execution, projector
 from tests.helpers import assert_eventually, switchable_server
 

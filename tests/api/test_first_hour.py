@@ -16,11 +16,11 @@ import httpx
 from redis.asyncio import Redis
 
 from services.trigger.service import serve as serve_trigger
-from shared import keys
-from shared.clock import now_ms
-from shared.commit import Committer
-from shared.queues_claims import abandon_due
-from shared.settings import Settings
+from shared.domain.queues.claims import abandon_due
+from shared.infra.clock import now_ms
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.commit import Committer
 from tests.api.support import TenantHandle, create_workflow, execute, executor, get_execution, projector
 from tests.helpers import assert_eventually, http_server
 

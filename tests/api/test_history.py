@@ -21,15 +21,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.api.feed import Subscription, replay
 from services.api.routes.history import render
 from services.projector.store import CHECKPOINT_NAME
-from shared import history, keys
-from shared.clock import now_ms, stream_id_parts
-from shared.commit import Committer
-from shared.consumer import records_of
-from shared.events import Event, decode, type_of
-from shared.projection import Projection
-from shared.redis import Entries
-from shared.schema import event_archive, execution_logs
-from shared.settings import Settings
+from shared.infra.clock import now_ms, stream_id_parts
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.commit import Committer
+from shared.log.consumer import records_of
+from shared.log.events import Event, decode, type_of
+from shared.log.redis import Entries
+from shared.readmodel import history
+from shared.readmodel.projection import Projection
+from shared.readmodel.schema import event_archive, execution_logs
 from tests.api.support import TenantHandle, create_workflow, execute, execution_state, executor, projector
 from tests.feed.support import append_logs
 from tests.helpers import assert_eventually

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api.app import create_app
-from shared.settings import Settings
+from shared.infra.settings import Settings
 from tests.api.support import TenantHandle, create_tenant, log_lengths
 
 LIMIT = 1024

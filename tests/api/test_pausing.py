@@ -5,10 +5,10 @@ from __future__ import annotations
 import httpx
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.plans import default_plans
-from shared.settings import Settings
-from shared.state import read_tenant
+from shared.domain.aggregates import read_tenant
+from shared.infra.plans import default_plans
+from shared.infra.settings import Settings
+from shared.log import keys
 from tests.api.conftest import TenantHandle
 from tests.api.support import admin_headers, create_tenant, create_workflow, log_lengths, log_types
 

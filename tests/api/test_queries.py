@@ -10,7 +10,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from shared.settings import Settings
+from shared.infra.settings import Settings
 from tests.api.support import TenantHandle, create_workflow, execute, executor, projector
 from tests.helpers import assert_eventually
 

@@ -12,9 +12,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.redis import text
-from shared.settings import Settings
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.redis import text
 from tests.api.support import TenantHandle, log_lengths, log_types
 from tests.api.test_queues import make_queue
 from tests.helpers import assert_eventually

@@ -12,9 +12,9 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api.routes.queues import queue_stats
-from shared.clock import now_ms
-from shared.queues import read_queue
-from shared.settings import Settings
+from shared.domain.queues.definitions import read_queue
+from shared.infra.clock import now_ms
+from shared.infra.settings import Settings
 from tests.api.support import TenantHandle, projector
 from tests.api.test_queues import make_queue
 from tests.api.test_queues_items import add, claim, finish

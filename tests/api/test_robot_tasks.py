@@ -13,9 +13,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.plans import Plan, default_plans
-from shared.settings import Settings
+from shared.infra.plans import Plan, default_plans
+from shared.infra.settings import Settings
+from shared.log import keys
 from tests.api.support import (
     TenantHandle,
     create_tenant,

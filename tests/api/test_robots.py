@@ -17,11 +17,11 @@ from starlette.applications import Starlette
 
 from services.api.app import create_app
 from services.projector.replay import replay
-from shared import keys
-from shared.events import decode, type_of
-from shared.robots import RobotState, robot_status
-from shared.schema import robots
-from shared.settings import Settings
+from shared.domain.robots.registry import RobotState, robot_status
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.events import decode, type_of
+from shared.readmodel.schema import robots
 from tests.api.support import TenantHandle, admin_headers, log_lengths, log_types, projector
 from tests.helpers import assert_eventually
 

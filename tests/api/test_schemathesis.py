@@ -29,8 +29,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from services.api.server import serve
-from shared import commit_script, keys
-from shared.settings import Settings
+from shared.domain import commit_script
+from shared.infra.settings import Settings
+from shared.log import keys
 from tests.api.support import NOOP_WORKFLOW, TenantHandle, admin_headers, mark_failed
 from tests.helpers import free_port, until_answering
 

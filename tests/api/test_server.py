@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from services.api.server import serve
-from shared.settings import Settings
+from shared.infra.settings import Settings
 from tests.api.support import admin_headers
 from tests.helpers import free_port, until_answering
 

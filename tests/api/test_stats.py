@@ -12,11 +12,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from services.api.metrics import MINUTE_MS, percentile, summarize
-from shared import keys
-from shared.clock import now_ms
-from shared.commit import Applied, Committer, Unit
-from shared.events import ExecutionCompleted, ExecutionStarted, StepCompleted
-from shared.settings import Settings
+from shared.infra.clock import now_ms
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.commit import Applied, Committer, Unit
+from shared.log.events import ExecutionCompleted, ExecutionStarted, StepCompleted
 from tests.api.support import TenantHandle, create_workflow, mark_failed, mark_running, projector
 from tests.helpers import assert_eventually
 

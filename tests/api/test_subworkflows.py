@@ -11,10 +11,10 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.events import ExecutionQueued, decode
-from shared.plans import Plan, default_plans
-from shared.settings import Settings
+from shared.infra.plans import Plan, default_plans
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.events import ExecutionQueued, decode
 from tests.api.support import (
     TenantHandle,
     create_tenant,

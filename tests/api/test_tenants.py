@@ -7,9 +7,9 @@ import hashlib
 import httpx
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.settings import Settings
-from shared.state import read_tenant
+from shared.domain.aggregates import read_tenant
+from shared.infra.settings import Settings
+from shared.log import keys
 from tests.api.support import TenantHandle, admin_headers, log_lengths, log_types
 
 

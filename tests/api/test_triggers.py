@@ -10,9 +10,9 @@ from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import keys
-from shared.schema import workflow_triggers
-from shared.settings import Settings
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.readmodel.schema import workflow_triggers
 from tests.api.support import TenantHandle, create_workflow, execution_state, log_lengths, projector
 from tests.helpers import assert_eventually
 

@@ -10,11 +10,11 @@ import msgspec
 from redis.asyncio import Redis
 
 from services.api.routes.webhooks import MAX_BODY_BYTES, sign
-from shared import keys
-from shared.clock import month_of, now_ms
-from shared.consumer import records_of
-from shared.events import TriggerFired, decode
-from shared.settings import Settings
+from shared.infra.clock import month_of, now_ms
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.consumer import records_of
+from shared.log.events import TriggerFired, decode
 from tests.api.support import TenantHandle, create_workflow, execution_state, log_lengths
 
 SECRET = "correct horse battery staple"

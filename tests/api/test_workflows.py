@@ -10,9 +10,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.settings import Settings
-from shared.state import decode_definition, read_workflow
+from shared.domain.aggregates import decode_definition, read_workflow
+from shared.infra.settings import Settings
+from shared.log import keys
 from tests.api.support import NOOP_WORKFLOW, TenantHandle, create_workflow, log_lengths, log_types, projector
 from tests.helpers import assert_eventually
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.redis import connect
+from shared.log import keys
+from shared.log.redis import connect
 from tests.cluster.harness import LocalCluster, binaries
 from tests.conftest import IN_CI
 from tests.executor.seed import PARTITIONS

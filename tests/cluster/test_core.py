@@ -22,10 +22,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from websockets.asyncio.client import connect
 
-from shared.db import create_engine
-from shared.events import Event, ExecutionCompleted, ExecutionFailed, ExecutionStarted
-from shared.plans import default_plans
-from shared.schema import executions
+from shared.infra.plans import default_plans
+from shared.log.events import Event, ExecutionCompleted, ExecutionFailed, ExecutionStarted
+from shared.readmodel.db import create_engine
+from shared.readmodel.schema import executions
 from tests.cluster.conftest import cluster_client
 from tests.cluster.harness import LocalCluster
 from tests.drills.fleet import ADMIN_TOKEN, Fleet, drill_env, fleet

@@ -19,8 +19,8 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.db import create_engine
+from shared.log import keys
+from shared.readmodel.db import create_engine
 from tests.cluster.conftest import cluster_client
 from tests.cluster.harness import LocalCluster, slot_of_key
 from tests.drills.fleet import ADMIN_TOKEN, Fleet, drill_env, fleet

@@ -6,10 +6,11 @@ import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
-from shared import commit_script, keys
-from shared.commit import Applied, NotReplicated, Unit
-from shared.events import ExecutionCancelled
-from shared.redis import connect
+from shared.domain import commit_script
+from shared.log import keys
+from shared.log.commit import Applied, NotReplicated, Unit
+from shared.log.events import ExecutionCancelled
+from shared.log.redis import connect
 from tests.cluster.harness import HOST, LocalCluster, slot_of_key
 from tests.executor.seed import PARTITIONS
 

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from shared import commit_script
-from shared.clock import new_id, now_ms
-from shared.commit import Committer, Unit
-from shared.events import (
+from shared.domain import commit_script
+from shared.infra.clock import new_id, now_ms
+from shared.infra.settings import Settings
+from shared.log.commit import Committer, Unit
+from shared.log.events import (
     EventBase,
     ExecutionCompleted,
     ExecutionQueued,
@@ -26,8 +27,7 @@ from shared.events import (
     StepStarted,
     outline,
 )
-from shared.settings import Settings
-from shared.workflows import StepDef, WorkflowDef
+from shared.log.workflows import StepDef, WorkflowDef
 from tests.api.support import TenantHandle
 from tests.feed.conftest import serve
 from tests.helpers import REDIS_URL

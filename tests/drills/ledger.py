@@ -15,8 +15,9 @@ from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import keys, schema
-from shared.events import (
+from shared.domain.aggregates import FINISHED
+from shared.log import keys
+from shared.log.events import (
     Event,
     ExecutionCancelled,
     ExecutionRecovered,
@@ -26,8 +27,8 @@ from shared.events import (
     StepStarted,
     type_of,
 )
-from shared.projection import key_of
-from shared.state import FINISHED
+from shared.readmodel import schema
+from shared.readmodel.projection import key_of
 from tests.executor.seed import PARTITIONS, status
 from tests.helpers import assert_eventually
 from tests.projector.factories import Snapshot, fold, snapshot, stream_events

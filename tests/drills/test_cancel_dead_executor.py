@@ -13,7 +13,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from shared import keys
+from shared.log import keys
 from tests.drills.fleet import ADMIN_TOKEN, Fleet, drill_env, fleet, pid_of
 from tests.drills.ledger import after_cancel, assert_kept_promises, assert_released, crashed_pids, histories, holder
 from tests.executor.seed import PARTITIONS, status

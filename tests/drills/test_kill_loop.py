@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from shared import commit_script
-from shared.db import create_engine
-from shared.events import ExecutionRecovered
-from shared.workflows import StepDef, WorkflowDef
+from shared.domain import commit_script
+from shared.log.events import ExecutionRecovered
+from shared.log.workflows import StepDef, WorkflowDef
+from shared.readmodel.db import create_engine
 from tests.drills.fleet import drill_env, fleet, pid_of
 from tests.drills.ledger import (
     assert_kept_promises,

@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from shared import commit_script, keys
-from shared.clock import now_ms
-from shared.commit import Applied, Committer
-from shared.execution_commands import cancel_unit
-from shared.redis import connect
-from shared.state import Status
-from shared.workflows import StepDef, WorkflowDef
+from shared.domain import commit_script
+from shared.domain.aggregates import Status
+from shared.domain.executions.commands import cancel_unit
+from shared.infra.clock import now_ms
+from shared.log import keys
+from shared.log.commit import Applied, Committer
+from shared.log.redis import connect
+from shared.log.workflows import StepDef, WorkflowDef
 from tests.drills.fleet import drill_env, fleet
 from tests.drills.ledger import assert_kept_promises, assert_released, histories, holder, wait_finished
 from tests.drills.servers import PrivateRedis

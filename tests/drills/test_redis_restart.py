@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from shared import commit_script
-from shared.redis import connect
-from shared.workflows import StepDef, WorkflowDef
+from shared.domain import commit_script
+from shared.log.redis import connect
+from shared.log.workflows import StepDef, WorkflowDef
 from tests.drills.fleet import drill_env, fleet
 from tests.drills.ledger import assert_kept_promises, assert_released, histories, holder, outcomes, wait_finished
 from tests.drills.servers import PrivateRedis

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from shared import commit_script
-from shared.events import ExecutionRecovered, ExecutionStarted, StepCompleted, StepStarted
-from shared.workflows import StepDef, WorkflowDef
+from shared.domain import commit_script
+from shared.log.events import ExecutionRecovered, ExecutionStarted, StepCompleted, StepStarted
+from shared.log.workflows import StepDef, WorkflowDef
 from tests.drills.fleet import drill_env, fleet, pid_of
 from tests.drills.ledger import assert_kept_promises, assert_released, crashed_pids, histories, holder, wait_finished
 from tests.executor.seed import queue, seed_workflow, status

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.schema import execution_steps, executions
+from shared.readmodel.schema import execution_steps, executions
 from tests.e2e.conftest import Deployment
 from tests.helpers import assert_eventually
 

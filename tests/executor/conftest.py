@@ -10,9 +10,9 @@ import pytest
 from redis.asyncio import Redis
 
 from services.executor.worker import Executor
-from shared import commit_script
-from shared.commit import Committer
-from shared.settings import Settings
+from shared.domain import commit_script
+from shared.infra.settings import Settings
+from shared.log.commit import Committer
 from tests.executor.in_process import InProcessExecutors
 from tests.executor.seed import PARTITIONS
 from tests.helpers import REDIS_URL

@@ -8,10 +8,10 @@ import httpx
 from redis.asyncio import Redis
 
 from services.executor.worker import Executor
-from shared import commit_script
-from shared.action_runtime import Actions
-from shared.commit import Committer
-from shared.settings import Settings
+from shared.domain import commit_script
+from shared.domain.actions.runtime import Actions
+from shared.infra.settings import Settings
+from shared.log.commit import Committer
 
 
 class InProcessExecutors:

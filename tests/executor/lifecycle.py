@@ -20,14 +20,15 @@ import msgspec
 from redis.asyncio import Redis
 
 from services.executor.worker import Executor
-from shared import commit_script, keys
-from shared.action_runtime import Actions
-from shared.actions import ActionContext
-from shared.commit import Committer
-from shared.consumer import records_of
-from shared.errors import StepFailed
-from shared.plans import Plan, default_plans
-from shared.settings import Settings
+from shared.domain import commit_script
+from shared.domain.actions.runtime import Actions
+from shared.domain.actions.schemas import ActionContext
+from shared.infra.errors import StepFailed
+from shared.infra.plans import Plan, default_plans
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.commit import Committer
+from shared.log.consumer import records_of
 from tests.helpers import REDIS_URL
 
 LEASE_S = 1.0

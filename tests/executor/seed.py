@@ -6,15 +6,15 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.admission import Run, admission_unit
-from shared.clock import new_id, now_ms
-from shared.commit import Applied, Committer, Unit
-from shared.consumer import records_of
-from shared.events import Event
-from shared.plans import Plan, default_plans
-from shared.state import WorkflowState, encode_definition
-from shared.workflows import WorkflowDef
+from shared.domain.aggregates import WorkflowState, encode_definition
+from shared.domain.executions.admission import Run, admission_unit
+from shared.infra.clock import new_id, now_ms
+from shared.infra.plans import Plan, default_plans
+from shared.log import keys
+from shared.log.commit import Applied, Committer, Unit
+from shared.log.consumer import records_of
+from shared.log.events import Event
+from shared.log.workflows import WorkflowDef
 
 PARTITIONS = 4
 

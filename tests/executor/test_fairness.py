@@ -6,11 +6,12 @@ import asyncio
 
 from redis.asyncio import Redis
 
-from shared import execution_ops, keys
-from shared.commit import Committer, Unit
-from shared.events import ExecutionCompleted, ExecutionStarted
-from shared.plans import Plan, default_plans
-from shared.workflows import StepDef, WorkflowDef
+from shared.domain.executions import ops as execution_ops
+from shared.infra.plans import Plan, default_plans
+from shared.log import keys
+from shared.log.commit import Committer, Unit
+from shared.log.events import ExecutionCompleted, ExecutionStarted
+from shared.log.workflows import StepDef, WorkflowDef
 from tests.executor.seed import (
     PARTITIONS,
     events_of,

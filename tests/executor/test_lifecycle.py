@@ -17,21 +17,22 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from services.executor.run import StepContext
 from services.executor.worker import Executor
 from services.trigger.log_reactions import outcome_of
-from shared import commit_script, keys
-from shared.action_runtime import Actions
-from shared.clock import now_ms
-from shared.commit import Applied, Committer, Outcome, Unit
-from shared.events import ExecutionDeadLettered, ExecutionFailed
-from shared.execution_commands import (
+from shared.domain import commit_script
+from shared.domain.actions.runtime import Actions
+from shared.domain.aggregates import Status, WorkflowState
+from shared.domain.executions.commands import (
     cancel_unit,
     priority_unit,
     requeue_unit,
     workflow_delete_unit,
     workflow_pause_unit,
 )
-from shared.settings import Settings
-from shared.state import Status, WorkflowState
-from shared.workflows import Backoff, RetryPolicy, StepDef, WorkflowDef
+from shared.infra.clock import now_ms
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.commit import Applied, Committer, Outcome, Unit
+from shared.log.events import ExecutionDeadLettered, ExecutionFailed
+from shared.log.workflows import Backoff, RetryPolicy, StepDef, WorkflowDef
 from tests.executor.lifecycle import PLANS, Rig, check_invariants
 from tests.executor.seed import PARTITIONS, events_of, queue, seed_workflow, status, tenants_in_one_partition
 from tests.helpers import REDIS_URL, assert_eventually

@@ -21,20 +21,22 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from services.api import commands
 from services.api.context import ApiContext
 from services.executor.robot_leases import RobotLeases
-from shared import commit_script, keys, robot_tasks
-from shared.admission import Run, admission_unit
-from shared.clock import new_id, now_ms
-from shared.commit import Applied
-from shared.consumer import records_of
-from shared.errors import Conflict, NotFound
-from shared.events import ExecutionQueued
-from shared.execution_commands import workflow_delete_unit, workflow_pause_unit
-from shared.execution_state import EVOLVED_FIELDS, ExecutionState, evolve, new_execution, read_execution
-from shared.pinned import PinnedDefinitions
-from shared.redis import connect
-from shared.settings import Settings
-from shared.state import WorkflowState
-from shared.workflows import Backoff, RetryPolicy, StepDef, WorkflowDef
+from shared.domain import commit_script
+from shared.domain.aggregates import WorkflowState
+from shared.domain.executions.admission import Run, admission_unit
+from shared.domain.executions.commands import workflow_delete_unit, workflow_pause_unit
+from shared.domain.executions.pinned import PinnedDefinitions
+from shared.domain.executions.state import EVOLVED_FIELDS, ExecutionState, evolve, new_execution, read_execution
+from shared.domain.robots import tasks as robot_tasks
+from shared.infra.clock import new_id, now_ms
+from shared.infra.errors import Conflict, NotFound
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.commit import Applied
+from shared.log.consumer import records_of
+from shared.log.events import ExecutionQueued
+from shared.log.redis import connect
+from shared.log.workflows import Backoff, RetryPolicy, StepDef, WorkflowDef
 from tests.executor.lifecycle import PLANS, Node, Rig, check_invariants, executions
 from tests.executor.seed import PARTITIONS, seed_workflow, tenants_in_one_partition
 from tests.helpers import REDIS_URL
@@ -110,7 +112,7 @@ class Lifecycle(RuleBasedStateMachine):
     # --- helpers ----------------------------------------------------------------------------------------------
     def _tenant(self, execution_id: str) -> Any:
         async def read() -> Any:
-            from shared.state import read_tenant
+            from shared.domain.aggregates import read_tenant
 
             raw = await self.redis.hget(keys.execution(P, execution_id), "tenant")
             return await read_tenant(self.redis, PARTITIONS, raw.decode())
@@ -209,7 +211,7 @@ class Lifecycle(RuleBasedStateMachine):
         self.rig.gate.open(data.draw(st.sampled_from(self.rig.gate.waiting())), ok)
         self.run(self.rig.settle())
 
-    # --- robots (shared/robot_tasks.py, as the API's task routes call it) ---------------------------------------
+    # --- robots (shared/domain/robots/tasks.py, as the API's task routes call it) -------------------------------------
     @rule(robot=st.sampled_from(ROBOTS), tenant=st.sampled_from(TENANTS))
     def robot_takes(self, robot: str, tenant: str) -> None:
         claimed = self.run(robot_tasks.claim(self.redis, p=P, tenant_id=tenant, pool=POOL, robot_id=robot,

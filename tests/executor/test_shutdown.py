@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from shared import commit_script
-from shared.events import ExecutionStarted, StepCompleted
-from shared.workflows import StepDef, WorkflowDef
+from shared.domain import commit_script
+from shared.log.events import ExecutionStarted, StepCompleted
+from shared.log.workflows import StepDef, WorkflowDef
 from tests.executor.seed import PARTITIONS, events_of, queue, seed_workflow, status
 from tests.helpers import REDIS_URL, assert_eventually
 from tests.processes import OrqProcess, orq_env, orq_processes

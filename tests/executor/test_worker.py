@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.commit import Applied, Committer
-from shared.events import ExecutionRetrying, ExecutionStarted, StepCompleted, StepStarted
-from shared.execution_commands import cancel_unit
-from shared.state import Status
-from shared.workflows import Backoff, RetryPolicy, StepDef, WorkflowDef
+from shared.domain.aggregates import Status
+from shared.domain.executions.commands import cancel_unit
+from shared.log import keys
+from shared.log.commit import Applied, Committer
+from shared.log.events import ExecutionRetrying, ExecutionStarted, StepCompleted, StepStarted
+from shared.log.workflows import Backoff, RetryPolicy, StepDef, WorkflowDef
 from tests.executor.seed import PARTITIONS, events_of, queue, seed_workflow, status
 from tests.helpers import assert_eventually
 
@@ -134,7 +134,7 @@ async def test_higher_priority_runs_first_with_one_slot(redis: Redis, committer:
     await wait_status(redis, urgent, "completed")
     p = keys.partition_of(TENANT, PARTITIONS)
     starts = [r for r in await redis.xrange(keys.log(p)) if r[1][b"t"] == b"execution.started"]
-    from shared.consumer import records_of
+    from shared.log.consumer import records_of
 
     first = records_of(starts)[0].event()
     assert first.aggregate_id == urgent

@@ -15,11 +15,11 @@ from redis.asyncio import Redis
 from starlette.applications import Starlette
 
 from services.api.app import create_app
-from shared import commit_script
-from shared.commit import Committer
-from shared.db import create_engine, create_schema
-from shared.redis import connect
-from shared.settings import Settings
+from shared.domain import commit_script
+from shared.infra.settings import Settings
+from shared.log.commit import Committer
+from shared.log.redis import connect
+from shared.readmodel.db import create_engine, create_schema
 from tests.api.support import TenantHandle, create_tenant
 from tests.helpers import REDIS_URL, assert_eventually, free_port
 

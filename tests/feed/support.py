@@ -9,12 +9,12 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection
 
-from shared import keys
-from shared.clock import now_ms
-from shared.commit import Applied, Committer, Unit
-from shared.consumer import records_of
-from shared.events import ExecutionLog
-from shared.redis import Entries
+from shared.infra.clock import now_ms
+from shared.log import keys
+from shared.log.commit import Applied, Committer, Unit
+from shared.log.consumer import records_of
+from shared.log.events import ExecutionLog
+from shared.log.redis import Entries
 from tests.api.support import TenantHandle
 
 

@@ -9,9 +9,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from services.api.feed import FeedHub
-from shared import keys
-from shared.commit import Committer
-from shared.settings import Settings
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.commit import Committer
 from tests.api.support import TenantHandle
 from tests.feed.conftest import serve
 from tests.feed.support import append_logs, receive

@@ -12,9 +12,9 @@ from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from shared import keys
-from shared.commit import Committer
-from shared.settings import Settings
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.commit import Committer
 from tests.api.support import create_workflow
 from tests.feed.conftest import LiveApi, serve
 from tests.feed.support import append_logs, receive, tenant_ids

@@ -14,8 +14,8 @@ from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from shared.commit import Committer
-from shared.settings import Settings
+from shared.infra.settings import Settings
+from shared.log.commit import Committer
 from tests.feed.conftest import serve
 from tests.feed.support import append_logs, receive
 from tests.helpers import assert_eventually

@@ -15,10 +15,10 @@ from redis.asyncio import Redis
 
 from services.api.app import create_app
 from services.executor.worker import Executor
-from shared.commit import Committer
-from shared.db import create_engine, create_schema
-from shared.redis import connect
-from shared.settings import Settings
+from shared.infra.settings import Settings
+from shared.log.commit import Committer
+from shared.log.redis import connect
+from shared.readmodel.db import create_engine, create_schema
 from tests.api.support import TenantHandle, create_tenant
 from tests.executor.in_process import InProcessExecutors
 from tests.helpers import REDIS_URL, free_port, until_answering

@@ -11,9 +11,9 @@ from typing import TypeVar
 
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.consumer import records_of
-from shared.events import EventBase, decode
+from shared.log import keys
+from shared.log.consumer import records_of
+from shared.log.events import EventBase, decode
 from tests.helpers import assert_eventually, http_server
 
 E = TypeVar("E", bound=EventBase)

@@ -11,10 +11,10 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from shared.action_runtime import Actions
-from shared.actions import MAX_DELAY_MS
-from shared.errors import StepFailed as StepFailedError
-from shared.events import StepCompleted, StepFailed
+from shared.domain.actions.runtime import Actions
+from shared.domain.actions.schemas import MAX_DELAY_MS
+from shared.infra.errors import StepFailed as StepFailedError
+from shared.log.events import StepCompleted, StepFailed
 from tests.api.support import TenantHandle
 from tests.hardening.conftest import Api
 from tests.hardening.support import wait_for_event

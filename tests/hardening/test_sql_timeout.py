@@ -14,8 +14,8 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from shared.db import SqlTimeout, create_engine
-from shared.settings import load_settings
+from shared.infra.settings import load_settings
+from shared.readmodel.db import SqlTimeout, create_engine
 from tests.helpers import REDIS_URL, free_port
 from tests.processes import OrqProcess, orq_env, orq_processes, wait_ready
 from tests.projector.private_mariadb import private_mariadb

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from shared.events import StepCompleted, StepFailed
-from shared.settings import load_settings
+from shared.infra.settings import load_settings
+from shared.log.events import StepCompleted, StepFailed
 from tests.api.support import TenantHandle
 from tests.hardening.conftest import Api
 from tests.hardening.support import recording_server, wait_for_event

@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 
 from services.api.routes.webhooks import sign
-from shared.clock import now_ms
-from shared.settings import load_settings
+from shared.infra.clock import now_ms
+from shared.infra.settings import load_settings
 from tests.api.support import TenantHandle, create_workflow
 from tests.hardening.conftest import Api
 

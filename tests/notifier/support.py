@@ -12,12 +12,12 @@ from http.server import BaseHTTPRequestHandler
 
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.clock import now_ms
-from shared.commit import Applied, Committer, Unit
-from shared.events import ExecutionCompleted, ExecutionFailed
-from shared.state import encode_definition
-from shared.workflows import NotifyDef, StepDef, WorkflowDef
+from shared.domain.aggregates import encode_definition
+from shared.infra.clock import now_ms
+from shared.log import keys
+from shared.log.commit import Applied, Committer, Unit
+from shared.log.events import ExecutionCompleted, ExecutionFailed
+from shared.log.workflows import NotifyDef, StepDef, WorkflowDef
 from tests.helpers import http_server
 
 

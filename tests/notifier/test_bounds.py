@@ -10,13 +10,14 @@ from redis.asyncio import Redis
 
 from services.notifier.delivery import Deliverer
 from services.notifier.service import Notifier
-from shared import commit_script, keys
-from shared.clock import now_ms
-from shared.commit import Applied, Committer, Unit
-from shared.events import ExecutionCompleted
-from shared.settings import Settings
-from shared.state import encode_definition
-from shared.workflows import NotifyDef, StepDef, WorkflowDef
+from shared.domain import commit_script
+from shared.domain.aggregates import encode_definition
+from shared.infra.clock import now_ms
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.commit import Applied, Committer, Unit
+from shared.log.events import ExecutionCompleted
+from shared.log.workflows import NotifyDef, StepDef, WorkflowDef
 from tests.helpers import REDIS_URL, assert_eventually
 from tests.notifier.support import TENANT, valid_signature, webhook_server
 

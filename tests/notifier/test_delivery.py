@@ -17,12 +17,13 @@ from redis.asyncio import Redis
 
 from services.notifier.delivery import Deliverer
 from services.notifier.service import Notifier
-from shared import commit_script, keys
-from shared.consumer import records_of
-from shared.events import EventBase, decode, type_of
-from shared.redis import text
-from shared.settings import Settings
-from shared.workflows import NotifyDef
+from shared.domain import commit_script
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.consumer import records_of
+from shared.log.events import EventBase, decode, type_of
+from shared.log.redis import text
+from shared.log.workflows import NotifyDef
 from tests.helpers import REDIS_URL, assert_eventually
 from tests.notifier.support import TENANT, end_execution, valid_signature, webhook_server
 

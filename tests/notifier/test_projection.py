@@ -7,14 +7,14 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.events import (
+from shared.log.events import (
     EventBase,
     NotificationFailed,
     NotificationQueued,
     NotificationResendRequested,
     NotificationSent,
 )
-from shared.projection import NOTIFICATIONS, Projection
+from shared.readmodel.projection import NOTIFICATIONS, Projection
 
 TENANT = "t" * 32
 

@@ -7,8 +7,8 @@ import ipaddress
 import httpx
 import pytest
 
-from shared.errors import ValidationFailed
-from shared.ssrf import BlockedAddress, check_url, forbidden_reason, pinned_post, resolve
+from shared.infra.errors import ValidationFailed
+from shared.infra.ssrf import BlockedAddress, check_url, forbidden_reason, pinned_post, resolve
 from tests.notifier.support import webhook_server
 
 

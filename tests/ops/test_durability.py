@@ -8,10 +8,10 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import keys
-from shared.durability import check_policy, check_rewind, check_version, ensure_durable
-from shared.errors import ConfigError
-from shared.settings import Settings
+from shared.infra.errors import ConfigError
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.durability import check_policy, check_rewind, check_version, ensure_durable
 from tests.projector.factories import append, random_history, snapshot
 from tests.projector.helpers import caught_up, checkpoints, projector, running
 
@@ -72,7 +72,7 @@ async def test_a_rewound_redis_is_refused_loudly(
             await redis.xadd(keys.log(p), fields, id=entry_id)
     p = next(iter(marks))
 
-    with caplog.at_level(logging.ERROR, logger="shared.durability"):
+    with caplog.at_level(logging.ERROR, logger="shared.log.durability"):
         assert not await check_rewind(redis, p, marks[p], accept=False)
         async with running(projector(redis, engine, PARTITIONS)):
             # New events after the restart get ids past the checkpoint: still a rewind (its entry is gone).

@@ -9,13 +9,14 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.projector.replay import replay
-from shared import commit_script, keys
-from shared.clock import now_ms, stream_id_parts
-from shared.commit import Unit
-from shared.events import NotificationQueued, NotificationSent
-from shared.maintenance import run_maintenance
-from shared.redis import text
-from shared.settings import Settings
+from shared.domain import commit_script
+from shared.infra.clock import now_ms, stream_id_parts
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.commit import Unit
+from shared.log.events import NotificationQueued, NotificationSent
+from shared.log.redis import text
+from shared.service.maintenance import run_maintenance
 from tests.projector.factories import append, random_history, snapshot
 from tests.projector.helpers import caught_up, checkpoints, projector, running
 
@@ -122,7 +123,8 @@ async def test_dlq_cap_purges_the_oldest_through_events(
     p = keys.partition_of(tenant, settings.partitions)
     executions = [f"{i:032d}" for i in range(5)]
     for execution_id in executions:
-        entry = await redis.xadd(keys.dlq(p), {"e": execution_id, "t": tenant, "reason": "exhausted", "error": "x"})
+        entry = await redis.xadd(keys.dlq(p), {"e": execution_id, "tenant": tenant, "reason": "exhausted",
+                                               "error": "x"})
         await redis.hset(keys.execution(p, execution_id), mapping={"tenant": tenant, "status": "failed",
                                                                    "dead_lettered": "1", "dlq_id": entry})
     report = await run_maintenance(settings, redis, engine, now_ms=now_ms(), dry_run=dry_run)

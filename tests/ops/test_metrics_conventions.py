@@ -17,9 +17,9 @@ from prometheus_client.samples import Sample
 from redis.asyncio import Redis
 
 from services.executor.worker import serve
-from shared import commit_script
-from shared.settings import Settings
-from shared.workflows import Backoff, RetryPolicy, StepDef, WorkflowDef
+from shared.domain import commit_script
+from shared.infra.settings import Settings
+from shared.log.workflows import Backoff, RetryPolicy, StepDef, WorkflowDef
 from tests.executor.seed import PARTITIONS, queue, seed_workflow, status
 from tests.helpers import REDIS_URL, assert_eventually, free_port
 

@@ -14,11 +14,11 @@ from prometheus_client.samples import Sample
 from redis.asyncio import Redis
 
 from services.executor.worker import serve
-from shared import commit_script
-from shared.events import ExecutionCompleted, ExecutionRetrying, StepCompleted
-from shared.metrics import OTHER_TENANT, Happenings, TenantLabels, configure_happenings
-from shared.settings import Settings, load_settings
-from shared.workflows import Backoff, RetryPolicy, StepDef, WorkflowDef
+from shared.domain import commit_script
+from shared.infra.settings import Settings, load_settings
+from shared.log.events import ExecutionCompleted, ExecutionRetrying, StepCompleted
+from shared.log.workflows import Backoff, RetryPolicy, StepDef, WorkflowDef
+from shared.service.metrics import OTHER_TENANT, Happenings, TenantLabels, configure_happenings
 from tests.executor.seed import PARTITIONS, queue, seed_workflow, status
 from tests.helpers import REDIS_URL, assert_eventually, free_port
 

@@ -11,11 +11,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.metrics import counter
-from shared.metrics_server import start_metrics_server
-from shared.runtime import configure_logging
-from shared.settings import Settings
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.service.metrics import counter
+from shared.service.metrics_port import start_metrics_server
+from shared.service.runtime import configure_logging
 from tests.helpers import REDIS_URL, free_port
 
 

@@ -11,8 +11,8 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from redis.asyncio import Redis
 
-from shared import commit_script
-from shared.workflows import StepDef, WorkflowDef
+from shared.domain import commit_script
+from shared.log.workflows import StepDef, WorkflowDef
 from tests.executor.seed import PARTITIONS, queue, seed_workflow, status
 from tests.helpers import REDIS_URL, assert_eventually
 from tests.processes import OrqProcess, orq_env, orq_processes
@@ -76,6 +76,6 @@ async def test_execution_and_step_spans_are_exported(redis: Redis, receiver: str
 
 
 def test_no_endpoint_means_no_tracing() -> None:
-    from shared.tracing import configure_tracing
+    from shared.infra.tracing import configure_tracing
 
     assert configure_tracing("", "api") is False

@@ -16,10 +16,10 @@ from sqlalchemy import text
 
 from services.projector.projector import Projector
 from services.projector.replay import Replayer
-from shared.db import create_engine, create_schema
-from shared.redis import connect
-from shared.schema import metadata
-from shared.settings import PROJECTOR_BATCH
+from shared.infra.settings import PROJECTOR_BATCH
+from shared.log.redis import connect
+from shared.readmodel.db import create_engine, create_schema
+from shared.readmodel.schema import metadata
 from tests.projector.factories import append, random_history
 from tests.projector.helpers import caught_up
 

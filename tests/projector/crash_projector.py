@@ -10,8 +10,8 @@ import os
 import sys
 
 from services.projector.projector import Projector
-from shared.db import create_engine
-from shared.redis import connect
+from shared.log.redis import connect
+from shared.readmodel.db import create_engine
 
 CRASH_EXIT_CODE = 17
 NO_CRASH_EXIT_CODE = 3

@@ -17,11 +17,12 @@ from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import commit_script, keys, schema
-from shared.clock import stream_id_parts
-from shared.commit import Applied, Unit
-from shared.consumer import records_of
-from shared.events import (
+from shared.domain import commit_script
+from shared.infra.clock import stream_id_parts
+from shared.log import keys
+from shared.log.commit import Applied, Unit
+from shared.log.consumer import records_of
+from shared.log.events import (
     Event,
     EventBase,
     ExecutionCancelled,
@@ -47,8 +48,9 @@ from shared.events import (
     decode,
     outline,
 )
-from shared.projection import PRIMARY_KEYS, Projection, key_of
-from shared.workflows import RetryPolicy, StepDef, WorkflowDef
+from shared.log.workflows import RetryPolicy, StepDef, WorkflowDef
+from shared.readmodel import schema
+from shared.readmodel.projection import PRIMARY_KEYS, Projection, key_of
 
 T = TypeVar("T")
 # 2026-01-31T23:59:59.000Z: histories starting here cross a month boundary (usage_monthly splits).

@@ -12,10 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.projector.projector import Projector
 from services.projector.store import CHECKPOINT_NAME, Store
-from shared import keys, schema
-from shared.db import create_engine
-from shared.events import EventBase
-from shared.projection import Projection, needs_of
+from shared.log import keys
+from shared.log.events import EventBase
+from shared.readmodel import schema
+from shared.readmodel.db import create_engine
+from shared.readmodel.projection import Projection, needs_of
 from tests.helpers import assert_eventually
 from tests.projector.factories import fold, snapshot
 

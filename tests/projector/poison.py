@@ -12,8 +12,8 @@ import msgspec
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import keys, schema
-from shared.events import (
+from shared.log import keys
+from shared.log.events import (
     EventBase,
     ExecutionCompleted,
     ExecutionQueued,
@@ -24,6 +24,7 @@ from shared.events import (
     WorkflowSaved,
     outline,
 )
+from shared.readmodel import schema
 from tests.projector.factories import MID_MONTH_MS, definition
 
 PARTITIONS = 4

@@ -9,8 +9,8 @@ from pathlib import Path
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import keys
-from shared.clock import stream_id_parts
+from shared.infra.clock import stream_id_parts
+from shared.log import keys
 from tests.helpers import REDIS_URL
 from tests.projector.crash_projector import CRASH_EXIT_CODE
 from tests.projector.factories import append, fold, random_history, snapshot, stream_events

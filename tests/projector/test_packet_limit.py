@@ -20,8 +20,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.projector.mysql_bulk import MysqlBulk
-from shared import schema
-from shared.db import create_engine, create_schema
+from shared.readmodel import schema
+from shared.readmodel.db import create_engine, create_schema
 from tests.helpers import REDIS_URL, assert_eventually
 from tests.processes import ROOT, orq_env
 from tests.projector.factories import append, fold, snapshot, stream_events

@@ -8,7 +8,7 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.events import (
+from shared.log.events import (
     EventBase,
     ExecutionCompleted,
     ExecutionDeadLettered,
@@ -26,7 +26,7 @@ from shared.events import (
     WorkflowSaved,
     outline,
 )
-from shared.projection import Projection
+from shared.readmodel.projection import Projection
 from tests.projector.factories import MID_MONTH_MS, definition, fold, histories, with_ids
 from tests.projector.helpers import assert_apply_is_idempotent, fold_in_batches
 

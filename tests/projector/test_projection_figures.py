@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from shared.events import (
+from shared.log.events import (
     EventBase,
     ExecutionCancelled,
     ExecutionCompleted,

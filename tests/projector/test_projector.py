@@ -9,10 +9,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.projector.locks import PartitionLocks, ReadResult
 from services.projector.projector import HeldPartition, Projector
-from shared import keys
-from shared.events import ExecutionQueued, ExecutionStarted, StepStarted, outline
-from shared.redis import ensure_groups
-from shared.settings import Settings
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.events import ExecutionQueued, ExecutionStarted, StepStarted, outline
+from shared.log.redis import ensure_groups
 from tests.helpers import assert_eventually
 from tests.projector.factories import append, definition, fold, random_history, snapshot, stream_events
 from tests.projector.helpers import archived, caught_up, projector, running
@@ -79,8 +79,8 @@ async def test_undecodable_and_unknown_entries_are_archived_and_skipped(redis: R
 
 
 async def stream_events_decodable(redis: Redis) -> list[object]:
-    from shared.consumer import records_of
-    from shared.events import decode
+    from shared.log.consumer import records_of
+    from shared.log.events import decode
 
     out: list[object] = []
     for p in range(PARTITIONS):

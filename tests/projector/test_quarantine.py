@@ -14,12 +14,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from services.projector.replay import replay
-from shared import keys
-from shared.clock import now_ms
-from shared.consumer import records_of
-from shared.events import EventBase
-from shared.metrics import render
-from shared.settings import Settings
+from shared.infra.clock import now_ms
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.consumer import records_of
+from shared.log.events import EventBase
+from shared.service.metrics import render
 from tests.helpers import assert_eventually
 from tests.projector.factories import append, fold, snapshot, stream_events
 from tests.projector.helpers import archived, caught_up, checkpoints, projector, running

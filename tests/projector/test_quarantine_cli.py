@@ -17,8 +17,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.projector.replay import replay
-from shared import schema
-from shared.settings import Settings
+from shared.infra.settings import Settings
+from shared.readmodel import schema
 from tests.helpers import REDIS_URL
 from tests.processes import ROOT, orq_env
 from tests.projector.factories import append, fold, snapshot, stream_events

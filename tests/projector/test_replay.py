@@ -8,9 +8,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.projector.locks import PartitionLocks
 from services.projector.replay import Replayer, replay
-from shared import keys
-from shared.errors import Conflict
-from shared.settings import Settings
+from shared.infra.errors import Conflict
+from shared.infra.settings import Settings
+from shared.log import keys
 from tests.projector.factories import append, fold, random_history, snapshot, stream_events
 from tests.projector.helpers import archived, caught_up, checkpoints, projector, running, stream_tips
 

@@ -13,9 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.projector.mysql_bulk import MysqlBulk
 from services.projector.replay import Replayer
 from services.projector.store import Store
-from shared import schema
-from shared.db import is_sqlite
-from shared.events import (
+from shared.log.events import (
     EventBase,
     ExecutionFailed,
     ExecutionLog,
@@ -25,7 +23,9 @@ from shared.events import (
     StepStarted,
     outline,
 )
-from shared.projection import Projection
+from shared.readmodel import schema
+from shared.readmodel.db import is_sqlite
+from shared.readmodel.projection import Projection
 from tests.projector.factories import MID_MONTH_MS, definition, fold, random_history, snapshot, with_ids
 
 NASTY = [

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import msgspec
 from hypothesis import strategies as st
 
-from shared.events import (
+from shared.log.events import (
     EventBase,
     QueueCreated,
     QueueDeleted,

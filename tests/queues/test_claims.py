@@ -10,13 +10,8 @@ import pytest
 from redis.asyncio import Redis
 
 from services.trigger.abandon import sweep_abandoned
-from shared import commit_script, keys
-from shared.clock import new_id
-from shared.commit import Applied, Committer, Refused, Unit
-from shared.consumer import records_of
-from shared.events import QueueSnapshot
-from shared.queues import QueueState, create_unit, delete_unit, read_queue
-from shared.queues_claims import (
+from shared.domain import commit_script
+from shared.domain.queues.claims import (
     abandon_due,
     claim_item,
     claim_unit,
@@ -25,8 +20,14 @@ from shared.queues_claims import (
     fail_unit,
     next_ready,
 )
-from shared.queues_items import ItemState, NewItem, add_unit, read_item
-from shared.settings import Settings
+from shared.domain.queues.definitions import QueueState, create_unit, delete_unit, read_queue
+from shared.domain.queues.items import ItemState, NewItem, add_unit, read_item
+from shared.infra.clock import new_id
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.commit import Applied, Committer, Refused, Unit
+from shared.log.consumer import records_of
+from shared.log.events import QueueSnapshot
 from tests.helpers import assert_eventually
 
 P = 1

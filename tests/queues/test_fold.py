@@ -9,7 +9,7 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.events import (
+from shared.log.events import (
     EventBase,
     QueueCreated,
     QueueDeleted,
@@ -21,7 +21,7 @@ from shared.events import (
     QueueItemStarted,
     QueueSnapshot,
 )
-from shared.projection import needs_of
+from shared.readmodel.projection import needs_of
 from tests.projector.factories import MID_MONTH_MS, fold, with_ids
 from tests.projector.helpers import assert_apply_is_idempotent, fold_in_batches
 from tests.queues.factories import queue_histories, random_queue_history

@@ -7,14 +7,14 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.projector.replay import replay
-from shared import commit_script
-from shared.clock import new_id, now_ms
-from shared.commit import Applied, Committer
-from shared.events import QueueSnapshot
-from shared.queues import create_unit, delete_unit, read_queue, update_unit
-from shared.queues_claims import abandon_due, claim_unit, claimed_id, complete_unit, fail_unit, progress_unit
-from shared.queues_items import NewItem, add_unit, read_item
-from shared.settings import Settings
+from shared.domain import commit_script
+from shared.domain.queues.claims import abandon_due, claim_unit, claimed_id, complete_unit, fail_unit, progress_unit
+from shared.domain.queues.definitions import create_unit, delete_unit, read_queue, update_unit
+from shared.domain.queues.items import NewItem, add_unit, read_item
+from shared.infra.clock import new_id, now_ms
+from shared.infra.settings import Settings
+from shared.log.commit import Applied, Committer
+from shared.log.events import QueueSnapshot
 from tests.projector.factories import fold, snapshot, stream_events
 from tests.projector.helpers import caught_up, projector, running
 

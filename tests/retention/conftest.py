@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.settings import Settings
+from shared.infra.settings import Settings
 from tests.api.conftest import api_redis, app, client, committer, tenant
 
 __all__ = ["api_redis", "app", "client", "committer", "tenant"]

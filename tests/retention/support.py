@@ -7,10 +7,12 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
-from shared import execution_ops, keys
-from shared.clock import now_ms
-from shared.commit import Applied, Committer, Unit
-from shared.events import (
+from shared.domain.aggregates import Status
+from shared.domain.executions import ops as execution_ops
+from shared.infra.clock import now_ms
+from shared.log import keys
+from shared.log.commit import Applied, Committer, Unit
+from shared.log.events import (
     ExecutionDeadLettered,
     ExecutionFailed,
     ExecutionStarted,
@@ -18,7 +20,6 @@ from shared.events import (
     StepFailed,
     StepStarted,
 )
-from shared.state import Status
 from tests.api.support import TenantHandle
 
 _packer = msgspec.msgpack.Encoder()
@@ -47,6 +48,6 @@ async def fail_at_second_step(committer: Committer, tenant: TenantHandle, execut
     execution_ops.unqueue(unit, p, execution_id)
     unit.hset(key, {"status": Status.FAILED.value, "dead_lettered": "1", "step": 1, "out:0": _packer.encode(output),
                     "started_at": ts})
-    unit.xadd(keys.dlq(p), {"e": execution_id, "t": tenant.id, "reason": "exhausted", "error": "boom"},
+    unit.xadd(keys.dlq(p), {"e": execution_id, "tenant": tenant.id, "reason": "exhausted", "error": "boom"},
               ref=(key, "dlq_id"))
     assert isinstance(await committer.commit(unit), Applied)

@@ -8,11 +8,11 @@ from typing import Any
 import httpx
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.commit import Applied, Committer
-from shared.execution_commands import cancel_unit
-from shared.settings import Settings
-from shared.state import Status
+from shared.domain.aggregates import Status
+from shared.domain.executions.commands import cancel_unit
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.commit import Applied, Committer
 from tests.api.support import (
     TenantHandle,
     create_workflow,

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from services.robot.runner import RobotOptions, serve
-from shared.errors import ConfigError
+from shared.infra.errors import ConfigError
 from tests.helpers import assert_always, assert_eventually
 from tests.robots.fake_api import FakeApi, serving, task
 from tests.robots.support import FAST

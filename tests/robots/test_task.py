@@ -13,8 +13,8 @@ import pytest
 from services.robot.client import RobotClient, Task
 from services.robot.reconnect import Reconnect
 from services.robot.task import TaskRun, heartbeat_interval_s
-from shared.action_runtime import Actions
-from shared.actions import ActionContext
+from shared.domain.actions.runtime import Actions
+from shared.domain.actions.schemas import ActionContext
 from tests.helpers import assert_eventually
 from tests.robots.fake_api import FakeApi, serving, task
 from tests.robots.support import FAST, robot

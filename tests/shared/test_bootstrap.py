@@ -1,4 +1,4 @@
-"""``shared/bootstrap.py``: a service's resources open in order and close with it, whatever happens inside."""
+"""``shared/service/bootstrap.py``: a service's resources open in order and close with it, whatever happens inside."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import inspect
 
-from shared import keys
-from shared.bootstrap import Service
-from shared.commit import Applied, Unit
-from shared.metrics import counter
-from shared.schema import metadata
-from shared.settings import Settings
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.commit import Applied, Unit
+from shared.readmodel.schema import metadata
+from shared.service.bootstrap import Service
+from shared.service.metrics import counter
 from tests.helpers import REDIS_URL, free_port
 
 MARK = f"{keys.tag(1)}:bootstrap-test"

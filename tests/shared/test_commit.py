@@ -6,10 +6,10 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from shared import keys
-from shared.commit import Applied, Committer, Duplicate, Refused, Unit
-from shared.consumer import records_of
-from shared.events import ExecutionCancelled
+from shared.log import keys
+from shared.log.commit import Applied, Committer, Duplicate, Refused, Unit
+from shared.log.consumer import records_of
+from shared.log.events import ExecutionCancelled
 
 
 def _cancelled(n: int) -> ExecutionCancelled:

@@ -8,12 +8,15 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared import keys
-from shared.clock import new_id
-from shared.commit import Unit
-from shared.commit_script import committer
-from shared.consumer import records_of
-from shared.events import (
+from shared.domain.aggregates import Status
+from shared.domain.commit_script import committer
+from shared.domain.executions.commands import cancel_unit
+from shared.domain.executions.state import EVOLVED_FIELDS, ExecutionState, evolve, new_execution, read_execution, record
+from shared.infra.clock import new_id
+from shared.log import keys
+from shared.log.commit import Unit
+from shared.log.consumer import records_of
+from shared.log.events import (
     EventBase,
     ExecutionCancelled,
     ExecutionCompleted,
@@ -32,10 +35,7 @@ from shared.events import (
     StepOutline,
     StepWaiting,
 )
-from shared.execution_commands import cancel_unit
-from shared.execution_state import EVOLVED_FIELDS, ExecutionState, evolve, new_execution, read_execution, record
-from shared.redis import connect
-from shared.state import Status
+from shared.log.redis import connect
 from tests.helpers import REDIS_URL
 
 P = 7

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared import keys
+from shared.log import keys
 
 # The slot runs ``redis-cli --cluster create`` gives 3 masters.
 THREE_MASTERS = [(0, 5460), (5461, 10922), (10923, 16383)]

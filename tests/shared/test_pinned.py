@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.pinned import PinnedDefinitions
-from shared.state import encode_definition
-from shared.workflows import StepDef, WorkflowDef
+from shared.domain.aggregates import encode_definition
+from shared.domain.executions.pinned import PinnedDefinitions
+from shared.log import keys
+from shared.log.workflows import StepDef, WorkflowDef
 
 
 def _definition(name: str) -> WorkflowDef:

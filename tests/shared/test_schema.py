@@ -7,8 +7,8 @@ import sqlite3
 
 from sqlalchemy import inspect
 
-from shared.db import create_engine, create_schema
-from shared.schema import metadata
+from shared.readmodel.db import create_engine, create_schema
+from shared.readmodel.schema import metadata
 
 
 async def test_schema_set_up_waits_out_another_connection_on_a_new_sqlite_file(sqlite_url: str) -> None:

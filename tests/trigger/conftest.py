@@ -9,11 +9,12 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from shared import commit_script, keys
-from shared.consumer import records_of
-from shared.events import Event, decode
-from shared.settings import Settings
-from shared.triggers_firing import Firer
+from shared.domain import commit_script
+from shared.domain.triggers.firing import Firer
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.consumer import records_of
+from shared.log.events import Event, decode
 from tests.api.conftest import api_redis, app, client, other_tenant, tenant
 from tests.api.support import TenantHandle, create_workflow
 

@@ -12,11 +12,11 @@ from redis.asyncio import Redis
 from services.trigger.file_watcher import FileWatcher
 from services.trigger.queue_items import QUOTA_PAUSE_MS, QueueItemTriggers
 from services.trigger.registry import live_triggers
-from shared import keys
-from shared.clock import month_of, now_ms
-from shared.events import TriggerFired
-from shared.settings import Settings
-from shared.triggers_firing import Firer
+from shared.domain.triggers.firing import Firer
+from shared.infra.clock import month_of, now_ms
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.events import TriggerFired
 from tests.api.support import create_tenant
 from tests.trigger.conftest import events_of, make_trigger
 

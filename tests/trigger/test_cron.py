@@ -7,8 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from shared import cron
-from shared.errors import ValidationFailed
+from shared.domain.triggers import cron
+from shared.infra.errors import ValidationFailed
 
 
 def ms(text: str, zone: str = "UTC") -> int:

@@ -12,10 +12,11 @@ import httpx
 from redis.asyncio import Redis
 
 from services.trigger.schedule import Scheduler
-from shared import cron, keys
-from shared.events import ExecutionQueued, TriggerFired
-from shared.settings import Settings
-from shared.triggers_firing import Firer
+from shared.domain.triggers import cron
+from shared.domain.triggers.firing import Firer
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.events import ExecutionQueued, TriggerFired
 from tests.api.support import TenantHandle, create_workflow
 from tests.trigger.conftest import events_of, make_trigger
 

@@ -14,9 +14,9 @@ import pytest
 from redis.asyncio import Redis
 
 from services.trigger.email import serve_smtp
-from shared.events import ExecutionQueued, TriggerFired
-from shared.settings import Settings
-from shared.triggers_firing import Firer
+from shared.domain.triggers.firing import Firer
+from shared.infra.settings import Settings
+from shared.log.events import ExecutionQueued, TriggerFired
 from tests.api.support import TenantHandle
 from tests.helpers import assert_eventually, free_port
 from tests.trigger.conftest import events_of, make_trigger

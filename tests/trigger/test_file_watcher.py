@@ -11,10 +11,10 @@ import httpx
 from redis.asyncio import Redis
 
 from services.trigger.file_watcher import FileWatcher
-from shared.clock import now_ms
-from shared.events import ExecutionQueued, TriggerFired
-from shared.settings import Settings
-from shared.triggers_firing import Firer
+from shared.domain.triggers.firing import Firer
+from shared.infra.clock import now_ms
+from shared.infra.settings import Settings
+from shared.log.events import ExecutionQueued, TriggerFired
 from tests.api.support import TenantHandle
 from tests.helpers import assert_eventually
 from tests.trigger.conftest import events_of, make_trigger

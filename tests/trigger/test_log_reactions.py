@@ -10,14 +10,14 @@ from redis.asyncio import Redis
 
 from services.trigger.log_reactions import LogReactions
 from services.trigger.queue_items import QueueItemTriggers
-from shared import keys
-from shared.clock import now_ms
-from shared.commit import Applied, Committer, Unit
-from shared.consumer import records_of
-from shared.events import ExecutionCompleted, ExecutionQueued, TriggerFired
-from shared.settings import Settings
-from shared.state import Status
-from shared.triggers_firing import Firer
+from shared.domain.aggregates import Status
+from shared.domain.triggers.firing import Firer
+from shared.infra.clock import now_ms
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.commit import Applied, Committer, Unit
+from shared.log.consumer import records_of
+from shared.log.events import ExecutionCompleted, ExecutionQueued, TriggerFired
 from tests.api.support import TenantHandle, create_workflow, mark_failed, mark_running, projector
 from tests.helpers import assert_eventually
 from tests.trigger.conftest import events_of, make_trigger

@@ -11,8 +11,8 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.events import EventBase, TriggerDeleted, TriggerFired, TriggerSaved, TriggerSkipped, TriggerSnapshot
-from shared.projection import TRIGGERS, Projection
+from shared.log.events import EventBase, TriggerDeleted, TriggerFired, TriggerSaved, TriggerSkipped, TriggerSnapshot
+from shared.readmodel.projection import TRIGGERS, Projection
 from tests.projector.factories import MID_MONTH_MS, with_ids
 from tests.projector.helpers import assert_apply_is_idempotent, fold_in_batches
 

@@ -10,12 +10,13 @@ import httpx
 from redis.asyncio import Redis
 
 from services.trigger.schedule import Scheduler
-from shared import commit_script, keys
-from shared.clock import month_of, now_ms
-from shared.commit import Committer
-from shared.events import ExecutionQueued, TriggerFired, TriggerSkipped
-from shared.settings import Settings
-from shared.triggers_firing import Firer
+from shared.domain import commit_script
+from shared.domain.triggers.firing import Firer
+from shared.infra.clock import month_of, now_ms
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.commit import Committer
+from shared.log.events import ExecutionQueued, TriggerFired, TriggerSkipped
 from tests.api.support import TenantHandle, mark_failed, mark_running
 from tests.trigger.conftest import events_of, make_trigger
 

@@ -15,8 +15,8 @@ from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.events import TriggerFired
-from shared.schema import executions
+from shared.log.events import TriggerFired
+from shared.readmodel.schema import executions
 from tests.e2e.conftest import Deployment, admin, deployment, tenant
 from tests.helpers import assert_eventually, free_port
 from tests.trigger.conftest import events_of

@@ -13,7 +13,7 @@ from services.api.commands import purge, retry
 from services.api.context import context
 from services.api.pagination import keyset_page, page_request
 from services.api.schemas import DlqPage
-from shared.schema import executions
+from shared.readmodel.schema import executions
 
 
 async def list_dlq(request: Request) -> Response:

@@ -1,7 +1,7 @@
 """Requesting executions: one run or a bulk of runs, admitted atomically with the monthly quota.
 
-Every request goes through :func:`shared.admission.admission_unit`: the quota is checked and counted, the
-``execution.queued`` events appended and the work entries added in one Lua call, all or nothing. An
+Every request goes through :func:`shared.domain.executions.admission.admission_unit`: the quota is checked and
+counted, the ``execution.queued`` events appended and the work entries added in one Lua call, all or nothing. An
 ``Idempotency-Key`` stores the reply with the unit, so a repeat gets the first reply for 24 h.
 """
 
@@ -22,15 +22,15 @@ from services.api.priority import check_priority
 from services.api.responses import as_bytes
 from services.api.routes.workflows import owned_workflow, tenant_and_workflow
 from services.api.schemas import BulkExecuteIn, BulkQueued, ExecuteIn, Queued, RunIn
-from shared import keys
-from shared.admission import BACKLOG_GUARD, QUOTA_GUARD, WORKFLOW_CHANGED_GUARD, Run, admission_unit
-from shared.clock import iso, month_end_ms, month_of, new_id, now_ms
-from shared.commit import Applied, Duplicate, Refused, Unit
-from shared.errors import Conflict, NotFound, ValidationFailed
-from shared.events import QuotaExceeded
-from shared.optimistic import MOVED, Moved, optimistically
-from shared.plans import Plan
-from shared.state import TenantState, WorkflowState
+from shared.domain.aggregates import TenantState, WorkflowState
+from shared.domain.executions.admission import BACKLOG_GUARD, QUOTA_GUARD, WORKFLOW_CHANGED_GUARD, Run, admission_unit
+from shared.infra.clock import iso, month_end_ms, month_of, new_id, now_ms
+from shared.infra.errors import Conflict, NotFound, ValidationFailed
+from shared.infra.optimistic import MOVED, Moved, optimistically
+from shared.infra.plans import Plan
+from shared.log import keys
+from shared.log.commit import Applied, Duplicate, Refused, Unit
+from shared.log.events import QuotaExceeded
 
 IDEMPOTENCY_HEADER = "idempotency-key"
 MAX_IDEMPOTENCY_KEY = 200

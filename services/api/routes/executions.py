@@ -16,10 +16,10 @@ from services.api.listing import one_of
 from services.api.pagination import keyset_page, page_request
 from services.api.routes import history
 from services.api.schemas import ExecutionPage, PriorityIn
-from shared.errors import NotFound, ValidationFailed
-from shared.schema import execution_steps, executions
-from shared.state import Status
-from shared.triggers import EXECUTION_SOURCES
+from shared.domain.aggregates import Status
+from shared.domain.triggers.definitions import EXECUTION_SOURCES
+from shared.infra.errors import NotFound, ValidationFailed
+from shared.readmodel.schema import execution_steps, executions
 
 MAX_FILTER_LENGTH = 64
 

@@ -1,8 +1,8 @@
 """An execution's history: its events, its log lines, and the execution as it stood at a point (``as_of``).
 
-``GET /api/executions/{id}/events`` and ``…/logs`` page through the execution's events (``shared.history``:
+``GET /api/executions/{id}/events`` and ``…/logs`` page through the execution's events (``shared.readmodel.history``:
 the event archive, then the log's unprojected tail) with an opaque cursor, like every list. Events are served
-in the WebSocket feed's shape (``shared.events.to_json``, the feed's own encoder); log lines in the shape of
+in the WebSocket feed's shape (``shared.log.events.to_json``, the feed's own encoder); log lines in the shape of
 the ``execution_logs`` rows. ``GET /api/executions/{id}?as_of=`` folds the events up to the point with the
 projection's own code and renders the rows with the detail route's view.
 """
@@ -27,10 +27,10 @@ from services.api.context import ApiContext, context
 from services.api.feed import valid_stream_id
 from services.api.pagination import decode_cursor, encode_cursor
 from services.api.schemas import Execution, LogLine
-from shared.errors import NotFound, ValidationFailed
-from shared.events import ExecutionLog, to_json
-from shared.history import LOG_TYPE, MAX_PART, START, Point, Span, fold, read_page
-from shared.state import TenantState
+from shared.domain.aggregates import TenantState
+from shared.infra.errors import NotFound, ValidationFailed
+from shared.log.events import ExecutionLog, to_json
+from shared.readmodel.history import LOG_TYPE, MAX_PART, START, Point, Span, fold, read_page
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000

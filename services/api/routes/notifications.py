@@ -20,13 +20,13 @@ from services.api.listing import one_of
 from services.api.ownership import MAX_ID_LENGTH
 from services.api.pagination import keyset_page, page_request
 from services.api.schemas import Notification, NotificationPage, ResendAccepted
-from shared import keys
-from shared.clock import iso, now_ms
-from shared.commit import Applied, Refused
-from shared.errors import Conflict, NotFound
-from shared.notifications import resend_unit
-from shared.redis import text
-from shared.schema import notifications
+from shared.domain.notifications import resend_unit
+from shared.infra.clock import iso, now_ms
+from shared.infra.errors import Conflict, NotFound
+from shared.log import keys
+from shared.log.commit import Applied, Refused
+from shared.log.redis import text
+from shared.readmodel.schema import notifications
 
 STATUSES = ("pending", "retrying", "sent", "failed")
 

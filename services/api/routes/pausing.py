@@ -18,13 +18,14 @@ from services.api.context import context
 from services.api.ownership import MAX_ID_LENGTH
 from services.api.routes.workflows import owned_workflow
 from services.api.schemas import TenantAdmin, TenantUpdate, WorkflowPause
-from shared import execution_ops, keys
-from shared.clock import now_ms
-from shared.commit import Applied, Unit
-from shared.errors import Conflict, NotFound, ValidationFailed
-from shared.events import TenantPaused, TenantPlanChanged, TenantResumed
-from shared.execution_commands import workflow_pause_unit
-from shared.state import read_tenant
+from shared.domain.aggregates import read_tenant
+from shared.domain.executions import ops as execution_ops
+from shared.domain.executions.commands import workflow_pause_unit
+from shared.infra.clock import now_ms
+from shared.infra.errors import Conflict, NotFound, ValidationFailed
+from shared.log import keys
+from shared.log.commit import Applied, Unit
+from shared.log.events import TenantPaused, TenantPlanChanged, TenantResumed
 
 
 async def update_tenant(request: Request) -> Response:

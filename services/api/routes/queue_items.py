@@ -32,15 +32,10 @@ from services.api.schemas import (
     QueueItemsBulkIn,
     QueueItemUpdateIn,
 )
-from shared import keys
-from shared.clock import iso, new_id, now_ms, stream_id_parts
-from shared.commit import Applied, Refused
-from shared.errors import Conflict, NotFound, ValidationFailed
-from shared.events import QueueItemSnapshot
-from shared.optimistic import Moved, optimistically
-from shared.queues import QueueState
-from shared.queues_claims import IN_PROGRESS, abandon_due, claim_unit, claimed_id, completed, failed, noted
-from shared.queues_items import (
+from shared.domain.aggregates import TenantState
+from shared.domain.queues.claims import IN_PROGRESS, abandon_due, claim_unit, claimed_id, completed, failed, noted
+from shared.domain.queues.definitions import QueueState
+from shared.domain.queues.items import (
     DUPLICATE_REFERENCE_GUARD,
     MAX_TIME_MS,
     ItemState,
@@ -49,9 +44,14 @@ from shared.queues_items import (
     new_snapshot,
     read_item,
 )
-from shared.redis import text
-from shared.schema import queue_item_data, queue_item_history, queue_items
-from shared.state import TenantState
+from shared.infra.clock import iso, new_id, now_ms, stream_id_parts
+from shared.infra.errors import Conflict, NotFound, ValidationFailed
+from shared.infra.optimistic import Moved, optimistically
+from shared.log import keys
+from shared.log.commit import Applied, Refused
+from shared.log.events import QueueItemSnapshot
+from shared.log.redis import text
+from shared.readmodel.schema import queue_item_data, queue_item_history, queue_items
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ITEM_INDEX = re.compile(r"^items\[(?P<index>\d+)\]")

@@ -18,12 +18,8 @@ from services.api.context import ApiContext, context
 from services.api.ownership import owned, owned_row
 from services.api.pagination import live_page, page_request
 from services.api.schemas import Queue, QueueIn, QueueItemAtRisk, QueuePage, QueueStats, QueueUpdateIn
-from shared.clock import iso, new_id, now_ms
-from shared.commit import Applied, Outcome, Refused
-from shared.errors import Conflict, NotFound
-from shared.events import QueueSnapshot
-from shared.optimistic import MOVED, Moved, optimistically
-from shared.queues import (
+from shared.domain.aggregates import TenantState
+from shared.domain.queues.definitions import (
     NAME_TAKEN_GUARD,
     QUEUE_CHANGED_GUARD,
     QueueState,
@@ -32,8 +28,12 @@ from shared.queues import (
     read_queue,
     update_unit,
 )
-from shared.schema import queue_items, work_queues
-from shared.state import TenantState
+from shared.infra.clock import iso, new_id, now_ms
+from shared.infra.errors import Conflict, NotFound
+from shared.infra.optimistic import MOVED, Moved, optimistically
+from shared.log.commit import Applied, Outcome, Refused
+from shared.log.events import QueueSnapshot
+from shared.readmodel.schema import queue_items, work_queues
 
 # Open items in the last fifth of their SLA (or that close to their deadline) are "at risk".
 RISK_FRACTION = 0.2

@@ -28,14 +28,16 @@ from services.api.schemas import (
     TaskLogsIn,
     TaskNextIn,
 )
-from shared import keys, metrics, robot_tasks
-from shared.clock import now_ms
-from shared.commit import Refused, Unit
-from shared.errors import Conflict, NotFound, StepFailed
-from shared.execution_state import read_execution
-from shared.robots import RobotState
-from shared.sizes import encode_output
-from shared.workflows import WorkflowDef
+from shared.domain.executions.state import read_execution
+from shared.domain.robots import tasks as robot_tasks
+from shared.domain.robots.registry import RobotState
+from shared.infra.clock import now_ms
+from shared.infra.errors import Conflict, NotFound, StepFailed
+from shared.infra.sizes import encode_output
+from shared.log import keys
+from shared.log.commit import Refused, Unit
+from shared.log.workflows import WorkflowDef
+from shared.service import metrics
 
 
 class TaskGone(Conflict):

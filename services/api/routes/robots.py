@@ -23,12 +23,8 @@ from services.api.context import ApiContext, context
 from services.api.ownership import MAX_ID_LENGTH, owned_row
 from services.api.pagination import live_page, page_request
 from services.api.schemas import Robot, RobotIn, RobotPage, RobotRegistered, RobotSelf
-from shared import keys
-from shared.clock import iso, new_id, now_ms
-from shared.commit import Applied, Refused
-from shared.errors import Conflict, NotFound, ValidationFailed
-from shared.redis import text
-from shared.robots import (
+from shared.domain.aggregates import TenantState
+from shared.domain.robots.registry import (
     NAME_TAKEN_GUARD,
     POOL_PATTERN,
     RobotState,
@@ -39,8 +35,12 @@ from shared.robots import (
     robot_key_prefix,
     robot_status,
 )
-from shared.schema import robots
-from shared.state import TenantState
+from shared.infra.clock import iso, new_id, now_ms
+from shared.infra.errors import Conflict, NotFound, ValidationFailed
+from shared.log import keys
+from shared.log.commit import Applied, Refused
+from shared.log.redis import text
+from shared.readmodel.schema import robots
 
 _POOL = re.compile(POOL_PATTERN)
 

@@ -15,8 +15,8 @@ from services.api.auth import require_tenant
 from services.api.context import context
 from services.api.metrics import WINDOW_MINUTES, ApiMetrics, Figures, execution_figures
 from services.api.schemas import MinuteThroughput, Stats, StatusCounts
-from shared.clock import iso, now_ms
-from shared.metrics import CONTENT_TYPE
+from shared.infra.clock import iso, now_ms
+from shared.service.metrics import CONTENT_TYPE
 
 
 def stats_body(figures: Figures) -> Stats:

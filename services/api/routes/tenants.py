@@ -11,12 +11,12 @@ from services.api.auth import key_hash, key_prefix, new_api_key, require_admin, 
 from services.api.bodies import read_json
 from services.api.context import context
 from services.api.schemas import PlanLimits, Tenant, TenantCreate, TenantProfile, Usage
-from shared import keys
-from shared.clock import month_of, new_id, now_ms
-from shared.commit import Applied, Unit
-from shared.errors import Conflict, ValidationFailed
-from shared.events import TenantCreated
-from shared.redis import text
+from shared.infra.clock import month_of, new_id, now_ms
+from shared.infra.errors import Conflict, ValidationFailed
+from shared.log import keys
+from shared.log.commit import Applied, Unit
+from shared.log.events import TenantCreated
+from shared.log.redis import text
 
 
 async def create_tenant(request: Request) -> Response:

@@ -26,16 +26,9 @@ from services.api.pagination import live_page, page_request
 from services.api.priority import check_priority
 from services.api.routes.workflows import owned_workflow
 from services.api.schemas import Trigger, TriggerIn, TriggerPage
-from shared import cron, keys
-from shared.clock import iso, new_id, now_ms
-from shared.commit import Applied, Refused
-from shared.errors import Conflict, NotFound, ValidationFailed
-from shared.optimistic import MOVED, Moved, optimistically
-from shared.redis import text
-from shared.schema import workflow_triggers
-from shared.settings import Settings
-from shared.state import TenantState
-from shared.triggers import (
+from shared.domain.aggregates import TenantState
+from shared.domain.triggers import cron
+from shared.domain.triggers.definitions import (
     CHAINS_GUARD,
     MAX_CONFIG_BYTES,
     REV_GUARD,
@@ -60,6 +53,14 @@ from shared.triggers import (
     read_trigger,
     save_unit,
 )
+from shared.infra.clock import iso, new_id, now_ms
+from shared.infra.errors import Conflict, NotFound, ValidationFailed
+from shared.infra.optimistic import MOVED, Moved, optimistically
+from shared.infra.settings import Settings
+from shared.log import keys
+from shared.log.commit import Applied, Refused
+from shared.log.redis import text
+from shared.readmodel.schema import workflow_triggers
 
 WEBHOOK_PATH = "/api/triggers/webhook/{token}"
 

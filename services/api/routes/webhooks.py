@@ -34,12 +34,21 @@ from services.api.bodies import check_json_value
 from services.api.context import ApiContext, context
 from services.api.errors import QuotaRefused
 from services.api.schemas import WebhookAccepted
-from shared import keys, metrics
-from shared.clock import iso, month_end_ms, now_ms
-from shared.errors import BadRequest, Conflict, NotFound, OrqError, PayloadTooLarge, Unauthorized, ValidationFailed
-from shared.triggers import TriggerState, find_by_token
-from shared.triggers_firing import Fired, Firer, NotFired, Once, Skipped
-from shared.triggers_firing import Request as FireRequest
+from shared.domain.triggers.definitions import TriggerState, find_by_token
+from shared.domain.triggers.firing import Fired, Firer, NotFired, Once, Skipped
+from shared.domain.triggers.firing import Request as FireRequest
+from shared.infra.clock import iso, month_end_ms, now_ms
+from shared.infra.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    OrqError,
+    PayloadTooLarge,
+    Unauthorized,
+    ValidationFailed,
+)
+from shared.log import keys
+from shared.service import metrics
 
 MAX_BODY_BYTES = 1024 * 1024
 TOLERANCE_S = 300

@@ -14,18 +14,19 @@ from services.api.definitions import build_definition
 from services.api.ownership import MAX_ID_LENGTH, owned, owned_row
 from services.api.pagination import live_page, page_request
 from services.api.schemas import WorkflowIn, WorkflowPage
-from shared import keys, subworkflows
-from shared.admission import WORKFLOW_CHANGED_GUARD, WORKFLOW_GONE_GUARD
-from shared.clock import new_id, now_ms
-from shared.commit import Applied, Refused, Unit
-from shared.errors import Conflict, NotFound
-from shared.events import WorkflowSaved
-from shared.execution_commands import workflow_delete_unit
-from shared.optimistic import MOVED, Moved, optimistically
-from shared.redis import text
-from shared.schema import workflows
-from shared.state import TenantState, WorkflowState, encode_definition, read_workflow, workflow_from_hash
-from shared.workflows import WorkflowDef
+from shared.domain.aggregates import TenantState, WorkflowState, encode_definition, read_workflow, workflow_from_hash
+from shared.domain.executions import subworkflows
+from shared.domain.executions.admission import WORKFLOW_CHANGED_GUARD, WORKFLOW_GONE_GUARD
+from shared.domain.executions.commands import workflow_delete_unit
+from shared.infra.clock import new_id, now_ms
+from shared.infra.errors import Conflict, NotFound
+from shared.infra.optimistic import MOVED, Moved, optimistically
+from shared.log import keys
+from shared.log.commit import Applied, Refused, Unit
+from shared.log.events import WorkflowSaved
+from shared.log.redis import text
+from shared.log.workflows import WorkflowDef
+from shared.readmodel.schema import workflows
 
 
 async def owned_workflow(ctx: ApiContext, tenant: TenantState, workflow_id: str) -> WorkflowState:

@@ -44,7 +44,7 @@ from services.api.feed import (
     valid_stream_id,
 )
 from services.api.ownership import MAX_ID_LENGTH
-from shared.errors import BadRequest, Forbidden, OrqError, Unauthorized
+from shared.infra.errors import BadRequest, Forbidden, OrqError, Unauthorized
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 -- Hand executions of one partition to an executor and load what it needs to run them, in one call.
 -- KEYS[1..10]: the partition's work streams, priority 1 (highest) first; KEYS[11]: the partition's slot guard
--- (never written: shared/keys.py slot_guard_of).
+-- (never written: shared/log/keys.py slot_guard_of).
 -- ARGV: mode, group, consumer, count, partition key prefix ('orq:{p}:'), min idle ms (mode 'expired'),
 --       now ms, plans (msgpack map: plan name -> {max concurrent, rate per window, weight}; 0 = no limit),
 --       rate window ms (60000: rates are per minute).
@@ -212,7 +212,7 @@ if mode == 'next' then
           live = false
         end
         if live then
-          local entry_id = redis.call('XADD', KEYS[k], '*', 'e', id, 't', tenant)
+          local entry_id = redis.call('XADD', KEYS[k], '*', 'e', id, 'tenant', tenant)
           redis.call('HSET', exec_key, 'work_stream', KEYS[k], 'work_id', entry_id)
           hand_out(exec_key, tenant, false)
           taken[#taken + 1] = {entry_id, id}

@@ -1,6 +1,6 @@
 -- Renew the leases of entries an executor holds: re-claim each (JUSTID, resetting its idle time) only if it
 -- is still pending to that executor. KEYS[1]: the partition's log (routing), KEYS[2]: its slot guard (never
--- written, see shared/keys.py). ARGV: group, consumer, then pairs (stream, entry id). Returns the entries it no longer holds, as stream, id pairs.
+-- written, see shared/log/keys.py). ARGV: group, consumer, then pairs (stream, entry id). Returns the entries it no longer holds, as stream, id pairs.
 local group, consumer = ARGV[1], ARGV[2]
 local lost = {}
 for i = 3, #ARGV, 2 do

@@ -1,0 +1,1 @@
+"""Step actions: their parameter schemas (checked at save) and how the built-ins run."""

@@ -1,0 +1,1 @@
+"""The execution aggregate: its state and fold, admission, commands, attempt outcomes, sub-workflows."""

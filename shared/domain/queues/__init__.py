@@ -1,0 +1,1 @@
+"""Work queues: their definitions, their items, and claiming items for processing."""

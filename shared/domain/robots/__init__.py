@@ -1,0 +1,1 @@
+"""Robots and the ``runs_on`` step tasks offered to them."""

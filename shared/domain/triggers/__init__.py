@@ -1,0 +1,1 @@
+"""Triggers: their definitions, cron schedules, and firing one into an admitted execution."""
