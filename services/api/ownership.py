@@ -7,9 +7,14 @@ from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Row, Table, false, select
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.requests import Request
 
-from shared.domain.aggregates import TenantState
+from services.api.auth import require_tenant_reading
+from services.api.context import ApiContext
+from shared.domain.aggregates import TenantState, WorkflowState, read_workflow, workflow_from_hash
+from shared.domain.queues.definitions import QueueState, read_queue
 from shared.infra.errors import NotFound
+from shared.log import keys
 
 MAX_ID_LENGTH = 64  # ids are 32 hex characters; a longer one is unknown without asking Redis
 
@@ -42,3 +47,25 @@ async def owned_row(engine: AsyncEngine, table: Table, kind: str, row_id: str, t
     if row is None:
         raise NotFound(f"{kind} {row_id} not found")
     return row
+
+
+async def owned_workflow(ctx: ApiContext, tenant: TenantState, workflow_id: str) -> WorkflowState:
+    """The tenant's live workflow; anything else (unknown, deleted, another tenant's) is a 404."""
+    return await owned("workflow", workflow_id, tenant, lambda i: read_workflow(ctx.redis, tenant.partition, i))
+
+
+async def tenant_and_workflow(request: Request, workflow_id: str) -> tuple[TenantState, WorkflowState]:
+    """The caller's tenant and its live workflow ``workflow_id``, read in one round trip."""
+    # An id too long to exist is not read: owned() answers 404 for it without looking.
+    key_of = (lambda p: keys.workflow(p, workflow_id)) if len(workflow_id) <= MAX_ID_LENGTH else None
+    tenant, raw = await require_tenant_reading(request, key_of)
+
+    async def already_read(_: str) -> WorkflowState | None:
+        return workflow_from_hash(workflow_id, raw)
+
+    return tenant, await owned("workflow", workflow_id, tenant, already_read)
+
+
+async def owned_queue(ctx: ApiContext, tenant: TenantState, queue_id: str) -> QueueState:
+    """The tenant's live queue; anything else (unknown, deleted, another tenant's) is a 404."""
+    return await owned("queue", queue_id, tenant, lambda i: read_queue(ctx.redis, tenant.partition, i))

@@ -90,6 +90,7 @@ class Unit:
     guards: list[list[Value]] = field(default_factory=list)
     ops: list[list[Any]] = field(default_factory=list)
     blobs: list[bytes] = field(default_factory=list)
+    events: list[EventBase] = field(default_factory=list)  # as appended: what the unit records, not decoded again
 
     def _arg(self, value: Value) -> Any:
         # Binary values go to the script as separate arguments; the op carries their index.
@@ -106,6 +107,7 @@ class Unit:
         for op in other.ops:
             self.ops.append([[arg[0] + offset] if isinstance(arg, list) else arg for arg in op])
         self.blobs += other.blobs
+        self.events += other.events
         return self
 
     # --- guards ---------------------------------------------------------------------------------------------
@@ -146,6 +148,7 @@ class Unit:
 
     def event(self, event: EventBase) -> Unit:
         self.ops.append(["log", keys.log(self.p), type_of(event), self._arg(encode(event))])
+        self.events.append(event)
         return self
 
     def hset(self, key: str, mapping: Mapping[str, Value]) -> Unit:

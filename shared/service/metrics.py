@@ -51,7 +51,6 @@ from shared.log.events import (
     ExecutionRetrying,
     StepCompleted,
     StepFailed,
-    decode,
 )
 from shared.log.inspection import PartitionStatus, partition_status
 
@@ -195,8 +194,8 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 MAX_TENANT_LABELS = 1000
 OTHER_TENANT = "other"
 # Which event ends an execution how (ExecutionFailed with dead_lettered is counted by its ExecutionDeadLettered).
-_EVENT_TYPES = {"execution.completed", "execution.failed", "execution.dead_lettered", "execution.cancelled",
-                "execution.retrying", "step.completed", "step.failed"}
+_ENDINGS = (ExecutionCompleted, ExecutionFailed, ExecutionDeadLettered, ExecutionCancelled, ExecutionRetrying,
+            StepCompleted, StepFailed)
 
 
 class TenantLabels:
@@ -297,9 +296,9 @@ class _Happenings:
 
 def observe(unit: Unit) -> None:
     """Count what the (applied) ``unit`` ended: call it once the commit returned ``Applied``."""
-    for op in unit.ops:
-        if op[0] == "log" and op[2] in _EVENT_TYPES:
-            observe_event(decode(unit.blobs[op[3][0] - 1]))
+    for event in unit.events:
+        if isinstance(event, _ENDINGS):
+            observe_event(event)
 
 
 def observe_event(event: EventBase) -> None:

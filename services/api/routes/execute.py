@@ -18,9 +18,9 @@ from services.api import responses
 from services.api.bodies import check_json_value, read_json
 from services.api.context import ApiContext, context
 from services.api.errors import BacklogFull, QuotaRefused
+from services.api.ownership import owned_workflow, tenant_and_workflow
 from services.api.priority import check_priority
 from services.api.responses import as_bytes
-from services.api.routes.workflows import owned_workflow, tenant_and_workflow
 from services.api.schemas import BulkExecuteIn, BulkQueued, ExecuteIn, Queued, RunIn
 from shared.domain.aggregates import TenantState, WorkflowState
 from shared.domain.executions.admission import BACKLOG_GUARD, QUOTA_GUARD, WORKFLOW_CHANGED_GUARD, Run, admission_unit

@@ -15,8 +15,7 @@ from services.api import responses
 from services.api.auth import require_admin, require_tenant
 from services.api.bodies import read_json
 from services.api.context import context
-from services.api.ownership import MAX_ID_LENGTH
-from services.api.routes.workflows import owned_workflow
+from services.api.ownership import MAX_ID_LENGTH, owned_workflow
 from services.api.schemas import TenantAdmin, TenantUpdate, WorkflowPause
 from shared.domain.aggregates import read_tenant
 from shared.domain.executions import ops as execution_ops

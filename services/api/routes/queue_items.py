@@ -17,9 +17,9 @@ from services.api.auth import require_tenant
 from services.api.bodies import check_json_value, read_json
 from services.api.context import ApiContext, context
 from services.api.listing import one_of
-from services.api.ownership import MAX_ID_LENGTH
+from services.api.ownership import MAX_ID_LENGTH, owned_queue
 from services.api.pagination import keyset_page, page_request
-from services.api.routes.queues import STATUSES, moved_or_gone, owned_queue, queue_busy
+from services.api.routes.queues import STATUSES, moved_or_gone, queue_busy
 from services.api.schemas import (
     ClaimIn,
     QueueItem,

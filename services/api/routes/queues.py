@@ -14,18 +14,16 @@ from starlette.routing import Route
 from services.api import responses
 from services.api.auth import require_tenant
 from services.api.bodies import read_json
-from services.api.context import ApiContext, context
-from services.api.ownership import owned, owned_row
+from services.api.context import context
+from services.api.ownership import owned_queue, owned_row
 from services.api.pagination import live_page, page_request
 from services.api.schemas import Queue, QueueIn, QueueItemAtRisk, QueuePage, QueueStats, QueueUpdateIn
-from shared.domain.aggregates import TenantState
 from shared.domain.queues.definitions import (
     NAME_TAKEN_GUARD,
     QUEUE_CHANGED_GUARD,
     QueueState,
     create_unit,
     delete_unit,
-    read_queue,
     update_unit,
 )
 from shared.infra.clock import iso, new_id, now_ms
@@ -39,11 +37,6 @@ from shared.readmodel.schema import queue_items, work_queues
 RISK_FRACTION = 0.2
 AT_RISK_SHOWN = 20
 STATUSES = ("new", "in_progress", "completed", "failed", "abandoned", "retried")
-
-
-async def owned_queue(ctx: ApiContext, tenant: TenantState, queue_id: str) -> QueueState:
-    """The tenant's live queue; anything else (unknown, deleted, another tenant's) is a 404."""
-    return await owned("queue", queue_id, tenant, lambda i: read_queue(ctx.redis, tenant.partition, i))
 
 
 def queue_view(queue_id: str, q: QueueSnapshot) -> Queue:

@@ -21,10 +21,9 @@ from services.api.auth import require_tenant
 from services.api.bodies import check_json_value, read_json
 from services.api.context import ApiContext, context
 from services.api.listing import one_of
-from services.api.ownership import MAX_ID_LENGTH, owned, owned_row
+from services.api.ownership import MAX_ID_LENGTH, owned, owned_row, owned_workflow
 from services.api.pagination import live_page, page_request
 from services.api.priority import check_priority
-from services.api.routes.workflows import owned_workflow
 from services.api.schemas import Trigger, TriggerIn, TriggerPage
 from shared.domain.aggregates import TenantState
 from shared.domain.triggers import cron

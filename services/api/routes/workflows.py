@@ -7,14 +7,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from services.api import responses, views
-from services.api.auth import require_tenant, require_tenant_reading
+from services.api.auth import require_tenant
 from services.api.bodies import read_json
-from services.api.context import ApiContext, context
+from services.api.context import context
 from services.api.definitions import build_definition
-from services.api.ownership import MAX_ID_LENGTH, owned, owned_row
+from services.api.ownership import owned_row, owned_workflow
 from services.api.pagination import live_page, page_request
 from services.api.schemas import WorkflowIn, WorkflowPage
-from shared.domain.aggregates import TenantState, WorkflowState, encode_definition, read_workflow, workflow_from_hash
+from shared.domain.aggregates import TenantState, WorkflowState, encode_definition
 from shared.domain.executions import subworkflows
 from shared.domain.executions.admission import WORKFLOW_CHANGED_GUARD, WORKFLOW_GONE_GUARD
 from shared.domain.executions.commands import workflow_delete_unit
@@ -27,23 +27,6 @@ from shared.log.events import WorkflowSaved
 from shared.log.redis import text
 from shared.log.workflows import WorkflowDef
 from shared.readmodel.schema import workflows
-
-
-async def owned_workflow(ctx: ApiContext, tenant: TenantState, workflow_id: str) -> WorkflowState:
-    """The tenant's live workflow; anything else (unknown, deleted, another tenant's) is a 404."""
-    return await owned("workflow", workflow_id, tenant, lambda i: read_workflow(ctx.redis, tenant.partition, i))
-
-
-async def tenant_and_workflow(request: Request, workflow_id: str) -> tuple[TenantState, WorkflowState]:
-    """The caller's tenant and its live workflow ``workflow_id``, read in one round trip."""
-    # An id too long to exist is not read: owned() answers 404 for it without looking.
-    key_of = (lambda p: keys.workflow(p, workflow_id)) if len(workflow_id) <= MAX_ID_LENGTH else None
-    tenant, raw = await require_tenant_reading(request, key_of)
-
-    async def already_read(_: str) -> WorkflowState | None:
-        return workflow_from_hash(workflow_id, raw)
-
-    return tenant, await owned("workflow", workflow_id, tenant, already_read)
 
 
 def _save_unit(

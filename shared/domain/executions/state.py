@@ -1,7 +1,7 @@
 """The execution aggregate: its typed state, the one fold that changes it, and its Redis hash.
 
 ``evolve(state, event)`` is the only way an execution's recorded state changes: a commit appends events with
-:func:`record`, which folds them and writes the hash fields that changed, so the hash is always the fold of the
+:func:`record`, which folds them and writes the hash fields they set, so the hash is always the fold of the
 log. The projection folds the same function (shared/readmodel/projection.py) for the columns both hold.
 
 Some fields are not the fold of events but of the hand-out protocol, moved by the scripts that hand work out and
@@ -246,7 +246,7 @@ def forget_work(unit: Unit, key: str) -> None:
 
 
 def unparked(state: ExecutionState) -> ExecutionState:
-    """The state once its robot task and parking are taken away (``untask`` writes it: shared/execution_ops)."""
+    """The state once its robot task and parking are taken away (``untask`` writes it: ops.py)."""
     return msgspec.structs.replace(state, parked="", task="")
 
 
