@@ -258,11 +258,7 @@ def clear_parked(unit: Unit, state: ExecutionState) -> ExecutionState:
 
 # --- the hash -------------------------------------------------------------------------------------------------
 
-_INTS = ("priority", "attempt", "retry_count", "crash_count", "step", "queued_at", "depth", "fence", "seq")
-_OPTIONAL_INTS = ("started_at", "retry_at", "max_attempts", "parent_step", "waiting_since")
-_STRINGS = ("tenant", "workflow_id", "def_key", "trigger_type", "owner", "work_stream", "work_id", "task",
-            "parked", "dlq_id")
-_OPTIONAL_STRINGS = ("parent", "waits_for")
+_FIELDS = frozenset(ExecutionState.__struct_fields__) - {"p", "id", "outputs"}
 EVOLVED_FIELDS = tuple(f for f in ExecutionState.__struct_fields__ if f not in LEASE_FIELDS and f not in ("p", "id"))
 
 
@@ -270,27 +266,25 @@ def from_hash(p: int, execution_id: str, raw: Mapping[Any, Any]) -> ExecutionSta
     """The state in an ``HGETALL`` reply (bytes or str keys and values); None for an empty one (unknown)."""
     if not raw:
         return None
-    h = {_text(k): v for k, v in raw.items()}
-    fields: dict[str, Any] = {}
-    for name in _INTS:
-        if h.get(name) not in (None, b"", ""):
-            fields[name] = int(h[name])
-    for name in _OPTIONAL_INTS:
-        if h.get(name) not in (None, b"", ""):
-            fields[name] = int(h[name])
-    for name in (*_STRINGS, *_OPTIONAL_STRINGS):
-        if name in h:
-            fields[name] = _text(h[name])
-    status = _text(h.get("status", ""))
-    if status:
-        fields["status"] = Status(status)
-    params = h.get("params")
-    if params:
-        fields["params"] = params if isinstance(params, bytes) else str(params).encode()
-    fields["dead_lettered"] = _text(h.get("dead_lettered", "")) == "1"
-    outputs = {int(k[len(OUTPUT_PREFIX):]): v if isinstance(v, bytes) else str(v).encode()
-               for k, v in h.items() if k.startswith(OUTPUT_PREFIX)}
-    return ExecutionState(p=p, id=execution_id, outputs=outputs, **fields)
+    fields: dict[str, Any] = {"p": p, "id": execution_id}
+    outputs: dict[int, bytes] = {}
+    for key, value in raw.items():
+        name = key.decode() if isinstance(key, bytes) else key
+        if name.startswith(OUTPUT_PREFIX):
+            outputs[int(name[len(OUTPUT_PREFIX):])] = _binary(value)
+        elif name == "params":
+            fields[name] = _binary(value)
+        elif name == "dead_lettered":
+            fields[name] = value in (b"1", "1")
+        elif name in _FIELDS:
+            fields[name] = value.decode() if isinstance(value, bytes) else value
+    fields["outputs"] = outputs
+    # msgspec turns the hash's strings into the struct's ints and statuses (in C: this runs for every hand-out).
+    return msgspec.convert(fields, ExecutionState, strict=False)
+
+
+def _binary(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
 
 
 def to_hash(state: ExecutionState, *, lease: bool = False) -> dict[str, Value]:
@@ -326,10 +320,6 @@ def _hash_value(value: Any) -> Value:
     if isinstance(value, Status):
         return value.value
     return value  # type: ignore[no-any-return]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def read_execution(redis: Redis, p: int, execution_id: str,
