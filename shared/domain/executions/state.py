@@ -49,7 +49,7 @@ LEASE_FIELDS = frozenset({"fence", "owner", "seq", "work_stream", "work_id", "ta
 _packer = msgspec.msgpack.Encoder()
 
 
-class ExecutionState(msgspec.Struct, kw_only=True, frozen=True):
+class ExecutionState(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     """One execution as commands and runners see it (``p`` and ``id`` name it; the rest is its hash)."""
 
     p: int
@@ -124,14 +124,18 @@ def record(unit: Unit, state: ExecutionState, *events: EventBase) -> ExecutionSt
     knows only what it guards on (the status it observed) writes what its event means, not a difference."""
     after = state
     written: Changes = {}
+    added: dict[int, bytes] = {}  # the outputs these events add (written alone, not every output again)
     for event in events:
         unit.event(event)
-        changes = changes_of(after, event)
+        fold = _FOLDS.get(type(event))
+        if fold is None:
+            continue
+        changes = fold(after, event)
         after = _applied(after, changes)
-        outputs = {**written.get("outputs", {}), **changes.get("outputs", {})}
         written.update(changes)
-        if outputs:
-            written["outputs"] = outputs
+        added.update(changes.get("outputs", ()))
+    if added:
+        written["outputs"] = added
     # A new execution's hash is written whole: the scripts read fields (priority, status) that may equal a default.
     fields, dropped = (to_hash(after), []) if state.status is None else _hash_fields(written)
     if fields:
@@ -259,6 +263,7 @@ def clear_parked(unit: Unit, state: ExecutionState) -> ExecutionState:
 # --- the hash -------------------------------------------------------------------------------------------------
 
 _FIELDS = frozenset(ExecutionState.__struct_fields__) - {"p", "id", "outputs"}
+_NAMES = {name.encode(): name for name in _FIELDS}
 EVOLVED_FIELDS = tuple(f for f in ExecutionState.__struct_fields__ if f not in LEASE_FIELDS and f not in ("p", "id"))
 
 
@@ -269,14 +274,19 @@ def from_hash(p: int, execution_id: str, raw: Mapping[Any, Any]) -> ExecutionSta
     fields: dict[str, Any] = {"p": p, "id": execution_id}
     outputs: dict[int, bytes] = {}
     for key, value in raw.items():
-        name = key.decode() if isinstance(key, bytes) else key
-        if name.startswith(OUTPUT_PREFIX):
-            outputs[int(name[len(OUTPUT_PREFIX):])] = _binary(value)
-        elif name == "params":
+        name = _NAMES.get(key)  # a known field as redis-py returns it (bytes): no decoding, no prefix test
+        if name is None:
+            name = key.decode() if isinstance(key, bytes) else key
+            if name.startswith(OUTPUT_PREFIX):
+                outputs[int(name[len(OUTPUT_PREFIX):])] = _binary(value)
+                continue
+            if name not in _FIELDS:
+                continue
+        if name == "params":
             fields[name] = _binary(value)
         elif name == "dead_lettered":
             fields[name] = value in (b"1", "1")
-        elif name in _FIELDS:
+        else:
             fields[name] = value.decode() if isinstance(value, bytes) else value
     fields["outputs"] = outputs
     # msgspec turns the hash's strings into the struct's ints and statuses (in C: this runs for every hand-out).
@@ -305,10 +315,13 @@ def _hash_fields(changes: Changes) -> tuple[dict[str, Value], list[str]]:
     fields: dict[str, Value] = {}
     dropped: list[str] = []
     for name, value in changes.items():
-        if name == "outputs":
-            fields.update({f"{OUTPUT_PREFIX}{index}": body for index, body in value.items()})
+        kind = type(value)
+        if kind is int or kind is str or kind is bytes:  # as the hash holds them (the common case: no conversion)
+            fields[name] = value
         elif value is None:
             dropped.append(name)
+        elif name == "outputs":
+            fields.update({f"{OUTPUT_PREFIX}{index}": body for index, body in value.items()})
         else:
             fields[name] = _hash_value(value)
     return fields, dropped
