@@ -42,7 +42,10 @@ def fits(value: Any, budget: int) -> bool:
 def encode_output(output: Any, limit: int) -> bytes:
     """A step's output as stored (msgpack); one over ``ORQ_MAX_OUTPUT_BYTES`` (``limit``) fails the step where it
     is produced, whoever produced it (an executor or a robot), rather than stalling the projection downstream."""
-    body = _encoder.encode(output) if fits(output, 2 * limit) else b""
+    try:
+        body = _encoder.encode(output) if fits(output, 2 * limit) else b""
+    except (OverflowError, TypeError, msgspec.EncodeError) as exc:  # JSON's unbounded integers, foreign objects
+        raise StepFailed(f"step output is not serialisable: {exc}") from None
     if not body or len(body) > limit:
         size = f"{len(body)} bytes" if body else f"over {2 * limit} bytes"
         raise StepFailed(f"output_too_large: the step's output is {size}, over ORQ_MAX_OUTPUT_BYTES={limit}")

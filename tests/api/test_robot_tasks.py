@@ -270,3 +270,21 @@ def client_settings_app(client: httpx.AsyncClient) -> Any:
 def client_settings(client: httpx.AsyncClient) -> Settings:
     settings: Settings = client_settings_app(client).state.api.settings
     return settings
+
+
+async def test_an_output_number_beyond_64_bits_is_refused_and_changes_nothing(
+        client: httpx.AsyncClient, tenant: TenantHandle, redis: Redis, running: None) -> None:
+    """JSON allows any integer; the log stores 64 bits. The robot gets a 422 naming the field, not a 500, and the
+    task stays its own to complete properly."""
+    workflow = await create_workflow(client, tenant, {"name": "invoices", "steps": [ROBOT_STEP]})
+    robot = await register(client, tenant, "desk-1")
+    execution_id = await execute(client, tenant, workflow["id"], params={"n": "INV-8"})
+    task = await robot.take()
+    before = await log_lengths(redis, client_settings(client))
+    r = await robot.call(task["task_id"], "complete", {"output": {"total": 2**70}})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"] == "output.total"
+    assert await log_lengths(redis, client_settings(client)) == before
+    r = await robot.call(task["task_id"], "complete", {"output": {"total": 2**62}})
+    assert r.status_code == 200, r.text
+    await state_reaches(redis, tenant, execution_id, "status", "completed")

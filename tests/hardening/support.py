@@ -36,7 +36,8 @@ class Recorder:
 
 
 @contextmanager
-def recording_server(status: int = 200, location: str = "", set_cookie: str = "") -> Iterator[Recorder]:
+def recording_server(status: int = 200, location: str = "", set_cookie: str = "",
+                     body: bytes = b'{"ok": true}') -> Iterator[Recorder]:
     """A real HTTP server on 127.0.0.1 answering every request with ``status`` (and ``Location``,
     ``Set-Cookie``), recording each request and the ``Cookie`` it came with."""
     state = Recorder(status=status, location=location, set_cookie=set_cookie)
@@ -48,7 +49,6 @@ def recording_server(status: int = 200, location: str = "", set_cookie: str = ""
                 self.rfile.read(length)
             state.hits.append((self.command, self.path))
             state.cookies.append(self.headers.get("Cookie", ""))
-            body = b'{"ok": true}'
             self.send_response(state.status)
             if state.location:
                 self.send_header("Location", state.location)

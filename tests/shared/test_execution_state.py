@@ -48,6 +48,9 @@ def _queued(execution_id: str, priority: int, max_attempts: int | None) -> Execu
                            max_attempts=max_attempts)
 
 
+INT64 = st.integers(-(2**63), 2**63 - 1)  # what an output may hold (a larger one fails its step: sizes.py)
+
+
 def _later(execution_id: str) -> st.SearchStrategy[EventBase]:
     """Any execution event after its first (the fold must take them in any order: commands race)."""
     ids = {"tenant_id": st.just("t1"), "aggregate_id": st.just(execution_id)}
@@ -55,7 +58,7 @@ def _later(execution_id: str) -> st.SearchStrategy[EventBase]:
     step = st.integers(0, 2)
     return st.one_of(
         st.builds(ExecutionStarted, **ids, ts=ts, attempt=st.integers(1, 3), executor=st.just("x1"), from_step=step),
-        st.builds(StepCompleted, **ids, ts=ts, step_index=step, output=st.one_of(st.none(), st.integers(), st.text())),
+        st.builds(StepCompleted, **ids, ts=ts, step_index=step, output=st.one_of(st.none(), INT64, st.text())),
         st.builds(StepFailed, **ids, ts=ts, step_index=step, error=st.just("boom"), continued=st.booleans()),
         st.builds(StepWaiting, **ids, ts=ts, step_index=step, child_execution_id=st.just("child")),
         st.builds(ExecutionRetrying, **ids, ts=ts, failed_attempt=st.just(1), next_attempt=st.integers(2, 4),

@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from services.api import responses
 from services.api.auth import require_robot
-from services.api.bodies import read_json
+from services.api.bodies import check_json_value, read_json
 from services.api.context import ApiContext, context
 from services.api.schemas import (
     HeartbeatIn,
@@ -118,6 +118,7 @@ async def complete(request: Request) -> Response:
     robot = await require_robot(request)
     ctx = context(request)
     body = await read_json(request, TaskCompleteIn, empty=TaskCompleteIn())
+    check_json_value(body.output, "output")  # JSON allows what the log cannot store: a 422, before anything
     view = await _held_task(request, robot)
     definition = await _definition(ctx, view)
     ts = now_ms()
