@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -225,6 +226,7 @@ class Happenings:
     def __init__(self, tenant_label: bool = False, max_tenants: int = MAX_TENANT_LABELS) -> None:
         self.tenant_label = tenant_label
         self.tenants = TenantLabels(max_tenants)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.registry = CollectorRegistry()
         r, t = self.registry, ["tenant"] if tenant_label else []
         self.executions = Counter("orq_executions_total", "Executions ended, by outcome (completed, failed, "
@@ -253,24 +255,33 @@ class Happenings:
         t = (self.tenants(event.tenant_id),) if self.tenant_label else ()
         match event:
             case ExecutionCompleted(duration_ms=duration_ms):
-                self.executions.labels("completed", *t).inc()
-                (self.execution_duration.labels(*t) if t else self.execution_duration).observe(duration_ms / 1000)
+                self._of(self.executions, "completed", *t).inc()
+                (self._of(self.execution_duration, *t) if t else self.execution_duration).observe(duration_ms / 1000)
             case ExecutionFailed(dead_lettered=False):
-                self.executions.labels("failed", *t).inc()
+                self._of(self.executions, "failed", *t).inc()
             case ExecutionDeadLettered(reason=reason):
-                self.executions.labels("dead_lettered", *t).inc()
-                self.dead_letters.labels(reason, *t).inc()
+                self._of(self.executions, "dead_lettered", *t).inc()
+                self._of(self.dead_letters, reason, *t).inc()
             case ExecutionCancelled():
-                self.executions.labels("cancelled", *t).inc()
+                self._of(self.executions, "cancelled", *t).inc()
             case ExecutionRetrying():
-                (self.retries.labels(*t) if t else self.retries).inc()
+                (self._of(self.retries, *t) if t else self.retries).inc()
             case StepCompleted(duration_ms=duration_ms):
-                self.steps.labels("completed", *t).inc()
-                self.step_duration.labels("completed", *t).observe(duration_ms / 1000)
+                self._of(self.steps, "completed", *t).inc()
+                self._of(self.step_duration, "completed", *t).observe(duration_ms / 1000)
             case StepFailed(duration_ms=duration_ms, continued=continued):
                 outcome = "continued" if continued else "failed"
-                self.steps.labels(outcome, *t).inc()
-                self.step_duration.labels(outcome, *t).observe(duration_ms / 1000)
+                self._of(self.steps, outcome, *t).inc()
+                self._of(self.step_duration, outcome, *t).observe(duration_ms / 1000)
+
+    def _of(self, family: Any, *labels: str) -> Any:
+        """``family.labels(*labels)``, kept: prometheus_client looks a child up under a lock at every call, on the
+        executor's hot path. Bounded like the label values (outcomes, reasons, at most ``max_tenants`` + 1)."""
+        key = (id(family), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(*labels)
+        return child
 
 
 _happenings = Happenings()
