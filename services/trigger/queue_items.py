@@ -22,8 +22,8 @@ from typing import Any
 from redis.asyncio import Redis
 
 from services.trigger.registry import config_of, live_triggers
-from shared.domain.aggregates import Status
-from shared.domain.executions.state import ExecutionState, read_execution, record
+from shared.domain.executions.commands import leave_dlq
+from shared.domain.executions.state import read_execution
 from shared.domain.queues.claims import (
     IN_PROGRESS,
     QUEUE_RUN_ATTEMPTS,
@@ -44,7 +44,6 @@ from shared.infra.optimistic import MOVED, Moved, optimistically
 from shared.infra.settings import Settings
 from shared.log import keys
 from shared.log.commit import Applied, Refused, Unit
-from shared.log.events import ExecutionDlqPurged
 from shared.log.redis import text
 from shared.service import metrics
 
@@ -169,10 +168,8 @@ class QueueItemTriggers:
         if not record:
             return None
         trigger_id, _, item_id = record.partition(" ")
-        state = await read_execution(self.redis, p, execution_id, fields=("status", "dead_lettered", "tenant"))
-        run_status = state.status.value if state and state.status else ""
-        dead_lettered, tenant_id = ("1" if state.dead_lettered else "0", state.tenant) if state else ("", "")
-        if run_status and run_status != status:
+        run = await read_execution(self.redis, p, execution_id, fields=("status", "dead_lettered", "tenant"))
+        if run is not None and run.status is not None and run.status != status:
             return None  # requeued (retried) since: the item stays in progress with this run
         now = self.clock()
         items = await read_items(self.redis, p, [item_id])
@@ -187,8 +184,8 @@ class QueueItemTriggers:
                 message = error or f"execution {execution_id} {status}"
                 unit = fail_unit(p=p, item=item, queue=queue, message=message, now_ms=now,
                                  kind="business" if status == "cancelled" else "application")
-                if dead_lettered == "1":
-                    _leave_dlq(unit, p, tenant_id, execution_id, run_status, now)
+                if run is not None and run.dead_lettered:  # still failed and still there, or the unit is refused
+                    leave_dlq(unit, run, now_ms=now, label=RUN_CHANGED_GUARD)
         _free_slot(unit, p, trigger_id, execution_id, record)
         outcome = await self.firer.committer.commit(unit)
         if isinstance(outcome, Applied):
@@ -211,15 +208,6 @@ class Settled:
 async def _unsettled() -> None:
     """The run kept changing under every attempt: leave it to whoever changed it (its item waits)."""
     return None
-
-
-def _leave_dlq(unit: Unit, p: int, tenant_id: str, execution_id: str, status: str, now_ms: int) -> None:
-    """Take a dead-lettered queue-item run out of the DLQ (guarded: still failed and still there)."""
-    seen = ExecutionState(p=p, id=execution_id, tenant=tenant_id, status=Status(status), dead_lettered=True)
-    unit.require(seen.key, "status", [status], RUN_CHANGED_GUARD)
-    unit.require(seen.key, "dead_lettered", ["1"], RUN_CHANGED_GUARD)
-    record(unit, seen, ExecutionDlqPurged(tenant_id=tenant_id, aggregate_id=execution_id, ts=now_ms))
-    unit.xdel_recorded(keys.dlq(p), seen.key, "dlq_id")
 
 
 def _free_slot(unit: Unit, p: int, trigger_id: str, execution_id: str, record: str) -> Unit:

@@ -170,11 +170,19 @@ def workflow_delete_unit(*, p: int, tenant_id: str, workflow_id: str, now_ms: in
 
 def dlq_purge_unit(*, p: int, tenant_id: str, execution_id: str, now_ms: int) -> Unit:
     """Remove a dead-lettered execution from the DLQ; it stays ``failed`` in the history."""
-    seen = _seen(p, tenant_id, execution_id, dead_lettered=True)
-    unit = Unit(p).require(seen.key, "dead_lettered", ["1"], "dead_lettered")
-    record(unit, seen, ExecutionDlqPurged(tenant_id=tenant_id, aggregate_id=execution_id, ts=now_ms))
-    unit.xdel_recorded(keys.dlq(p), seen.key, "dlq_id")
+    unit = Unit(p)
+    leave_dlq(unit, _seen(p, tenant_id, execution_id, dead_lettered=True), now_ms=now_ms, label="dead_lettered")
     return unit
+
+
+def leave_dlq(unit: Unit, seen: ExecutionState, *, now_ms: int, label: str) -> None:
+    """Take the dead-lettered execution ``seen`` out of the DLQ, guarded (refused as ``label``) on it being still
+    dead-lettered, and still at ``seen.status`` when the caller saw one."""
+    if seen.status is not None:
+        unit.require(seen.key, "status", [seen.status.value], label)
+    unit.require(seen.key, "dead_lettered", ["1"], label)
+    record(unit, seen, ExecutionDlqPurged(tenant_id=seen.tenant, aggregate_id=seen.id, ts=now_ms))
+    unit.xdel_recorded(keys.dlq(seen.p), seen.key, "dlq_id")
 
 
 def _seen(p: int, tenant_id: str, execution_id: str, **guarded: Any) -> ExecutionState:
