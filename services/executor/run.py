@@ -119,7 +119,6 @@ class ExecutionRun:
         self.cancel_requested = False
         self.handed_over = False
         self.finishing = False  # its last commit (which acks the entry) is on its way
-        self.started_ms = job.state.started_at or 0
         self._seq = job.state.seq  # lifecycle commits so far (see _guarded)
 
     # --- units ----------------------------------------------------------------------------------------------
@@ -239,13 +238,12 @@ class ExecutionRun:
                 return False
         definition = job.definition
         from_step = job.state.step
-        first_start = not self.started_ms
+        first_start = job.state.started_at is None
         started: list[EventBase] = [ExecutionStarted(**self._ids(), ts=ts, attempt=self.attempt,
                                                      executor=self.env.consumer, from_step=from_step)]
         if from_step < len(definition.steps) and _runs_here(definition.steps[from_step]):
             started.append(self._step_started(definition, from_step, ts))  # starts with the execution: one commit less
         job.state = record(unit, job.state, *started)
-        self.started_ms = job.state.started_at or ts
         if job.state.parked:  # resumed after a robot step or a child: no longer parked
             job.state = clear_parked(unit, job.state)
         await self._commit(unit)
@@ -422,8 +420,7 @@ class ExecutionRun:
         execution_ops.release(unit, self.job.p, self.job.tenant_id, self.job.execution_id)
 
     def _complete(self, unit: Unit, result: Any) -> Unit:
-        self.job.state = outcomes.complete(unit, self._attempt(), now_ms(), result, started_ms=self.started_ms,
-                                           ending=self._ending())
+        self.job.state = outcomes.complete(unit, self._attempt(), now_ms(), result, ending=self._ending())
         return unit
 
     async def _fail(self, definition: WorkflowDef, index: int, error: str, duration: int) -> None:

@@ -135,7 +135,7 @@ def go_on(unit: Unit, attempt: Attempt, definition: WorkflowDef, index: int, ts:
     index, due now)."""
     state = attempt.state
     if index >= len(definition.steps) - 1:
-        return complete(unit, attempt, ts, result, started_ms=state.started_at or ts, ending=parked_ending(state))
+        return complete(unit, attempt, ts, result, ending=parked_ending(state))
     unit.zadd(keys.due(attempt.p), ts, attempt.execution_id)
     unit.ring(attempt.p)  # an idle executor looks at the due index at once, not at its next poll
     return set_parked(unit, state, RESUME)
@@ -153,9 +153,10 @@ def let_pass(unit: Unit, attempt: Attempt, definition: WorkflowDef, index: int, 
                  msgspec.msgpack.decode(previous) if previous else None)
 
 
-def complete(unit: Unit, attempt: Attempt, ts: int, result: Any, *, started_ms: int,
-             ending: Ending) -> ExecutionState:
+def complete(unit: Unit, attempt: Attempt, ts: int, result: Any, *, ending: Ending) -> ExecutionState:
+    """The execution completes with ``result``; its duration counts from its series' first start."""
+    started = attempt.state.started_at or ts
     after = record(unit, attempt.state, ExecutionCompleted(**attempt.ids(), ts=ts, result=result,
-                                                           duration_ms=max(0, ts - started_ms)))
+                                                           duration_ms=max(0, ts - started)))
     ending.end(unit)
     return after
